@@ -1,0 +1,151 @@
+"""The `capexp` command: a click group that only registers thin wrappers over library functions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from capexp import __version__
+from capexp.errors import CapexpError
+
+__all__ = ["main", "cli"]
+
+_SET = click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=JSON",
+    help="Override a spec value by its dotted key, e.g. --set clip_config.image_size=[50,50] (repeatable).",
+)
+_URI = click.option("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns).")
+_EXPERIMENT = click.option("--experiment", default="capexp", show_default=True, help="MLflow experiment name.")
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", datefmt="[%X]",
+                        handlers=[RichHandler(show_path=False, rich_tracebacks=True)])
+    logging.getLogger("capexp").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("mlflow", "alembic", "httpx", "urllib3", "transformers", "optuna"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class _Group(click.Group):
+    """Turns a CapexpError into its one-paragraph message and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CapexpError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="capexp")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """Run, track, search and compare image-captioning experiments."""
+    _setup_logging(verbose)
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@_SET
+@click.option("--strict", is_flag=True, help="Also fail (exit 2) when a data file the spec names is missing.")
+def validate(spec: Path, overrides: tuple[str, ...], strict: bool) -> None:
+    """Print the resolved SPEC (after `extends` and --set) as JSON."""
+    from capexp.spec import load_spec, missing_paths
+
+    resolved = load_spec(spec, overrides)
+    click.echo(resolved.model_dump_json(indent=2))
+    for key, path in missing_paths(resolved):
+        message = f"{spec}: `{key}` = {path} does not exist (needed by `capexp run`)."
+        if strict:
+            raise CapexpError(message + " Fix the path or override it with --set.")
+        click.echo(f"warning: {message}", err=True)
+
+
+@cli.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@_SET
+@_EXPERIMENT
+@_URI
+def run(spec: Path, overrides: tuple[str, ...], experiment: str, tracking_uri: str | None) -> None:
+    """Train the captioner SPEC describes and track it as an MLflow run."""
+    from capexp.run import run_spec
+    from capexp.spec import load_spec
+
+    resolved = load_spec(spec, overrides)
+    result = run_spec(resolved, origin=str(spec), experiment=experiment, tracking_uri=tracking_uri)
+    last = result.history[-1] if result.history else {}
+    click.echo(
+        f"run {resolved.id} ({result.run_id}) finished: "
+        + ", ".join(f"{k}={v:.4f}" for k, v in {**last, **result.best}.items() if k != "epoch_seconds")
+    )
+
+
+@cli.command()
+@_URI
+@click.option("--port", default=5000, show_default=True)
+def ui(tracking_uri: str | None, port: int) -> None:
+    """Open the MLflow UI on the capexp store, bound to localhost."""
+    import subprocess
+
+    from capexp.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    if uri.startswith("sqlite:///"):
+        cmd += ["--default-artifact-root", (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()]
+    click.echo(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C stops it.")
+    raise SystemExit(subprocess.call(cmd))
+
+
+@cli.command()
+@click.argument("runs", nargs=-1)
+@click.option("--experiment", default=None,
+              help="MLflow experiment (default: capexp; run names and --study are looked up in every experiment).")
+@click.option("--study", default=None, help="Compare the trials of this study, best first, pruned ones marked.")
+@click.option("--format", "fmt", type=click.Choice(["term", "md", "csv", "html"]), default=None,
+              help="Default: from --output's suffix, else term.")
+@click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the table to this file.")
+@click.option("--only-changed", is_flag=True, help="Drop hyperparameter rows whose value never changes.")
+@click.option("--metric", default=None, help="Star the best run by this metric (default: best_val_loss; for --study, the objective).")
+@click.option("--ranking", is_flag=True, help="The human-score ranking table (after `capexp score`).")
+@_URI
+def compare(runs: tuple[str, ...], experiment: str | None, study: str | None, fmt: str | None, output: Path | None,
+            only_changed: bool, metric: str | None, ranking: bool, tracking_uri: str | None) -> None:
+    """Compare RUNS (names or ids) side by side, as in SEED.md's experimentation table."""
+    from capexp.compare import compare as compare_runs
+
+    compare_runs(runs, experiment=experiment, study=study, fmt=fmt, output=output, only_changed=only_changed,
+                 metric=metric, ranking=ranking, tracking_uri=tracking_uri)
+
+
+@cli.command()
+@click.argument("scores", type=click.Path(path_type=Path))
+@_EXPERIMENT
+@_URI
+def score(scores: Path, experiment: str, tracking_uri: str | None) -> None:
+    """Import human 0/1/2 caption SCORES (image_id, model_name, caption, score) into their runs."""
+    from capexp.scores import import_scores
+
+    click.echo(import_scores(scores, experiment=experiment, tracking_uri=tracking_uri).report())
+
+
+@cli.command("backbones")
+def backbones_cmd() -> None:
+    """List the backbone presets (any hub id or local folder works too)."""
+    from capexp.backbones import list_backbones
+
+    click.echo(json.dumps(list_backbones(), indent=2))
+
+
+def main() -> None:
+    """Console entry point."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cli(prog_name="capexp")

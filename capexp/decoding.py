@@ -1,0 +1,152 @@
+"""Captions from image features: batched greedy and beam search over the decoder's KV cache.
+
+One code path for training-time validation, `capexp evaluate` and inference. Both methods feed
+the k visual tokens once as `inputs_embeds`, then one token per step with `past_key_values`.
+Lengths count generated tokens, EOS included; a caption holds at most `max_tokens` tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import torch
+from tqdm.auto import tqdm
+
+from capexp.model import ClipCap
+
+__all__ = ["generate_captions"]
+
+
+@torch.inference_mode()
+def generate_captions(
+    model: ClipCap,
+    tokenizer,
+    features: torch.Tensor,
+    *,
+    beam_size: int = 1,
+    max_tokens: int = 20,
+    length_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> list[str]:
+    """One caption per feature row, in order; greedy when `beam_size` is 1, beam search otherwise.
+
+    `features` is (N, F) pooled or (N, T, F) grid, on any device; `model` must already be on
+    `device`. Beam hypotheses are ranked by sum(log p) / length ** `length_penalty` (the
+    transformers convention). `no_repeat_ngram_size` > 0 forbids any n-gram of that size
+    twice in a caption. Decoding stops at the tokenizer's EOS, which is not part of the text.
+    The model is put in eval mode for the call and restored afterwards; on CUDA it runs
+    under bf16 autocast.
+    """
+    if beam_size < 1 or max_tokens < 1 or no_repeat_ngram_size < 0 or batch_size < 1:
+        raise ValueError(
+            f"beam_size, max_tokens and batch_size must be >= 1 and no_repeat_ngram_size >= 0; got "
+            f"{beam_size}, {max_tokens}, {batch_size}, {no_repeat_ngram_size}"
+        )
+    eos = tokenizer.eos_token_id
+    device = torch.device(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    was_training = model.training
+    model.eval()
+    tokens: list[list[int]] = []
+    try:
+        for start in tqdm(range(0, len(features), batch_size), desc="captioning", disable=not progress, leave=False):
+            batch = features[start : start + batch_size].to(device)
+            with autocast:
+                prefix = model.prefix(batch)  # (B, k, D)
+                prefix = prefix.to(model.decoder.get_input_embeddings().weight.dtype)
+                if beam_size == 1:
+                    tokens += _greedy(model.decoder, prefix, eos, max_tokens, no_repeat_ngram_size)
+                else:
+                    tokens += _beam_search(
+                        model.decoder, prefix, eos, beam_size, max_tokens, length_penalty, no_repeat_ngram_size
+                    )
+    finally:
+        model.train(was_training)
+    cut = [seq[: seq.index(eos)] if eos in seq else seq for seq in tokens]
+    return [text.strip() for text in tokenizer.batch_decode(cut, skip_special_tokens=True)]
+
+
+def _ban_repeated_ngrams(scores: torch.Tensor, history: torch.Tensor, n: int) -> None:
+    """Set to -inf, in place, every token that would complete an n-gram already in `history`.
+
+    `scores` (R, V) are next-token scores for the R sequences in `history` (R, t).
+    """
+    t = history.shape[1]
+    if n == 0 or t < n:
+        return
+    windows = history.unfold(1, n, 1)  # (R, t - n + 1, n): every n-gram so far
+    prefix = history[:, t - n + 1 :]  # (R, n - 1): the n-gram being started
+    match = (windows[:, :, :-1] == prefix[:, None, :]).all(dim=-1)  # (R, W)
+    rows, cols = match.nonzero(as_tuple=True)
+    scores[rows, windows[rows, cols, -1]] = -math.inf
+
+
+def _greedy(decoder, prefix: torch.Tensor, eos: int, max_tokens: int, ngram: int) -> list[list[int]]:
+    """Argmax decoding of a batch; rows that emitted EOS keep emitting EOS until all have."""
+    out = decoder(inputs_embeds=prefix, use_cache=True, logits_to_keep=1)
+    cache, logits = out.cache, out.logits[:, -1]  # (B, V)
+    history = prefix.new_empty((prefix.shape[0], 0), dtype=torch.long)  # (B, t)
+    finished = torch.zeros(prefix.shape[0], dtype=torch.bool, device=prefix.device)
+    for t in range(max_tokens):
+        if ngram:
+            logits = logits.float()
+            _ban_repeated_ngrams(logits, history, ngram)
+        step = logits.argmax(dim=-1).masked_fill(finished, eos)  # (B,)
+        history = torch.cat([history, step[:, None]], dim=1)
+        finished |= step == eos
+        if t == max_tokens - 1 or bool(finished.all()):
+            break
+        logits = decoder(input_ids=step[:, None], cache=cache, use_cache=True).logits[:, -1]
+    return history.tolist()
+
+
+def _beam_search(
+    decoder, prefix: torch.Tensor, eos: int, beams: int, max_tokens: int, length_penalty: float, ngram: int
+) -> list[list[int]]:
+    """Batched beam search; returns the best finished hypothesis of each row (EOS-padded).
+
+    Each step keeps the 2K best continuations of the K running beams: those ending (EOS, or
+    the last step) among the top K become finished hypotheses, the best K others run on. A
+    row stops once no running beam can beat its K-th finished hypothesis.
+    """
+    B, K = prefix.shape[0], beams
+    dev = prefix.device
+    out = decoder(inputs_embeds=prefix.repeat_interleave(K, dim=0), use_cache=True, logits_to_keep=1)
+    cache, logits = out.cache, out.logits[:, -1]  # (B*K, V)
+    running = torch.full((B, K), -math.inf, device=dev)  # sum of log-probs of each running beam
+    running[:, 0] = 0.0  # all beams start identical: expand only the first
+    history = torch.empty((B * K, 0), dtype=torch.long, device=dev)  # (B*K, t)
+    done_scores = torch.full((B, K), -math.inf, device=dev)  # finished hypotheses, best first
+    done_seqs = torch.full((B, K, max_tokens), eos, dtype=torch.long, device=dev)
+    closed = torch.zeros(B, dtype=torch.bool, device=dev)  # rows whose result can no longer change
+    top_k = torch.arange(2 * K, device=dev) < K  # (2K,) candidates allowed to finish
+    row_offset = torch.arange(B, device=dev)[:, None] * K  # (B, 1)
+    for t in range(max_tokens):
+        logp = torch.log_softmax(logits.float(), dim=-1)  # (B*K, V)
+        if ngram:
+            _ban_repeated_ngrams(logp, history, ngram)
+        vocab = logp.shape[-1]
+        scores, flat = (running.view(-1, 1) + logp).view(B, K * vocab).topk(2 * K, dim=1)  # (B, 2K)
+        parent, token = flat // vocab, flat % vocab
+        seqs = torch.cat([history.view(B, K, t).gather(1, parent[..., None].expand(-1, -1, t)), token[..., None]], dim=2)
+        ends = (token == eos) | (t == max_tokens - 1)  # (B, 2K)
+        finishing = torch.where(ends & top_k & ~closed[:, None], scores / (t + 1) ** length_penalty, -math.inf)
+        done_scores, pick = torch.cat([done_scores, finishing], dim=1).topk(K, dim=1)  # (B, K)
+        padded = torch.nn.functional.pad(seqs, (0, max_tokens - t - 1), value=eos)  # (B, 2K, max_tokens)
+        done_seqs = torch.cat([done_seqs, padded], dim=1).gather(1, pick[..., None].expand(-1, -1, max_tokens))
+        if t == max_tokens - 1:
+            break
+        running, keep = torch.where(ends, -math.inf, scores).topk(K, dim=1)  # (B, K)
+        history = seqs.gather(1, keep[..., None].expand(-1, -1, t + 1)).view(B * K, t + 1)
+        # the best a running beam can still reach: log-probs only fall, lengths are t+2..max_tokens
+        best_length = max_tokens if length_penalty > 0 else t + 2
+        closed |= running[:, 0] / best_length**length_penalty <= done_scores[:, -1]
+        if bool(closed.all()):
+            break
+        cache.reorder_cache((row_offset + parent.gather(1, keep)).view(-1))
+        logits = decoder(input_ids=history[:, -1:], cache=cache, use_cache=True).logits[:, -1]
+    return done_seqs[:, 0].tolist()

@@ -1,0 +1,192 @@
+"""The feature cache: every image is encoded once per encoder card, then read from disk.
+
+Features live under `cache_root()/features/<card.cache_id>/` as safetensors shards (never
+pickle). Each tensor is named by a hash of the image's content key, so a changed file (new key)
+is encoded again and an unchanged one never is. A shard is written to a temporary file and
+renamed into place, so several processes can fill and read one cache at the same time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from capexp.errors import warn
+
+if TYPE_CHECKING:
+    import torch
+
+    from capexp.backbones import EncoderCard
+    from capexp.datasets import ImageRef
+
+__all__ = ["cache_root", "EncodedImages", "encode_images"]
+
+log = logging.getLogger("capexp")
+
+_SHARD_IMAGES = 2048  # write a shard at least this often, so an interrupted encoding keeps its work
+_FP16_MAX = 6e4  # features beyond this are stored as float32
+
+
+def cache_root() -> Path:
+    """$CAPEXP_CACHE, else ~/.cache/capexp."""
+    return Path(os.environ.get("CAPEXP_CACHE") or "~/.cache/capexp").expanduser()
+
+
+@dataclass
+class EncodedImages:
+    features: torch.Tensor  # (N_kept, D) or (N_kept, T, D), float32
+    kept: list[int]  # indices into the input images that were readable
+    skipped: list[tuple[str, str]]  # (image_id, reason) of unreadable images
+    n_cached: int  # served from the cache
+    n_encoded: int  # encoded by this call
+
+
+def encode_images(
+    card: EncoderCard,
+    images: list[ImageRef],
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 64,
+    progress: bool = True,
+) -> EncodedImages:
+    """Features of `images` under `card`, encoding only those not cached yet.
+
+    Unreadable images are skipped with one warning. The encoder is loaded only when something
+    is missing. Cached features are float16 on disk (float32 when too large), returned as float32.
+    """
+    import torch
+
+    folder = cache_root() / "features" / card.cache_id
+    folder.mkdir(parents=True, exist_ok=True)
+    _describe(folder, card)
+    index = _index(folder)
+    names = [_tensor_name(im.key) for im in images]
+    missing: dict[str, int] = {}  # tensor name -> first image with it (an image listed twice is encoded once)
+    for i, name in enumerate(names):
+        if name not in index:
+            missing.setdefault(name, i)
+    todo = list(missing.values())
+    n_cached = len(images) - sum(name in missing for name in names)
+    h, w = card.image_size
+    kind = "" if card.features == "pooled" else f" ({card.features})"
+    log.info("feature cache %s @ %dx%d%s: %d of %d images cached, %d to encode",
+             card.name, h, w, kind, n_cached, len(images), len(todo))
+
+    reasons = _encode(card, images, names, todo, folder, index, device, batch_size, progress) if todo else {}
+    kept = [i for i in range(len(images)) if names[i] in index]
+    skipped = [(images[i].image_id, reasons[names[i]]) for i in range(len(images)) if names[i] not in index]
+    if skipped:
+        first = ", ".join(image_id for image_id, _ in skipped[:5])
+        more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
+        warn(f"{len(skipped)} of {len(images)} images could not be read and are skipped: {first}{more}.")
+
+    features = _read(index, [names[i] for i in kept])
+    empty = torch.zeros((0, card.feature_dim)) if card.features == "pooled" else torch.zeros((0, 0, card.feature_dim))
+    return EncodedImages(
+        features=torch.stack(features).float() if features else empty,
+        kept=kept,
+        skipped=skipped,
+        n_cached=n_cached,
+        n_encoded=len(images) - n_cached - len(skipped),
+    )
+
+
+def _tensor_name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _describe(folder: Path, card: EncoderCard) -> None:
+    """A card.json beside the shards, so a person can tell what a cache folder holds."""
+    target = folder / "card.json"
+    if target.is_file():
+        return
+    about = {"name": card.name, "image_size": list(card.image_size), "features": card.features,
+             "feature_dim": card.feature_dim, "source": card.source, "revision": card.revision}
+    _atomic_write(target, lambda tmp: Path(tmp).write_text(json.dumps(about, indent=2)))
+
+
+def _index(folder: Path) -> dict[str, Path]:
+    """Tensor name -> shard file, over every complete shard in the folder."""
+    from safetensors import safe_open
+
+    index: dict[str, Path] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(shard, framework="pt") as f:
+            index.update(dict.fromkeys(f.keys(), shard))
+    return index
+
+
+def _read(index: dict[str, Path], names: list[str]) -> list[torch.Tensor]:
+    """The tensors `names`, opening each shard once."""
+    from safetensors import safe_open
+
+    by_shard: dict[Path, list[str]] = {}
+    for name in dict.fromkeys(names):
+        by_shard.setdefault(index[name], []).append(name)
+    loaded = {}
+    for shard, wanted in by_shard.items():
+        with safe_open(shard, framework="pt") as f:
+            loaded.update({n: f.get_tensor(n) for n in wanted})
+    return [loaded[n] for n in names]
+
+
+def _encode(card: EncoderCard, images: list[ImageRef], names: list[str], todo: list[int], folder: Path,
+            index: dict[str, Path], device: torch.device | str, batch_size: int, progress: bool) -> dict[int, str]:
+    """Encode images `todo` in batches, writing shards as it goes; returns {tensor name: reason} of unreadable ones."""
+    import torch
+    from tqdm.auto import tqdm
+
+    encoder = card.load(device)
+    skipped: dict[str, str] = {}
+    pending: dict[str, torch.Tensor] = {}
+    h, w = card.image_size
+    with tqdm(total=len(todo), desc=f"encoding {card.name} @ {h}x{w}", unit="img", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch, pils = [], []
+            for i in todo[start : start + batch_size]:
+                try:
+                    pils.append(images[i].load())
+                    batch.append(i)
+                except (OSError, ValueError) as e:  # missing, truncated or not an image
+                    skipped[names[i]] = f"{type(e).__name__}: {e}"
+            if batch:
+                with torch.inference_mode():
+                    out = encoder(card.preprocess(pils).to(device)).float().cpu()  # (B, D) or (B, T, D)
+                if out.abs().max() < _FP16_MAX:
+                    out = out.half()
+                pending.update({names[i]: row.clone(memory_format=torch.contiguous_format) for i, row in zip(batch, out)})
+            bar.update(len(todo[start : start + batch_size]))
+            if len(pending) >= _SHARD_IMAGES:
+                index.update(_write_shard(folder, pending))
+                pending = {}
+    if pending:
+        index.update(_write_shard(folder, pending))
+    return skipped
+
+
+def _write_shard(folder: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Path]:
+    from safetensors.torch import save_file
+
+    shard = folder / f"{uuid.uuid4().hex}.safetensors"
+    _atomic_write(shard, lambda tmp: save_file(tensors, tmp))
+    return dict.fromkeys(tensors, shard)
+
+
+def _atomic_write(target: Path, write: Callable[[str], None]) -> None:
+    """Write to a temporary file beside `target`, then rename: readers never see a partial file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,345 @@
+"""Captions for a folder of images from tracked runs, checkpoint folders or registered models.
+
+A `Captioner` is one trained ClipCap with its tokenizer and its image encoder's card. Any
+source becomes a checkpoint folder (`model.safetensors` + `capexp.json`, see capexp.model),
+read in place when the MLflow store is local. `caption_folder` encodes the images once per
+distinct encoder through the feature cache, so captioners that share an encoder share its
+features, and writes the seed's CSV: `image_id, model_name, caption`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from capexp.errors import CapexpError, warn
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from capexp.backbones import EncoderCard
+    from capexp.model import ClipCap
+    from capexp.spec import Spec
+
+__all__ = [
+    "Captioner",
+    "FolderCaptions",
+    "load_captioner",
+    "load_checkpoint",
+    "find_run",
+    "run_checkpoint",
+    "experiment_runs",
+    "list_images",
+    "caption_folder",
+]
+
+log = logging.getLogger("capexp")
+
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class Captioner:
+    """A trained captioner ready to run: model on `device`, in eval mode."""
+
+    name: str  # the run name (the spec's id)
+    spec: Spec
+    model: ClipCap
+    tokenizer: Any
+    card: EncoderCard
+    device: torch.device
+    meta: dict[str, Any] = field(default_factory=dict)  # capexp.json: epoch, metrics, ...
+    _encoder: Any = field(default=None, repr=False)
+
+    def caption_features(self, features: torch.Tensor, *, beam: int | None = None, batch_size: int = 32) -> list[str]:
+        """One caption per feature row, decoded as the run's `evaluation` section says (`beam` overrides)."""
+        from capexp.decoding import generate_captions
+
+        ev, cfg = self.spec.evaluation, self.spec.gpt2_config
+        return generate_captions(
+            self.model, self.tokenizer, features, beam_size=beam or ev.beam_size,
+            max_tokens=ev.max_caption_tokens or cfg.text_tokens_max_length, length_penalty=ev.length_penalty,
+            no_repeat_ngram_size=ev.no_repeat_ngram_size, batch_size=batch_size, device=self.device,
+        )
+
+    def caption_images(self, images: list[Image.Image], *, beam: int | None = None, batch_size: int = 32) -> list[str]:
+        """Captions of RGB images, encoded directly (no feature cache); the encoder loads on first use."""
+        import torch
+
+        if self._encoder is None:
+            self._encoder = self.card.load(self.device)
+        captions: list[str] = []
+        for start in range(0, len(images), batch_size):
+            pixels = self.card.preprocess(images[start : start + batch_size]).to(self.device)  # (B, 3, H, W)
+            with torch.inference_mode():
+                features = self._encoder(pixels)  # (B, F) or (B, T, F)
+            captions += self.caption_features(features, beam=beam, batch_size=batch_size)
+        return captions
+
+
+@dataclass
+class FolderCaptions:
+    """What `caption_folder` wrote."""
+
+    output: Path
+    images: int  # images captioned
+    models: list[str]  # model_name of each captioner, in CSV order
+    skipped: list[tuple[str, str]]  # (file name, reason) of unreadable files
+    seconds: float
+
+
+def _device(device: str | None) -> torch.device:
+    import torch
+
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def load_checkpoint(folder: Path, *, device: str | None = None, origin: str | None = None) -> Captioner:
+    """A captioner from a checkpoint folder written by a run (`model.safetensors` + `capexp.json`).
+
+    `device` None: CUDA when available, else CPU. `origin` names the source in messages.
+    """
+    from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
+    from capexp.model import load_state
+    from capexp.spec import Spec
+    from capexp.train import build_model
+
+    origin = origin or str(folder)
+    meta_path = folder / "capexp.json"
+    if not meta_path.is_file() or not (folder / "model.safetensors").is_file():
+        raise CapexpError(
+            f"{origin}: {folder} is not a capexp checkpoint (it needs model.safetensors and capexp.json). "
+            f"Pass a run id, a run name, a `models:/NAME@alias` URI or the `checkpoint` folder of a run."
+        )
+    meta = json.loads(meta_path.read_text())
+    spec = Spec.model_validate(meta["spec"])
+    card = resolve_encoder(spec.clip_config.model, spec.clip_config.image_size, spec.clip_config.features)
+    if meta.get("feature_dim") not in (None, card.feature_dim):
+        raise CapexpError(
+            f"{origin}: the model was trained on {meta['feature_dim']}-dim features but encoder "
+            f"{spec.clip_config.model!r} now gives {card.feature_dim}. Install the capexp version that "
+            f"trained it ({meta.get('capexp_version', 'unknown')})."
+        )
+    if meta.get("encoder_cache_id") not in (None, card.cache_id):
+        warn(f"{origin}: encoder {spec.clip_config.model!r} differs from the one the run trained with "
+             f"(other weights files or preprocessing); captions may differ from the run's.")
+    decoder, tokenizer = load_decoder(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
+    model = build_model(spec, decoder, decoder_blocks(decoder), card.feature_dim)
+    load_state(model, folder)
+    dev = _device(device)
+    model.to(dev).eval()
+    return Captioner(spec.id, spec, model, tokenizer, card, dev, meta)
+
+
+def _has_checkpoint(run_id: str) -> bool:
+    from mlflow import MlflowClient
+
+    return any(a.path == "checkpoint/capexp.json" for a in MlflowClient().list_artifacts(run_id, "checkpoint"))
+
+
+def run_checkpoint(run_id: str, origin: str) -> Path:
+    """The local folder of run `run_id`'s `checkpoint` artifact (the store's own copy when local)."""
+    import mlflow
+
+    if not _has_checkpoint(run_id):
+        raise CapexpError(
+            f"{origin}: run {run_id} has no checkpoint (it ended before its first epoch finished). "
+            f"Pick a run that finished at least one epoch."
+        )
+    # a local store gives the artifact's own path; a remote one downloads to a temporary folder
+    root = mlflow.get_run(run_id).info.artifact_uri
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/checkpoint"))
+
+
+def find_run(source: str, experiment: str | None = None) -> str:
+    """The id of the run `source` names: a run id, else the latest run of that name with a checkpoint."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if _RUN_ID.match(source):
+        try:
+            return mlflow.get_run(source).info.run_id
+        except MlflowException:
+            pass  # not a run id of this store: try it as a run name
+    where = f"experiment {experiment!r}" if experiment else "any experiment"
+    if experiment:
+        from capexp.tracking import experiment_id
+
+        exp = experiment_id(experiment, create=False)
+        if exp is None:
+            raise CapexpError(f"experiment {experiment!r}: no such experiment in {mlflow.get_tracking_uri()}.")
+        scope: dict[str, Any] = {"experiment_ids": [exp]}
+    else:
+        scope = {"search_all_experiments": True}
+    name = source.replace("'", "\\'")
+    runs = mlflow.search_runs(**scope, filter_string=f"attributes.run_name = '{name}'",
+                              order_by=["attributes.start_time DESC"], output_format="list")
+    with_checkpoint = [r.info.run_id for r in runs if _has_checkpoint(r.info.run_id)]
+    if not with_checkpoint:
+        found = f"{len(runs)} run(s) named {source!r} have no checkpoint" if runs else f"no run is named {source!r}"
+        raise CapexpError(
+            f"run {source!r}: {found} in {where} of {mlflow.get_tracking_uri()}. Pass a run id or a run name "
+            f"(see `capexp ui`), or point --tracking-uri at the store that holds it."
+        )
+    if len(with_checkpoint) > 1:
+        log.info("%d runs are named %r; using the latest, %s", len(with_checkpoint), source, with_checkpoint[0])
+    return with_checkpoint[0]
+
+
+def _registered_checkpoint(uri: str) -> Path:
+    """The checkpoint folder inside the model a `models:/NAME@alias` (or `/VERSION`) URI names."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except MlflowException as e:
+        raise CapexpError(
+            f"--model {uri}: {e.message.splitlines()[0]} Register a run first with "
+            f"`capexp register RUN --name NAME --alias champion`, and check the store (--tracking-uri)."
+        ) from None
+    folder = root / "artifacts" / "checkpoint"
+    if not folder.is_dir():
+        raise CapexpError(f"--model {uri}: this model was not registered by capexp (no artifacts/checkpoint in it).")
+    return folder
+
+
+def load_captioner(
+    source: str | Path, *, experiment: str | None = None, device: str | None = None, tracking_uri: str | None = None
+) -> Captioner:
+    """A captioner from a run id, a run name (in `experiment`, else any), a checkpoint folder or `models:/NAME@alias`."""
+    from capexp.tracking import use_store
+
+    text = str(source)
+    if Path(text).is_dir():
+        folder = Path(text)
+        return load_checkpoint(folder / "checkpoint" if (folder / "checkpoint").is_dir() else folder, device=device)
+    use_store(tracking_uri)
+    if text.startswith("models:/"):
+        return load_checkpoint(_registered_checkpoint(text), device=device, origin=f"--model {text}")
+    return load_checkpoint(run_checkpoint(find_run(text, experiment), text), device=device, origin=f"run {text!r}")
+
+
+def experiment_runs(experiment: str, *, tracking_uri: str | None = None) -> list[str]:
+    """Ids of the runs in `experiment` that saved a checkpoint, oldest first."""
+    import mlflow
+
+    from capexp.tracking import experiment_id, use_store
+
+    use_store(tracking_uri)
+    exp = experiment_id(experiment, create=False)
+    if exp is None:
+        raise CapexpError(f"experiment {experiment!r}: no such experiment in {mlflow.get_tracking_uri()}.")
+    runs = mlflow.search_runs([exp], order_by=["attributes.start_time ASC"], output_format="list")
+    ids = [r.info.run_id for r in runs if _has_checkpoint(r.info.run_id)]
+    if not ids:
+        raise CapexpError(f"experiment {experiment!r}: none of its {len(runs)} runs saved a checkpoint.")
+    return ids
+
+
+def list_images(images_dir: Path) -> list[Path]:
+    """Files in `images_dir` (not below) with an extension Pillow can open, sorted by name."""
+    from PIL import Image
+
+    if not images_dir.is_dir():
+        raise CapexpError(f"{images_dir} is not a folder. Pass the folder that holds the images to caption.")
+    Image.init()
+    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    files = sorted(p for p in images_dir.iterdir()
+                   if p.suffix.lower() in readable and not p.name.startswith(".") and p.is_file())
+    if not files:
+        raise CapexpError(f"{images_dir} holds no image files (looked for {', '.join(sorted(readable)[:8])}, ...).")
+    return files
+
+
+def _image_refs(files: list[Path]) -> list[Any]:
+    from capexp.datasets import ImageRef
+
+    refs = []
+    for path in files:
+        st = path.stat()
+        refs.append(ImageRef(path.name, f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}", path.resolve()))
+    return refs
+
+
+def _unique_names(captioners: list[Captioner]) -> list[str]:
+    """Run names, with `#2`, `#3`... added where two captioners share one."""
+    names = [c.name for c in captioners]
+    out = []
+    for i, name in enumerate(names):
+        out.append(name if names.count(name) == 1 else f"{name}#{names[:i].count(name) + 1}")
+    return out
+
+
+def caption_folder(
+    images_dir: Path,
+    captioners: list[Captioner],
+    output_csv: Path,
+    *,
+    beam: int | None = None,
+    batch_size: int = 32,
+) -> FolderCaptions:
+    """Caption every image in `images_dir` with every captioner; write `image_id, model_name, caption`.
+
+    Rows are grouped by image (sorted file names), then by captioner in the given order. Each
+    distinct encoder (`card.cache_id`) runs once over the folder through the feature cache, so
+    a second call (say, with a newly trained run) encodes nothing. Files that cannot be read are
+    skipped and listed in one warning. `beam` None: each run's own `evaluation.beam_size`.
+    """
+    import time
+
+    from tqdm.auto import tqdm
+
+    from capexp.features import encode_images
+
+    if not captioners:
+        raise CapexpError("no model to caption with: pass --run, --experiment or --model.")
+    started = time.perf_counter()
+    refs = _image_refs(list_images(images_dir))
+    names = _unique_names(captioners)
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(captioners):
+        groups.setdefault(c.card.cache_id, []).append(i)
+
+    # Encode first (each encoder with its own progress bar), then caption under one bar. An
+    # unreadable file is warned about (by encode_images) once: later encoders never see it.
+    encoded: dict[str, tuple[list[int], Any]] = {}  # cache_id -> (indices into refs, features)
+    todo = list(range(len(refs)))
+    skipped: list[tuple[str, str]] = []
+    for cache_id, members in groups.items():
+        first = captioners[members[0]]
+        enc = encode_images(first.card, [refs[i] for i in todo], device=first.device, batch_size=batch_size)
+        skipped += enc.skipped
+        todo = [todo[j] for j in enc.kept]
+        encoded[cache_id] = (todo, enc.features)
+    for cache_id, (kept, features) in encoded.items():  # keep only what every encoder read
+        if len(kept) != len(todo):
+            rows = [j for j, i in enumerate(kept) if i in set(todo)]
+            encoded[cache_id] = (todo, features[rows])
+
+    captions: list[list[str]] = [[] for _ in captioners]  # per captioner, in `todo` order
+    with tqdm(total=len(todo) * len(captioners), desc="captioning", unit="caption") as bar:
+        for members in groups.values():
+            features = encoded[captioners[members[0]].card.cache_id][1]
+            for i in members:
+                bar.set_postfix(model=names[i])
+                for start in range(0, len(todo), batch_size):
+                    batch = captioners[i].caption_features(features[start : start + batch_size], beam=beam,
+                                                           batch_size=batch_size)
+                    captions[i] += batch
+                    bar.update(len(batch))
+
+    output_csv.parent.mkdir(parents=True, exist_ok=True)
+    with output_csv.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image_id", "model_name", "caption"])
+        for row, index in enumerate(todo):
+            for name, texts in zip(names, captions):
+                w.writerow([refs[index].image_id, name, texts[row]])
+    return FolderCaptions(output_csv, len(todo), names, skipped, time.perf_counter() - started)

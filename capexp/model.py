@@ -1,0 +1,133 @@
+"""The ClipCap captioner: image features -> mapper -> k visual tokens -> causal LM decoder.
+
+Read top to bottom in the order a batch flows: the mappers, then `ClipCap.prefix` and
+`ClipCap.forward` (the loss on caption tokens only), then freezing and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["ClipCap", "MlpMapper", "TransformerMapper", "build_mapper", "freeze_blocks", "save_checkpoint", "load_state"]
+
+
+class MlpMapper(nn.Module):
+    """The seed's projection: Linear(feature_dim -> k * width) then Tanh, reshaped to k tokens.
+
+    Grid features (B, T, F) are mean-pooled first: this mapper makes exactly k tokens.
+    """
+
+    def __init__(self, feature_dim: int, width: int, k: int) -> None:
+        super().__init__()
+        self.k, self.width = k, width
+        self.proj = nn.Linear(feature_dim, k * width)
+        self.act = nn.Tanh()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.dim() == 3:
+            features = features.mean(dim=1)  # (B, F)
+        return self.act(self.proj(features)).view(-1, self.k, self.width)  # (B, k, D)
+
+
+class TransformerMapper(nn.Module):
+    """ClipCap's transformer mapper: k learned queries attend over the projected image tokens.
+
+    Pooled features (B, F) become one image token; grid features (B, T, F) give T image tokens.
+    """
+
+    def __init__(self, feature_dim: int, width: int, k: int, layers: int, heads: int = 8) -> None:
+        super().__init__()
+        heads = next(h for h in (heads, 4, 2, 1) if width % h == 0)
+        self.k = k
+        self.proj = nn.Linear(feature_dim, width)
+        self.queries = nn.Parameter(torch.randn(k, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.dim() == 2:
+            features = features.unsqueeze(1)  # (B, 1, F)
+        x = self.proj(features)  # (B, T, D)
+        queries = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)  # (B, k, D)
+        out = self.encoder(torch.cat([x, queries], dim=1))  # (B, T + k, D)
+        return out[:, -self.k :]  # (B, k, D)
+
+
+def build_mapper(kind: str, feature_dim: int, width: int, k: int, layers: int = 4) -> nn.Module:
+    """The mapper named by `gpt2_config.mapper`."""
+    if kind == "mlp":
+        return MlpMapper(feature_dim, width, k)
+    if kind == "transformer":
+        return TransformerMapper(feature_dim, width, k, layers)
+    raise ValueError(f"unknown mapper {kind!r}; use 'mlp' or 'transformer'")
+
+
+class ClipCap(nn.Module):
+    """A mapper feeding k visual tokens to a causal language model."""
+
+    def __init__(self, decoder: nn.Module, mapper: nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.mapper = mapper
+
+    @property
+    def prefix_length(self) -> int:
+        return self.mapper.k
+
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.decoder.get_input_embeddings()(input_ids)  # (B, L, D)
+
+    def prefix(self, features: torch.Tensor) -> torch.Tensor:
+        """Visual tokens for a batch of image features."""
+        return self.mapper(features)  # (B, k, D)
+
+    def forward(self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over caption tokens only: prefix and padding are masked out.
+
+        `input_ids` (B, L) hold the caption followed by EOS, right-padded; `attention_mask` (B, L)
+        is 1 on caption and EOS tokens.
+        """
+        prefix = self.prefix(features)  # (B, k, D)
+        embeds = torch.cat([prefix.to(self.embed_tokens(input_ids).dtype), self.embed_tokens(input_ids)], dim=1)  # (B, k+L, D)
+        ones = attention_mask.new_ones(prefix.shape[:2])  # (B, k)
+        mask = torch.cat([ones, attention_mask], dim=1)  # (B, k+L)
+        logits = self.decoder(inputs_embeds=embeds, attention_mask=mask).logits  # (B, k+L, V)
+        k = prefix.shape[1]
+        # the token at position k+i is predicted from position k+i-1
+        pred = logits[:, k - 1 : -1]  # (B, L, V)
+        labels = input_ids.masked_fill(attention_mask == 0, -100)  # (B, L)
+        return nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+
+
+def freeze_blocks(blocks: nn.ModuleList, n: int | None) -> int:
+    """Freeze the first `n` decoder blocks (None or 0: all trainable). Returns how many were frozen."""
+    if not n:
+        return 0
+    if n > len(blocks):
+        raise ValueError(f"n_layers_to_freeze={n} but the decoder has only {len(blocks)} blocks")
+    for block in blocks[:n]:
+        block.requires_grad_(False)
+    return n
+
+
+def save_checkpoint(model: ClipCap, folder: Path, meta: dict[str, Any]) -> Path:
+    """Write the model as `model.safetensors` + `capexp.json` (never pickle). Returns the folder."""
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(folder / "model.safetensors"))
+    (folder / "capexp.json").write_text(json.dumps(meta, indent=2, default=str))
+    return folder
+
+
+def load_state(model: ClipCap, folder: Path) -> dict[str, Any]:
+    """Load weights saved by `save_checkpoint` into `model`; returns the saved metadata."""
+    from safetensors.torch import load_model
+
+    load_model(model, str(folder / "model.safetensors"))
+    return json.loads((folder / "capexp.json").read_text())

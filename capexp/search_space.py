@@ -1,0 +1,371 @@
+"""Study search spaces: JSON files under `studies/`, validated by pydantic.
+
+A search space names the spec keys a study varies (dotted, as in `--set` and the MLflow params),
+the objective, the sampler and the pruner. `studies/default.json` searches the seed's four
+knobs on grids that contain the seed's six values.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    JsonValue,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from capexp.errors import CapexpError, warn
+
+__all__ = [
+    "FREEZE_KEY",
+    "Categorical",
+    "IntRange",
+    "FloatRange",
+    "Objective",
+    "TpeSampler",
+    "GridSampler",
+    "MedianPruner",
+    "HyperbandPruner",
+    "NoPruner",
+    "SearchSpace",
+    "default_space_path",
+    "load_space",
+    "spec_keys",
+]
+
+FREEZE_KEY = "gpt2_config.n_layers_to_freeze"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------- parameters
+class Categorical(_Strict):
+    """One of a list of values; lists such as image sizes are fine."""
+
+    choices: list[JsonValue] = Field(min_length=1)
+    # Only for `gpt2_config.n_layers_to_freeze`: the choices were written for a decoder of this
+    # many blocks and are rescaled to the base decoder's depth (see `fit_to_depth`).
+    reference_depth: int | None = Field(None, ge=1)
+
+    @field_validator("choices")
+    @classmethod
+    def _distinct(cls, v: list[JsonValue]) -> list[JsonValue]:
+        texts = [json.dumps(c, sort_keys=True) for c in v]
+        if len(set(texts)) != len(texts):
+            raise ValueError(f"must not repeat a value, got {json.dumps(v)}")
+        return v
+
+    def encoded(self) -> list[None | bool | int | float | str]:
+        """The choices as Optuna stores them: scalars as they are, lists and objects as JSON text."""
+        return [c if c is None or isinstance(c, (bool, int, float, str)) else json.dumps(c) for c in self.choices]
+
+    def suggest(self, trial: Any, name: str) -> JsonValue:
+        return self.decode(trial.suggest_categorical(name, self.encoded()))
+
+    def decode(self, stored: Any) -> JsonValue:
+        """The choice Optuna stored as `stored`."""
+        return self.choices[self.encoded().index(stored)]
+
+    def encode(self, value: JsonValue) -> None | bool | int | float | str:
+        """`value` as Optuna stores it; ValueError if it is not one of the choices."""
+        text = json.dumps(value, sort_keys=True)
+        for choice, stored in zip(self.choices, self.encoded()):
+            if json.dumps(choice, sort_keys=True) == text:
+                return stored
+        raise ValueError(f"{json.dumps(value)} is not one of the choices {json.dumps(self.choices)}")
+
+
+class IntRange(_Strict):
+    """An integer from `low` to `high` inclusive."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        _check_range(self.low, self.high, self.log, self.step != 1)
+        return self
+
+    def suggest(self, trial: Any, name: str) -> int:
+        return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
+
+    def decode(self, stored: Any) -> int:
+        return int(stored)
+
+    def encode(self, value: JsonValue) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not self.low <= value <= self.high:
+            raise ValueError(f"{json.dumps(value)} is not an integer from {self.low} to {self.high}")
+        return value
+
+
+class FloatRange(_Strict):
+    """A float from `low` to `high`; `log` samples on a log scale (learning rates)."""
+
+    type: Literal["float"]
+    low: float
+    high: float
+    step: float | None = Field(None, gt=0)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        _check_range(self.low, self.high, self.log, self.step is not None)
+        return self
+
+    def suggest(self, trial: Any, name: str) -> float:
+        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
+
+    def decode(self, stored: Any) -> float:
+        return float(stored)
+
+    def encode(self, value: JsonValue) -> float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not self.low <= value <= self.high:
+            raise ValueError(f"{json.dumps(value)} is not a number from {self.low} to {self.high}")
+        return float(value)
+
+
+def _check_range(low: float, high: float, log: bool, stepped: bool) -> None:
+    if low > high:
+        raise ValueError(f"`low` ({low}) must not exceed `high` ({high})")
+    if log and low <= 0:
+        raise ValueError(f"`log` needs `low` > 0, got {low}")
+    if log and stepped:
+        raise ValueError("`log` and `step` cannot be combined")
+
+
+def _param_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("type", "categorical"))
+    return getattr(value, "type", "categorical")
+
+
+Param = Annotated[
+    Union[
+        Annotated[Categorical, Tag("categorical")],
+        Annotated[IntRange, Tag("int")],
+        Annotated[FloatRange, Tag("float")],
+    ],
+    Discriminator(_param_kind),
+]
+
+
+# ---------------------------------------------------------------------------- objective, sampler, pruner
+class Objective(_Strict):
+    """What a trial is scored by: the best per-epoch value of `metric` over its epochs."""
+
+    metric: str = "auto"  # auto: cider when COCO metrics are on and Java exists, else bertscore_f1
+    direction: Literal["auto", "maximize", "minimize"] = "auto"  # auto: minimize losses, maximize the rest
+
+
+class TpeSampler(_Strict):
+    name: Literal["tpe"] = "tpe"
+    seed: int = 0  # each worker and each resume derives its own seed from this one
+    n_startup_trials: int = Field(5, ge=1)  # random trials before TPE models the results
+
+
+class GridSampler(_Strict):
+    """Every combination of the choices once (ranges are not allowed); for small spaces."""
+
+    name: Literal["grid"]
+    seed: int = 0  # order in which the grid is visited
+
+
+class MedianPruner(_Strict):
+    """Stop a trial whose best value so far is worse than the median of earlier trials at that epoch."""
+
+    name: Literal["median"] = "median"
+    n_startup_trials: int = Field(3, ge=0)  # trials that are never pruned, to set the median
+    n_warmup_steps: int = Field(0, ge=0)  # epochs always completed before a trial may be pruned
+
+
+class HyperbandPruner(_Strict):
+    """Successive halving in several brackets; the maximum resource is the base's `num_epochs`."""
+
+    name: Literal["hyperband"]
+    min_resource: int = Field(1, ge=1)  # epochs every trial runs
+    reduction_factor: int = Field(3, ge=2)
+
+
+class NoPruner(_Strict):
+    name: Literal["none"]
+
+
+def _named_default(default: str):
+    def kind(value: Any) -> str:
+        if isinstance(value, dict):
+            return str(value.get("name", default))
+        return getattr(value, "name", default)
+
+    return Discriminator(kind)
+
+
+Sampler = Annotated[
+    Union[Annotated[TpeSampler, Tag("tpe")], Annotated[GridSampler, Tag("grid")]],
+    _named_default("tpe"),
+]
+Pruner = Annotated[
+    Union[
+        Annotated[MedianPruner, Tag("median")],
+        Annotated[HyperbandPruner, Tag("hyperband")],
+        Annotated[NoPruner, Tag("none")],
+    ],
+    _named_default("median"),
+]
+
+
+# ---------------------------------------------------------------------------- the space
+def spec_keys() -> set[str]:
+    """Every dotted key a spec has (data keys of every data source), `id` and `notes` excluded."""
+    from capexp import spec as specs
+
+    keys: set[str] = set()
+
+    def walk(prefix: str, model: type[BaseModel]) -> None:
+        for name, info in model.model_fields.items():
+            ann = info.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(f"{prefix}{name}.", ann)
+            else:
+                keys.add(f"{prefix}{name}")
+
+    walk("", specs.Spec)
+    keys -= {"id", "notes", "data_paths"}
+    for source in (specs.CaptionListData, specs.CocoData, specs.Flickr8kData, specs.KarpathyData, specs.GeneratedData):
+        walk("data_paths.", source)
+    return keys - {"data_paths.source"}
+
+
+class SearchSpace(_Strict):
+    """What a study searches: `params` by dotted spec key, plus objective, sampler and pruner."""
+
+    notes: str = ""  # why the space is what it is (shown nowhere else; for the reader)
+    objective: Objective = Objective()
+    sampler: Sampler = TpeSampler()
+    pruner: Pruner = MedianPruner()
+    params: dict[str, Param] = Field(min_length=1)
+
+    @field_validator("params")
+    @classmethod
+    def _known_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        import difflib
+
+        valid = spec_keys()
+        for key, param in v.items():
+            if key not in valid:
+                close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+                hint = f"did you mean `{close[0]}`?" if close else "use a dotted spec key such as `training_config.learning_rate`."
+                raise ValueError(f"`{key}` is not a spec key; {hint}")
+            if getattr(param, "reference_depth", None) is not None and key != FREEZE_KEY:
+                raise ValueError(f"`{key}`: `reference_depth` only applies to `{FREEZE_KEY}`")
+            if key == FREEZE_KEY and isinstance(param, FloatRange):
+                raise ValueError(f"`{key}` counts blocks: give `choices` or an int range, not a float range")
+        return v
+
+    @model_validator(mode="after")
+    def _grid_needs_choices(self) -> SearchSpace:
+        if isinstance(self.sampler, GridSampler):
+            ranged = [k for k, p in self.params.items() if not isinstance(p, Categorical)]
+            if ranged:
+                raise ValueError(
+                    f"the grid sampler needs `choices` for every param, but {', '.join(ranged)} "
+                    f"{'is a range' if len(ranged) == 1 else 'are ranges'}; list the values or use the tpe sampler"
+                )
+        return self
+
+    def fit_to_depth(self, depth: int, origin: str) -> SearchSpace:
+        """The space with `n_layers_to_freeze` bounded by a decoder of `depth` blocks.
+
+        Choices with a `reference_depth` R are rescaled: v -> round(v * depth / R), so the seed's
+        6, 10, 11 of GPT-2's 12 blocks stay 6, 10, 11 on GPT-2 and become 1, 2 (half, all) on a
+        2-block decoder. Other choices beyond `depth` are dropped, and a range is clamped, with a
+        warning; nothing left is an error.
+        """
+        param = self.params.get(FREEZE_KEY)
+        if param is None:
+            return self
+        fitted: Categorical | IntRange
+        if isinstance(param, Categorical):
+            values = [self.fit_value(FREEZE_KEY, c, depth) for c in param.choices]
+            kept = list(dict.fromkeys(v for v in values if v is None or (isinstance(v, int) and v <= depth)))
+            dropped = [c for c, v in zip(param.choices, values) if v not in kept]
+            if not kept:
+                raise CapexpError(
+                    f"{origin}: `params.{FREEZE_KEY}` has no choice within the decoder's {depth} blocks "
+                    f"(got {json.dumps(param.choices)}). Use values from 0 to {depth}, or set "
+                    f"`reference_depth` to the depth the values were written for."
+                )
+            if dropped:
+                warn(f"{origin}: `params.{FREEZE_KEY}` choices {dropped} exceed the decoder's {depth} blocks and are left out.")
+            fitted = Categorical(choices=kept)
+        else:  # an IntRange: float ranges are refused when the space is loaded
+            if param.low > depth:
+                raise CapexpError(
+                    f"{origin}: `params.{FREEZE_KEY}.low` is {param.low} but the decoder has {depth} blocks. "
+                    f"Use a range within 0 to {depth}."
+                )
+            if param.high > depth:
+                warn(f"{origin}: `params.{FREEZE_KEY}.high` {param.high} is cut to the decoder's {depth} blocks.")
+            fitted = param.model_copy(update={"high": min(param.high, depth)})
+        return self.model_copy(update={"params": {**self.params, FREEZE_KEY: fitted}})
+
+    def fit_value(self, key: str, value: JsonValue, depth: int) -> JsonValue:
+        """`value` for `key` as this space means it on a decoder of `depth` blocks (rescaled freeze counts)."""
+        param = self.params.get(key)
+        reference = param.reference_depth if isinstance(param, Categorical) and key == FREEZE_KEY else None
+        if reference is None or not isinstance(value, int) or isinstance(value, bool):
+            return value
+        return min(depth, int(value * depth / reference + 0.5))
+
+
+# ---------------------------------------------------------------------------- loading
+_TAGS = {"categorical", "int", "float", "tpe", "grid", "median", "hyperband", "none"}
+
+
+def default_space_path() -> Path:
+    """`studies/default.json`: the seed's four knobs on grids holding the seed's values."""
+    return Path(__file__).resolve().parents[1] / "studies" / "default.json"
+
+
+def _explain(err: ValidationError, origin: str) -> CapexpError:
+    sentences = []
+    for e in err.errors():
+        loc = [str(p) for i, p in enumerate(e["loc"]) if not (p in _TAGS and i in (1, 2))]
+        shown = ".".join(loc) or "the file"
+        if e["type"] == "extra_forbidden":
+            sentences.append(f"`{shown}` is not a search-space key.")
+        else:
+            message = e["msg"].removeprefix("Value error, ")
+            sentences.append(f"`{shown}`: {message[0].lower()}{message[1:]} (got {json.dumps(e.get('input'), default=str)}).")
+    return CapexpError(
+        f"{origin}: " + " ".join(sentences) + " Valid top-level keys: objective, sampler, pruner, params; "
+        "see studies/default.json for an example. Fix the file and run again."
+    )
+
+
+def load_space(path: str | Path | None = None) -> SearchSpace:
+    """Read and validate a search-space file (default: `studies/default.json`)."""
+    path = Path(path) if path is not None else default_space_path()
+    if not path.is_file():
+        raise CapexpError(f"Search-space file {path} does not exist. Check the path, or leave out --space for the default.")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CapexpError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. Fix the file.") from None
+    try:
+        return SearchSpace.model_validate(data)
+    except ValidationError as e:
+        raise _explain(e, str(path)) from None

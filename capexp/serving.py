@@ -1,0 +1,144 @@
+"""A run's best checkpoint as a registered MLflow pyfunc model that `mlflow models serve` runs.
+
+The model is logged from code (capexp/pyfunc_model.py, no pickled objects) with the run's
+`checkpoint/` folder as its artifact and capexp's own source bundled (`code_paths`), so any
+machine with capexp's dependencies can serve it:
+
+    MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db \\
+        mlflow models serve -m models:/NAME@champion --env-manager local -h 127.0.0.1 -p 5001
+
+Request (`POST /invocations`, `Content-Type: application/json`): the image file bytes,
+base64-encoded, in a column `image`; one row per image; `params.beam_size` is optional:
+
+    {"dataframe_split": {"columns": ["image"], "data": [["/9j/4AAQSkZJRg..."]]}, "params": {"beam_size": 3}}
+
+(`{"dataframe_records": [{"image": "/9j/4AAQ..."}]}` works too.) Response:
+
+    {"predictions": [{"caption": "a dog runs on the grass"}]}
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from capexp.errors import CapexpError
+
+__all__ = ["REQUEST_EXAMPLE", "RegisteredModel", "register_run"]
+
+log = logging.getLogger("capexp")
+
+REQUEST_EXAMPLE = (
+    'POST /invocations with Content-Type: application/json and body '
+    '{"dataframe_split": {"columns": ["image"], "data": [["<base64 of the image file>"]]}, '
+    '"params": {"beam_size": 3}} (params optional); the answer is {"predictions": [{"caption": "..."}]}.'
+)
+_MODEL_FILE = Path(__file__).with_name("pyfunc_model.py")
+
+
+@dataclass
+class RegisteredModel:
+    """What `register_run` registered."""
+
+    name: str
+    version: str
+    alias: str
+    run_id: str
+    model_uri: str  # models:/NAME@alias
+
+
+def _requirements() -> list[str]:
+    """capexp's own dependencies, pinned to the versions installed here (capexp itself travels as code)."""
+    from importlib.metadata import requires, version
+
+    from packaging.requirements import Requirement
+
+    pinned = []
+    for line in requires("capexp") or []:
+        req = Requirement(line)
+        if req.marker is None:  # extras such as [test] carry a marker
+            pinned.append(f"{req.name}=={version(req.name).split('+')[0]}")  # no local tag: +cpu is not on PyPI
+    return pinned
+
+
+def _input_example():
+    """A one-row request (a 16x16 grey PNG): MLflow loads the model and runs it on this before
+    logging, and keeps it as the model's `serving_input_example.json`."""
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (128, 128, 128)).save(buffer, format="PNG")
+    return pd.DataFrame({"image": [buffer.getvalue()]})
+
+
+def _signature(beam_size: int):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "image")]),
+        outputs=Schema([ColSpec("string", "caption")]),
+        params=ParamSchema([ParamSpec("beam_size", "long", beam_size)]),
+    )
+
+
+def register_run(
+    run: str,
+    name: str,
+    *,
+    alias: str = "champion",
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
+) -> RegisteredModel:
+    """Log run `run`'s best checkpoint as a pyfunc model, register it as `name` and point `alias` at it.
+
+    `run` is a run id or a run name (searched in `experiment`, else in every experiment). The
+    logged model is linked to the run (its source run, at the checkpoint's epoch); the run itself
+    is not reopened, so its status and times stay as they were.
+    """
+    import json
+
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelOutput
+
+    import capexp
+    from capexp.inference import find_run, run_checkpoint
+    from capexp.spec import Spec
+    from capexp.tracking import use_store
+
+    if not name.strip() or "/" in name or "@" in name:
+        raise CapexpError(f"--name {name!r}: a registered model name must be non-empty, without '/' or '@'.")
+    use_store(tracking_uri)
+    run_id = find_run(run, experiment)
+    checkpoint = run_checkpoint(run_id, run)
+    meta = json.loads((checkpoint / "capexp.json").read_text())
+    spec = Spec.model_validate(meta["spec"])
+    client = MlflowClient()
+    source = client.get_run(run_id)
+    logged = client.create_logged_model(
+        source.info.experiment_id, name="captioner", source_run_id=run_id,
+        params={"run_name": source.info.run_name or spec.id, "epoch": str(meta.get("epoch"))},
+        tags={"capexp.version": meta.get("capexp_version", capexp.__version__)},
+    )
+    mlflow.pyfunc.log_model(
+        model_id=logged.model_id,
+        python_model=str(_MODEL_FILE),
+        artifacts={"checkpoint": str(checkpoint)},
+        code_paths=[str(Path(capexp.__file__).parent)],
+        signature=_signature(spec.evaluation.beam_size),
+        input_example=_input_example(),
+        pip_requirements=_requirements(),
+        metadata={"capexp_run_id": run_id, "capexp_epoch": meta.get("epoch"), "request": REQUEST_EXAMPLE},
+    )
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=int(meta.get("epoch") or 0))])
+    version = mlflow.register_model(f"models:/{logged.model_id}", name)
+    client.update_model_version(name, version.version, description=f"capexp run {spec.id} ({run_id}), "
+                                f"epoch {meta.get('epoch')}. {REQUEST_EXAMPLE}")
+    client.set_registered_model_alias(name, alias, version.version)
+    log.info("registered run %s (%s) as %s version %s, alias @%s", spec.id, run_id, name, version.version, alias)
+    return RegisteredModel(name, str(version.version), alias, run_id, f"models:/{name}@{alias}")

@@ -1,0 +1,367 @@
+"""Experiment specs: JSON files validated by pydantic, with `extends` and `--set` overrides.
+
+A spec is the seed study's training config (SEED.md) plus `id`, `notes`, `seed`, a data
+source, backbone names and evaluation options. Every key has a default, so the seed's file
+loads unchanged and a two-line spec that `extends` another is enough for a variation.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import difflib
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from capexp.errors import CapexpError
+
+__all__ = [
+    "Spec",
+    "load_spec",
+    "flatten",
+    "spec_hash",
+    "parse_override",
+    "missing_paths",
+    "expand_path",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# ---------------------------------------------------------------------------- backbones
+class ClipConfig(_Section):
+    """The image encoder (named `clip_config` after the seed; any registered encoder works)."""
+
+    model: str = "openai/clip-vit-base-patch32"  # registry name, hub id or local folder
+    image_size: tuple[int, int] = (224, 224)  # (height, width) the image is resized to
+    features: Literal["pooled", "grid"] = "pooled"  # one embedding, or the spatial grid
+
+    @field_validator("image_size")
+    @classmethod
+    def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 8:
+            raise ValueError(f"must be two sizes >= 8 pixels, got {list(v)}")
+        return v
+
+
+class Gpt2Config(_Section):
+    """The language decoder (named `gpt2_config` after the seed; any causal LM works)."""
+
+    model: str = "gpt2"  # registry name, hub id or local folder
+    tokenizer: str | None = None  # None: the decoder's own tokenizer
+    visual_tokens_length: int = Field(5, ge=1)  # k, visual tokens made by the mapper
+    text_tokens_max_length: int = Field(10, ge=1)  # captions cut to this many tokens
+    n_layers_to_freeze: int | None = Field(None, ge=0)  # first N decoder blocks frozen
+    mapper: Literal["mlp", "transformer"] = "mlp"  # seed's Linear->Tanh, or ClipCap's transformer
+    mapper_layers: int = Field(4, ge=1)  # transformer mapper depth
+
+
+# ---------------------------------------------------------------------------- data sources
+class CaptionListData(_Section):
+    """The seed's format: JSON lists of {"image": path, "caption": text}, one entry per caption."""
+
+    source: Literal["caption_list"] = "caption_list"
+    train_captions_path: str
+    val_captions_path: str
+    images_root: str | None = None  # relative image paths resolve here (default: the JSON's folder, then CWD)
+
+
+class CocoData(_Section):
+    """COCO captions JSON (`captions_{split}.json`) with its image folder."""
+
+    source: Literal["coco"]
+    train_annotations: str
+    train_images: str
+    val_annotations: str
+    val_images: str
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # >0: hold out this share of train as val instead
+
+
+class Flickr8kData(_Section):
+    """Flickr8k as distributed: `Flicker8k_Dataset/` and `Flickr8k_text/` under one root."""
+
+    source: Literal["flickr8k"]
+    root: str = "${CAPEXP_DATA:-../shared/data}/flickr8k"
+    val_split: Literal["dev", "test"] = "dev"
+
+
+class KarpathyData(_Section):
+    """A Karpathy-split JSON (`dataset_coco.json` / `dataset_flickr8k.json` style)."""
+
+    source: Literal["karpathy"]
+    dataset_json: str
+    images_root: str
+    val_split: Literal["val", "test"] = "val"
+    include_restval: bool = True  # train on `restval` too, as is customary
+
+
+class GeneratedData(_Section):
+    """Deterministic shape images whose captions describe them; offline and learnable in minutes."""
+
+    source: Literal["generated"]
+    num_train: int = Field(800, ge=1)
+    num_val: int = Field(100, ge=1)
+    image_px: int = Field(64, ge=16)  # side of the rendered square image
+    seed: int = 0  # dataset seed (independent of the training seed)
+
+
+DataSpec = Annotated[
+    Union[CaptionListData, CocoData, Flickr8kData, KarpathyData, GeneratedData],
+    Field(discriminator="source"),
+]
+
+
+# ---------------------------------------------------------------------------- training
+class TrainingConfig(_Section):
+    subset_ratio: float = Field(1.0, gt=0.0, le=1.0)  # share of training images, sampled from `seed`
+    batch_size: int = Field(64, ge=1)
+    num_epochs: int = Field(10, ge=1)
+    learning_rate: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warmup
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0.0)  # max gradient norm; None disables
+    one_caption_per_image: bool = False  # each epoch samples one reference per image
+    best_metric: str = "val_loss"  # the checkpoint kept is best by this metric
+    best_mode: Literal["min", "max"] | None = None  # None: min for losses, max otherwise
+    enable_GPU: bool = False  # CUDA with bf16 autocast when available
+    trained_model_path: str | None = None  # also copy the best checkpoint here (safetensors + JSON)
+    monitoring_plots_path: str | None = None  # also copy the curves PNG here
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        if self.best_mode is not None:
+            return self.best_mode
+        return "min" if "loss" in self.best_metric else "max"
+
+
+class EvaluationConfig(_Section):
+    bertscore_model: str = "all-MiniLM-L6-v2"  # registry name, hub id (e.g. roberta-large) or folder
+    bertscore_num_layers: int | None = None  # None: bert-score's default for the model
+    coco_metrics: bool = True  # BLEU/METEOR/ROUGE-L/CIDEr when Java is available
+    max_images: int | None = Field(500, ge=1)  # validation images captioned per epoch; None: all
+    batch_size: int = Field(64, ge=1)
+    beam_size: int = Field(1, ge=1)  # 1: greedy
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    max_caption_tokens: int | None = Field(None, ge=1)  # None: text_tokens_max_length
+
+
+# ---------------------------------------------------------------------------- the spec
+def _default_id() -> str:
+    return _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
+
+
+class Spec(_Section):
+    """One experiment: everything needed to train, evaluate and track a captioner."""
+
+    id: str = Field(default_factory=_default_id)  # the MLflow run name
+    notes: str = ""  # the MLflow run description
+    seed: int = 0
+    clip_config: ClipConfig = ClipConfig()
+    gpt2_config: Gpt2Config = Gpt2Config()
+    data_paths: DataSpec = Field(default_factory=lambda: GeneratedData(source="generated"))
+    training_config: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_data_format(cls, data: Any) -> Any:
+        # The seed's `data_paths` has no `source`: it is the caption-list format.
+        if isinstance(data, dict) and isinstance(data.get("data_paths"), dict):
+            data_paths = data["data_paths"]
+            if "source" not in data_paths:
+                data = {**data, "data_paths": {"source": "caption_list", **data_paths}}
+        return data
+
+
+# ---------------------------------------------------------------------------- loading
+_ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
+
+
+def expand_path(value: str) -> Path:
+    """Expand `~`, `$VAR`, `${VAR}` and `${VAR:-default}` in a spec path."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(3)
+        default = m.group(2)
+        got = os.environ.get(name)
+        if got:
+            return got
+        if default is not None:
+            return default
+        raise CapexpError(
+            f"The path {value!r} uses ${name}, which is not set. Set the environment variable "
+            f"or write the path out in the spec (or with --set)."
+        )
+
+    return Path(_ENV.sub(sub, value)).expanduser()
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse `dotted.key=JSON_VALUE`; a value that is not JSON is taken as a string."""
+    if "=" not in text:
+        raise CapexpError(
+            f"--set {text!r} has no '='. Write it as dotted.key=JSON_VALUE, for example "
+            f"--set gpt2_config.visual_tokens_length=4 or --set clip_config.image_size=[50,50]."
+        )
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _read_json(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    if not path.is_file():
+        via = f" (extended by {chain[-1]})" if chain else ""
+        raise CapexpError(f"Spec file {path}{via} does not exist. Check the path and run again.")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CapexpError(
+            f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. Fix the file."
+        ) from None
+    if not isinstance(data, dict):
+        raise CapexpError(f"{path} must hold a JSON object at the top, not {type(data).__name__}.")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `over` into `base`; a section whose `source` changes replaces the inherited one."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        old = out.get(key)
+        same_kind = not (isinstance(value, dict) and "source" in value and value.get("source") != (old or {}).get("source"))
+        if isinstance(value, dict) and isinstance(old, dict) and same_kind:
+            out[key] = _merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _resolve(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path.resolve() in [p.resolve() for p in chain]:
+        names = " -> ".join(str(p) for p in (*chain, path))
+        raise CapexpError(f"Spec files extend each other in a cycle: {names}. Remove one `extends`.")
+    data = _read_json(path, chain)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise CapexpError(f"{path}: `extends` must be a file name (a string), got {parent!r}.")
+    return _merge(_resolve(path.parent / parent, (*chain, path)), data)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any, origin: str) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise CapexpError(f"{origin}: --set {key}: `{part}` holds a value, not a section; set `{part}` itself.")
+        node = child
+    old = node.get(parts[-1])
+    if isinstance(value, dict) and isinstance(old, dict) and value.get("source", old.get("source")) == old.get("source"):
+        node[parts[-1]] = _merge(old, value)
+    else:
+        node[parts[-1]] = value
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """Valid keys of the section at `loc` (for did-you-mean suggestions)."""
+    model: Any = Spec
+    for part in loc:
+        if isinstance(part, str) and hasattr(model, "model_fields") and part in model.model_fields:
+            ann = model.model_fields[part].annotation
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        elif isinstance(part, str) and model is None:
+            return []
+        else:  # a discriminated-union tag such as 'flickr8k'
+            for cls in (CaptionListData, CocoData, Flickr8kData, KarpathyData, GeneratedData):
+                if cls.model_fields["source"].annotation.__args__[0] == part:  # type: ignore[union-attr]
+                    model = cls
+    return list(model.model_fields) if model is not None and hasattr(model, "model_fields") else []
+
+
+def _explain(err: ValidationError, origin: str) -> CapexpError:
+    sentences = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        shown = ".".join(str(p) for p in loc if p not in ("caption_list", "coco", "flickr8k", "karpathy", "generated"))
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            parent = ".".join(shown.split(".")[:-1])
+            hint = f"did you mean `{(parent + '.') if parent else ''}{close[0]}`?" if close else f"valid keys here: {', '.join(valid)}."
+            sentences.append(f"`{shown}` is not a spec key; {hint}")
+        elif e["type"] == "union_tag_invalid":
+            sentences.append(
+                f"`{shown}.source` must be one of caption_list, coco, flickr8k, karpathy, generated; got {e['input'].get('source')!r}."
+            )
+        else:
+            got = json.dumps(e.get("input"), default=str)
+            sentences.append(f"`{shown}` {e['msg'][0].lower()}{e['msg'][1:]} (got {got}).")
+    return CapexpError(f"{origin}: " + " ".join(sentences) + " Fix the file or the --set value and run again.")
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """Load a spec file, follow `extends`, apply `--set` overrides, and validate."""
+    path = Path(path)
+    data = _resolve(path)
+    origin = str(path)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value, origin)
+    if overrides:
+        origin += " with --set " + " ".join(overrides)
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as e:
+        raise _explain(e, origin) from None
+
+
+def flatten(spec: Spec) -> dict[str, Any]:
+    """Every spec value by its dotted key (`clip_config.image_size`, ...), lists kept as lists."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = value
+
+    walk("", spec.model_dump(mode="json"))
+    return out
+
+
+def spec_hash(spec: Spec) -> str:
+    """A short hash of everything that shapes a run (not `id` or `notes`)."""
+    data = spec.model_dump(mode="json", exclude={"id", "notes"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def missing_paths(spec: Spec) -> list[tuple[str, Path]]:
+    """Data files and folders the spec names that do not exist, as (dotted key, path)."""
+    data = spec.data_paths
+    out = []
+    for name in type(data).model_fields:
+        value = getattr(data, name)
+        if name == "source" or not isinstance(value, str) or name.endswith("split"):
+            continue
+        p = expand_path(value)
+        if not p.exists():
+            out.append((f"data_paths.{name}", p))
+    return out

@@ -1,0 +1,79 @@
+"""The MLflow store: where runs live, and the names capexp gives params, tags and metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "TAG_SPEC_HASH",
+    "TAG_VERSION",
+    "TAG_GIT",
+    "TAG_DEVICE",
+    "TAG_STUDY",
+    "TAG_PRUNED",
+    "TAG_ENCODER_SKIPPED",
+    "resolve_tracking_uri",
+    "use_store",
+    "experiment_id",
+    "param_value",
+]
+
+DEFAULT_EXPERIMENT = "capexp"
+TAG_SPEC_HASH = "capexp.spec_hash"
+TAG_VERSION = "capexp.version"
+TAG_GIT = "capexp.git_commit"
+TAG_DEVICE = "capexp.device"
+TAG_STUDY = "capexp.study"  # study name on a study's parent and trial runs
+TAG_PRUNED = "capexp.pruned"  # "true" on a trial stopped early by the pruner
+TAG_ENCODER_SKIPPED = "capexp.skipped_images"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """`uri`, else $MLFLOW_TRACKING_URI, else a SQLite store in ./mlruns (set explicitly:
+    MLflow 3 changed its default store)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    root = Path("mlruns").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts of a local SQLite store live beside it, under `artifacts/`."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+    return None
+
+
+def use_store(uri: str | None = None) -> str:
+    """Point MLflow at the capexp store and return its URI."""
+    import mlflow
+
+    uri = resolve_tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def experiment_id(name: str = DEFAULT_EXPERIMENT, *, create: bool = True) -> str | None:
+    """The id of experiment `name` in the current store, created (beside the store) if missing."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    if not create:
+        return None
+    root = _artifact_root(mlflow.get_tracking_uri())
+    location = f"{root}/{name}" if root else None
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def param_value(value: Any) -> str:
+    """How a spec value is written as an MLflow param: strings as-is, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)

@@ -1,0 +1,187 @@
+"""The training loop: cached features and tokenized captions in, a trained ClipCap and per-epoch metrics out."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from capexp.errors import warn
+from capexp.model import ClipCap, build_mapper, freeze_blocks
+from capexp.spec import Spec
+
+__all__ = ["CaptionData", "EpochResult", "pick_device", "tokenize", "build_model", "fit"]
+
+log = logging.getLogger("capexp")
+
+
+@dataclass
+class CaptionData:
+    """One split ready for training: one feature row per image and all its references."""
+
+    image_ids: list[str]
+    features: torch.Tensor  # (N, F) or (N, T, F)
+    references: list[list[str]]
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # 1-based
+    metrics: dict[str, float]
+    captions: list[str]  # greedy/beam captions of the first len(captions) validation images
+    seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def pick_device(enable_gpu: bool) -> torch.device:
+    """CUDA when asked for and present; otherwise CPU (with a warning if CUDA was asked for)."""
+    if enable_gpu and torch.cuda.is_available():
+        return torch.device("cuda")
+    if enable_gpu:
+        warn("training_config.enable_GPU is true but no CUDA device is available; training on the CPU.")
+    return torch.device("cpu")
+
+
+def tokenize(tokenizer, captions: list[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Caption tokens cut to `max_tokens`, then EOS, right-padded: ids and mask, each (M, max_tokens + 1)."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    ids = torch.full((len(captions), max_tokens + 1), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    encoded = tokenizer(captions, add_special_tokens=False)["input_ids"]
+    for i, tokens in enumerate(encoded):
+        tokens = tokens[:max_tokens] + [eos]
+        ids[i, : len(tokens)] = torch.tensor(tokens)
+        mask[i, : len(tokens)] = 1
+    return ids, mask
+
+
+def build_model(spec: Spec, decoder, blocks: torch.nn.ModuleList, feature_dim: int) -> ClipCap:
+    """Mapper + decoder as the spec says, with the first `n_layers_to_freeze` blocks frozen."""
+    cfg = spec.gpt2_config
+    width = decoder.get_input_embeddings().embedding_dim
+    mapper = build_mapper(cfg.mapper, feature_dim, width, cfg.visual_tokens_length, cfg.mapper_layers)
+    freeze_blocks(blocks, cfg.n_layers_to_freeze)
+    return ClipCap(decoder, mapper)
+
+
+def _pairs(data: CaptionData, tokenizer, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every (image, reference) pair: image index (M,), ids and mask (M, L)."""
+    image_index = torch.tensor([i for i, refs in enumerate(data.references) for _ in refs], dtype=torch.long)
+    ids, mask = tokenize(tokenizer, [r for refs in data.references for r in refs], max_tokens)
+    return image_index, ids, mask
+
+
+def _one_per_image(image_index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Rows picking one random reference per image."""
+    n = int(image_index.max()) + 1
+    keys = torch.rand(len(image_index), generator=gen) + image_index.double()  # sorts by image, shuffles within
+    order = torch.argsort(keys)
+    first = torch.searchsorted(image_index[order].contiguous(), torch.arange(n))
+    return order[first]
+
+
+def _schedule(optimizer, warmup: int, total: int, kind: str) -> torch.optim.lr_scheduler.LambdaLR:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _autocast(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def _val_loss(model: ClipCap, features, image_index, ids, mask, batch_size: int, device: torch.device) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(ids), batch_size):
+        sl = slice(start, start + batch_size)
+        with _autocast(device):
+            loss = model(features[image_index[sl]].to(device), ids[sl].to(device), mask[sl].to(device))
+        tokens = int(mask[sl].sum())
+        total += float(loss) * tokens
+        count += tokens
+    return total / max(count, 1)
+
+
+def fit(
+    model: ClipCap,
+    tokenizer,
+    train: CaptionData,
+    val: CaptionData,
+    spec: Spec,
+    device: torch.device,
+    on_epoch: Callable[[EpochResult], bool | None],
+) -> list[EpochResult]:
+    """Train for `num_epochs`; after each epoch evaluate and call `on_epoch` (True stops training)."""
+    from capexp.decoding import generate_captions
+    from capexp.metrics import caption_metrics
+
+    cfg, ev = spec.training_config, spec.evaluation
+    max_tokens = spec.gpt2_config.text_tokens_max_length
+    gen = torch.Generator().manual_seed(spec.seed)
+    model.to(device)
+
+    tr_index, tr_ids, tr_mask = _pairs(train, tokenizer, max_tokens)
+    va_index, va_ids, va_mask = _pairs(val, tokenizer, max_tokens)
+    n_rows = len(train.references) if cfg.one_caption_per_image else len(tr_ids)
+    steps_per_epoch = math.ceil(n_rows / cfg.batch_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = _schedule(optimizer, cfg.warmup_steps, steps_per_epoch * cfg.num_epochs, cfg.lr_schedule)
+    n_caption = len(val.image_ids) if ev.max_images is None else min(ev.max_images, len(val.image_ids))
+    log.info(
+        "training %d trainable / %d parameters on %s: %d images, %d captions, %d steps per epoch",
+        sum(p.numel() for p in params), sum(p.numel() for p in model.parameters()), device,
+        len(train.image_ids), len(tr_ids), steps_per_epoch,
+    )
+
+    history: list[EpochResult] = []
+    for epoch in range(1, cfg.num_epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        rows = _one_per_image(tr_index, gen) if cfg.one_caption_per_image else torch.arange(len(tr_ids))
+        rows = rows[torch.randperm(len(rows), generator=gen)]
+        total = 0.0
+        bar = tqdm(range(0, len(rows), cfg.batch_size), desc=f"epoch {epoch}/{cfg.num_epochs}", leave=False)
+        for start in bar:
+            batch = rows[start : start + cfg.batch_size]
+            with _autocast(device):
+                loss = model(train.features[tr_index[batch]].to(device), tr_ids[batch].to(device), tr_mask[batch].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            total += loss.item()
+            bar.set_postfix(loss=f"{total / (start // cfg.batch_size + 1):.3f}")
+        metrics = {"train_loss": total / steps_per_epoch}
+        metrics["val_loss"] = _val_loss(model, val.features, va_index, va_ids, va_mask, ev.batch_size, device)
+        model.eval()
+        captions = generate_captions(
+            model, tokenizer, val.features[:n_caption], beam_size=ev.beam_size,
+            max_tokens=ev.max_caption_tokens or max_tokens, length_penalty=ev.length_penalty,
+            no_repeat_ngram_size=ev.no_repeat_ngram_size, batch_size=ev.batch_size, device=device,
+        )
+        metrics |= caption_metrics(captions, val.references[:n_caption], ev, device=str(device))
+        result = EpochResult(epoch, metrics, captions, seconds=time.perf_counter() - started)
+        history.append(result)
+        log.info("epoch %d: %s (%.1fs)", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), result.seconds)
+        if on_epoch(result):
+            log.info("stopping after epoch %d (asked by the caller)", epoch)
+            break
+    return history

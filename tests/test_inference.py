@@ -1,0 +1,122 @@
+"""`capexp caption`'s library: real photos captioned by several tracked runs into one CSV."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from capexp.errors import CapexpError
+from capexp.inference import caption_folder, experiment_runs, find_run, list_images, load_captioner, run_checkpoint
+from capexp.run import run_spec
+from capexp.spec import load_spec
+from capexp.tracking import use_store
+
+REPO = Path(__file__).resolve().parents[1]
+# one optimizer step per run: gpt2-tiny's 50k-token head makes every step cost a second or more on CPU
+TINY = ["training_config.num_epochs=1", "data_paths.num_train=16", "training_config.batch_size=16",
+        "training_config.one_caption_per_image=true", "data_paths.num_val=4", "evaluation.coco_metrics=false"]
+NAMES = ["tiny-a", "tiny-b", "tiny-c"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str]]]:
+    """Three tiny quickstart runs (different seeds) in one SQLite store: (store uri, run ids)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("CAPEXP_CACHE", str(tmp_path_factory.getbasetemp() / "capexp-cache"))
+        ids = [run_spec(load_spec(REPO / "experiments" / "quickstart.json", [*TINY, f'id="{name}"', f"seed={i}"])).run_id
+               for i, name in enumerate(NAMES)]
+        yield uri, ids
+
+
+@pytest.fixture
+def photos(shared_data: Path, tmp_path: Path) -> Path:
+    """The 40 COCO sample photos (38 as JPEG, one each as PNG and WebP), a corrupt .jpg and a text file."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sources = sorted((shared_data / "coco2017_sample" / "val2017").glob("*.jpg"))
+    assert len(sources) == 40
+    for src in sources[:38]:
+        shutil.copy(src, folder / src.name)
+    Image.open(sources[38]).save(folder / f"{sources[38].stem}.png")
+    Image.open(sources[39]).save(folder / f"{sources[39].stem}.webp")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_three_runs_caption_forty_photos_with_one_encoding(runs, photos, tmp_path, monkeypatch, caplog) -> None:
+    import capexp.features
+
+    uri, ids = runs
+    calls = []
+    real = capexp.features.encode_images
+
+    def spy(card, images, **kwargs):
+        result = real(card, images, **kwargs)
+        calls.append(result)
+        return result
+
+    monkeypatch.setattr(capexp.features, "encode_images", spy)
+    captioners = [load_captioner(run_id, tracking_uri=uri) for run_id in ids]
+    out = tmp_path / "out" / "captions.csv"
+    with caplog.at_level(logging.WARNING, logger="capexp"):
+        result = caption_folder(photos, captioners, out, batch_size=16)
+
+    rows = _read(out)
+    assert list(rows[0]) == ["image_id", "model_name", "caption"]
+    assert len(rows) == 120 and result.images == 40
+    expected = sorted(p.name for p in photos.iterdir() if p.name not in ("broken.jpg", "notes.txt"))
+    assert [r["image_id"] for r in rows[::3]] == expected
+    assert {r["model_name"] for r in rows} == set(NAMES)
+    assert all(r["caption"].strip() for r in rows)
+    assert [name for name, _ in result.skipped] == ["broken.jpg"]
+    assert "broken.jpg" in caplog.text
+    # the three runs share one encoder: it ran once, over the 41 candidate files
+    assert len(calls) == 1 and calls[0].n_encoded == 40
+
+    again = caption_folder(photos, captioners[:1], tmp_path / "again.csv", batch_size=16)
+    assert calls[1].n_cached == 40 and calls[1].n_encoded == 0  # a second call reads the feature cache
+    assert [r["caption"] for r in _read(tmp_path / "again.csv")] == [r["caption"] for r in rows[::3]]
+    assert again.images == 40
+
+
+def test_every_source_kind_loads_the_same_model(runs, shared_data) -> None:
+    uri, ids = runs
+    use_store(uri)
+    photo = Image.open(sorted((shared_data / "coco2017_sample" / "val2017").glob("*.jpg"))[0])
+    by_id = load_captioner(ids[1], tracking_uri=uri)
+    by_name = load_captioner("tiny-b", tracking_uri=uri)
+    by_folder = load_captioner(run_checkpoint(ids[1], "tiny-b"))
+    assert by_id.name == by_name.name == by_folder.name == "tiny-b"
+    captions = {c.caption_images([photo])[0] for c in (by_id, by_name, by_folder)}
+    assert len(captions) == 1
+    assert experiment_runs("capexp", tracking_uri=uri) == ids  # oldest first
+    assert find_run("tiny-c", "capexp") == ids[2]
+
+
+def test_bad_sources_and_folders_say_what_to_fix(runs, tmp_path) -> None:
+    uri, _ = runs
+    with pytest.raises(CapexpError, match="no run is named 'no-such-run'"):
+        load_captioner("no-such-run", tracking_uri=uri)
+    with pytest.raises(CapexpError, match="capexp register"):
+        load_captioner("models:/never-registered@champion", tracking_uri=uri)
+    with pytest.raises(CapexpError, match="not a capexp checkpoint"):
+        load_captioner(tmp_path)
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(CapexpError, match="holds no image files"):
+        list_images(tmp_path)
+    with pytest.raises(CapexpError, match="no such experiment"):
+        experiment_runs("missing", tracking_uri=uri)

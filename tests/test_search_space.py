@@ -1,0 +1,107 @@
+"""Search spaces: the default holds the seed's values, freeze counts fit the decoder, bad files say why."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+
+from capexp.errors import CapexpError
+from capexp.search_space import FREEZE_KEY, Categorical, IntRange, load_space
+from capexp.spec import flatten, load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+SEEDS = sorted((REPO / "experiments").glob("2025*.json"))
+KNOBS = ["clip_config.image_size", "gpt2_config.visual_tokens_length", FREEZE_KEY, "training_config.subset_ratio"]
+
+
+def _write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_default_space_searches_the_seed_knobs_and_holds_every_seed_value() -> None:
+    space = load_space()
+    assert list(space.params) == KNOBS
+    assert len(SEEDS) == 6
+    for path in SEEDS:
+        flat = flatten(load_spec(path))
+        for key in KNOBS:
+            assert flat[key] in space.params[key].choices, f"{path.name}: {key}={flat[key]}"
+    assert space.sampler.name == "tpe" and space.pruner.name == "median"
+
+
+def test_freeze_choices_are_rescaled_to_the_decoder_depth() -> None:
+    space = load_space()
+    assert space.fit_to_depth(12, "x").params[FREEZE_KEY].choices == [6, 10, 11]  # GPT-2: the seed's values
+    assert space.fit_to_depth(4, "x").params[FREEZE_KEY].choices == [2, 3, 4]  # gpt2-tiny
+    assert space.fit_to_depth(30, "x").params[FREEZE_KEY].choices == [15, 25, 28]  # SmolLM2-135M
+    for depth in range(1, 40):
+        choices = space.fit_to_depth(depth, "x").params[FREEZE_KEY].choices
+        assert all(0 <= c <= depth for c in choices)
+    # An enqueued seed spec's freeze count lands on the same rescaled grid.
+    assert [space.fit_value(FREEZE_KEY, v, 4) for v in (6, 10, 11)] == [2, 3, 4]
+
+
+def test_quickstart_decoder_depth_bounds_the_default_grid() -> None:
+    from capexp.backbones import decoder_blocks, load_decoder
+
+    spec = load_spec(REPO / "experiments" / "quickstart.json")
+    depth = len(decoder_blocks(load_decoder(spec.gpt2_config.model)[0]))
+    choices = load_space().fit_to_depth(depth, "x").params[FREEZE_KEY].choices
+    assert len(choices) >= 2 and max(choices) <= depth
+
+
+def test_plain_freeze_choices_beyond_depth_are_cut_and_ranges_clamped(tmp_path: Path) -> None:
+    space = load_space(_write(tmp_path, {"params": {FREEZE_KEY: {"choices": [None, 1, 6, 11]}}}))
+    assert space.fit_to_depth(4, "x").params[FREEZE_KEY].choices == [None, 1]
+    with pytest.raises(CapexpError, match=r"no choice within the decoder's 4 blocks"):
+        load_space(_write(tmp_path, {"params": {FREEZE_KEY: {"choices": [6, 11]}}})).fit_to_depth(4, "s.json")
+    ranged = load_space(_write(tmp_path, {"params": {FREEZE_KEY: {"type": "int", "low": 1, "high": 11}}}))
+    assert ranged.fit_to_depth(4, "x").params[FREEZE_KEY] == IntRange(type="int", low=1, high=4)
+
+
+def test_list_choices_round_trip_through_optuna() -> None:
+    param = Categorical(choices=[[50, 50], [224, 224]])
+    assert param.encode([224, 224]) == "[224, 224]"
+    assert param.suggest(optuna.trial.FixedTrial({"size": "[224, 224]"}), "size") == [224, 224]
+    with pytest.raises(ValueError, match="not one of the choices"):
+        param.encode([64, 64])
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"params": {"gpt2_config.visual_token_length": {"choices": [2]}}},
+         r"`gpt2_config.visual_token_length` is not a spec key; did you mean `gpt2_config.visual_tokens_length`"),
+        ({"params": {"training_config.subset_ratio": {"choices": [0.1]}}, "smapler": {}}, r"`smapler` is not a search-space key"),
+        ({"params": {"training_config.learning_rate": {"type": "float", "low": 1e-3, "high": 1e-5}}},
+         r"`params.training_config.learning_rate`: `low` \(0.001\) must not exceed `high`"),
+        ({"params": {"gpt2_config.visual_tokens_length": {"choices": [2, 2]}}},
+         r"`params.gpt2_config.visual_tokens_length.choices`: must not repeat a value"),
+        ({"params": {"gpt2_config.visual_tokens_length": {"choices": [2], "reference_depth": 12}}},
+         r"`reference_depth` only applies to `gpt2_config.n_layers_to_freeze`"),
+        ({"sampler": {"name": "grid"}, "params": {"training_config.learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}}},
+         r"the grid sampler needs `choices` for every param, but training_config.learning_rate is a range"),
+        ({"pruner": {"name": "hyperband", "reduction_factor": 1}, "params": {"seed": {"choices": [0, 1]}}},
+         r"`pruner.reduction_factor`: input should be greater than or equal to 2"),
+        ({"params": {}}, r"`params`"),
+    ],
+)
+def test_bad_space_files_name_the_file_and_field(tmp_path: Path, data: dict, message: str) -> None:
+    path = _write(tmp_path, data)
+    with pytest.raises(CapexpError, match=message) as err:
+        load_space(path)
+    assert str(path) in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(CapexpError, match="does not exist"):
+        load_space(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(CapexpError, match=r"bad.json is not valid JSON"):
+        load_space(bad)

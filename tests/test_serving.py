@@ -1,0 +1,128 @@
+"""`capexp register`: a run's checkpoint as a registered pyfunc model that `mlflow models serve` answers."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from capexp.inference import caption_folder, load_captioner
+from capexp.run import run_spec
+from capexp.serving import register_run
+from capexp.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+# one optimizer step per run: gpt2-tiny's 50k-token head makes every step cost a second or more on CPU
+TINY = ["training_config.num_epochs=1", "data_paths.num_train=16", "training_config.batch_size=16",
+        "training_config.one_caption_per_image=true", "data_paths.num_val=4", "evaluation.coco_metrics=false", 'id="tiny-served"']
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
+    """A tiny quickstart run registered as `captioner@champion`: (store uri, run id, cache folder)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    cache = str(tmp_path_factory.getbasetemp() / "capexp-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("CAPEXP_CACHE", cache)
+        run_id = run_spec(load_spec(REPO / "experiments" / "quickstart.json", TINY)).run_id
+        model = register_run("tiny-served", "captioner", alias="champion")
+        assert (model.version, model.run_id, model.model_uri) == ("1", run_id, "models:/captioner@champion")
+        yield uri, run_id, cache
+
+
+def test_registered_model_points_at_the_run_and_a_new_version_moves_the_alias(registered) -> None:
+    from mlflow import MlflowClient
+
+    uri, run_id, _ = registered
+    client = MlflowClient(uri, registry_uri=uri)
+    first = client.get_model_version_by_alias("captioner", "champion")
+    assert (first.version, first.run_id) == ("1", run_id)
+    assert "dataframe_split" in first.description  # how to call it, shown in the MLflow UI
+
+    second = register_run(run_id, "captioner", alias="champion", tracking_uri=uri)
+    assert second.version == "2"
+    assert client.get_model_version_by_alias("captioner", "champion").version == "2"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(port: int, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_mlflow_models_serve_captions_a_real_photo(registered, shared_data, tmp_path) -> None:
+    uri, _, cache = registered
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CAPEXP_CACHE": cache}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/captioner@champion",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, f"server exited:\n{(tmp_path / 'serve.log').read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no /ping answer:\n{(tmp_path / 'serve.log').read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+
+        photo = shared_data / "flickr8k" / "Flicker8k_Dataset" / "1000268201_693b08cb0e.jpg"
+        image = base64.b64encode(photo.read_bytes()).decode()
+        status, answer = _post(port, {"dataframe_split": {"columns": ["image"], "data": [[image], [image]]}})
+        assert status == 200, answer
+        captions = [p["caption"] for p in answer["predictions"]]
+        assert len(captions) == 2 and captions[0] == captions[1]
+        assert isinstance(captions[0], str) and captions[0].strip()
+
+        status, answer = _post(port, {"dataframe_records": [{"image": image}], "params": {"beam_size": 3}})
+        assert status == 200 and answer["predictions"][0]["caption"].strip()
+
+        status, answer = _post(port, {"dataframe_split": {"columns": ["image"], "data": [["bm90IGFuIGltYWdl"]]}})
+        assert status == 400 and "not a readable image" in answer["message"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # mlflow starts uvicorn in the same new session
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_caption_folder_with_a_registered_model_matches_the_run(registered, shared_data, tmp_path) -> None:
+    uri, run_id, _ = registered
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for src in sorted((shared_data / "coco2017_sample" / "val2017").glob("*.jpg"))[:4]:
+        (folder / src.name).symlink_to(src)
+    by_model = caption_folder(folder, [load_captioner("models:/captioner@champion", tracking_uri=uri)], tmp_path / "m.csv")
+    by_run = caption_folder(folder, [load_captioner(run_id, tracking_uri=uri)], tmp_path / "r.csv")
+    assert by_model.images == by_run.images == 4
+    assert (tmp_path / "m.csv").read_text() == (tmp_path / "r.csv").read_text()
+    with (tmp_path / "m.csv").open(newline="") as f:
+        assert {row["model_name"] for row in csv.DictReader(f)} == {"tiny-served"}

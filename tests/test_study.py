@@ -1,0 +1,232 @@
+"""Studies end to end on tiny generated data: MLflow nesting, pruning, resume after a killed
+worker, two workers on a journal file and two workers on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from capexp.study import TAG_STUDY_ROLE, TAG_TRIAL, open_storage, run_study
+from capexp.tracking import TAG_PRUNED, TAG_STUDY
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = REPO / "experiments" / "quickstart.json"
+TINY = [  # a trial takes seconds: 2 training steps and 4 validation images per epoch
+    "training_config.num_epochs=2", "data_paths.num_train=16", "data_paths.num_val=4",
+    "training_config.batch_size=8", "training_config.warmup_steps=0", "training_config.one_caption_per_image=true",
+    "evaluation.coco_metrics=false", "evaluation.max_images=4", "evaluation.batch_size=8",
+]
+# A learning rate of 1e-9 learns nothing: such trials are clearly worse, epoch by epoch.
+SPACE = {
+    "objective": {"metric": "val_loss"},
+    "pruner": {"name": "median", "n_startup_trials": 2},
+    "params": {
+        "training_config.learning_rate": {"choices": [1e-3, 1e-9]},
+        "gpt2_config.visual_tokens_length": {"choices": [2, 4]},
+    },
+}
+
+
+@pytest.fixture
+def space(tmp_path: Path) -> Path:
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(SPACE))
+    return path
+
+
+def _trials(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=open_storage(storage, name)).get_trials()
+
+
+def _states(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+    return sorted(t.state.name for t in trials)
+
+
+def _runs(uri: str, name: str) -> tuple[mlflow.entities.Run, list[mlflow.entities.Run]]:
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("capexp")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_STUDY}` = '{name}'")
+    parents = [r for r in runs if r.data.tags.get(TAG_STUDY_ROLE) == "parent"]
+    assert len(parents) == 1, "one parent run per study, reused on resume"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == len(runs) - 1
+    return parents[0], children
+
+
+def test_study_is_a_parent_run_with_trial_children_pruned_ones_marked(
+    tmp_path: Path, tracking_uri: str, space: Path
+) -> None:
+    queued = []
+    for i, (lr, k) in enumerate([(1e-3, 2), (1e-3, 4), (1e-9, 2), (1e-9, 4)]):
+        path = tmp_path / f"queued{i}.json"
+        path.write_text(json.dumps({"id": f"queued-{i}", "training_config": {"learning_rate": lr},
+                                    "gpt2_config": {"visual_tokens_length": k}}))
+        queued.append(path)
+    storage = str(tmp_path / "s.journal")
+    summary = run_study(BASE, trials=4, name="nest", space=space, storage=storage, enqueue=queued, overrides=TINY)
+
+    trials = _trials(storage, "nest")
+    # Trials 0 and 1 set the median; the 1e-9 trials fall behind it after epoch 1 and are pruned.
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
+    assert [len(t.intermediate_values) for t in trials] == [2, 2, 1, 1]
+    assert (summary.complete, summary.pruned, summary.failed) == (2, 2, 0)
+    assert summary.metric == "val_loss" and summary.direction == "minimize"
+    assert summary.best_params["training_config.learning_rate"] == 1e-3
+
+    parent, children = _runs(tracking_uri, "nest")
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.info.run_name for c in children) == ["queued-0", "queued-1", "queued-2", "queued-3"]
+    pruned = {c.data.tags[TAG_TRIAL] for c in children if c.data.tags.get(TAG_PRUNED) == "true"}
+    assert pruned == {"2", "3"}
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert {c.data.params["training_config.learning_rate"] for c in children} == {"0.001", "1e-09"}
+    assert parent.data.tags["capexp.best_trial"] == str(summary.best_trial)
+    assert parent.data.tags["capexp.best_run_id"] in {c.info.run_id for c in children}
+    assert parent.data.metrics["best_val_loss"] == pytest.approx(summary.best_value)
+    client = mlflow.MlflowClient(tracking_uri)
+    plots = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {"optimization_history.png", "param_importances.png", "parallel_coordinate.png",
+                     "intermediate_values.png"}
+    table = list(csv.DictReader(io.StringIO(Path(client.download_artifacts(parent.info.run_id, "trials.csv")).read_text())))
+    assert [row["state"] for row in table] == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+    assert {row["run_id"] for row in table} == {c.info.run_id for c in children}
+
+    # The same command again: nothing left to run, the same parent run.
+    again = run_study(BASE, trials=4, name="nest", space=space, storage=storage, enqueue=queued, overrides=TINY)
+    assert (again.complete, again.pruned) == (2, 2) and again.parent_run_id == parent.info.run_id
+    assert len(_trials(storage, "nest")) == 4
+
+
+def test_killed_worker_then_rerun_completes_and_keeps_every_finished_trial(
+    tmp_path: Path, tracking_uri: str, space: Path
+) -> None:
+    storage = str(tmp_path / "k.journal")
+    args = dict(trials=2, name="killed", space=str(space), storage=storage, overrides=TINY)
+    code = f"from capexp.study import run_study; run_study({str(BASE)!r}, **{args!r})"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = mlflow.MlflowClient(tracking_uri)
+    deadline = time.monotonic() + 150
+    try:
+        while True:  # kill it in the middle of its second trial, once that trial's run exists
+            assert proc.poll() is None, "the study ended before it could be killed"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            trials = _trials(storage, "killed") if Path(storage).exists() else []
+            if len(trials) == 2 and trials[0].state.is_finished() and trials[1].state == TrialState.RUNNING:
+                exp = client.get_experiment_by_name("capexp")
+                if client.search_runs([exp.experiment_id], filter_string=f"tags.`{TAG_TRIAL}` = '1'"):
+                    break
+            time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = {t.number: (t.state, t.value) for t in _trials(storage, "killed") if t.state.is_finished()}
+    assert before
+
+    summary = run_study(BASE, **args)
+
+    trials = _trials(storage, "killed")
+    assert {t.number: (t.state, t.value) for t in trials if t.number in before} == before
+    killed = trials[1]
+    assert killed.state == TrialState.FAIL
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].params == killed.params and retries[0].state.is_finished()
+    assert summary.complete + summary.pruned == 2
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
+    parent, children = _runs(tracking_uri, "killed")
+    status = {c.data.tags[TAG_TRIAL]: c.info.status for c in children}
+    assert status.pop(str(killed.number)) == "KILLED"
+    assert set(status.values()) == {"FINISHED"} and parent.info.status == "FINISHED"
+
+
+def _two_workers(storage: str, name: str, space: Path, tracking_uri: str) -> None:
+    summary = run_study(BASE, trials=3, name=name, space=space, storage=storage, workers=2, overrides=TINY)
+    trials = _trials(storage, name)
+    assert _states(trials).count("FAIL") == 0 and len(trials) == 3
+    assert summary.complete + summary.pruned == 3
+    workers = {t.user_attrs["capexp.worker"].rsplit(":", 2)[1] for t in trials}
+    assert len(workers) == 2 and str(os.getpid()) not in workers
+    parent, children = _runs(tracking_uri, name)
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert parent.info.status == "FINISHED"
+
+
+def test_two_workers_share_a_journal_file(tmp_path: Path, tracking_uri: str, space: Path) -> None:
+    _two_workers(str(tmp_path / "two.journal"), "two", space, tracking_uri)
+
+
+# ---------------------------------------------------------------------------- a real PostgreSQL
+def _postgres_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).resolve().parent if initdb else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throwaway PostgreSQL cluster on a free localhost port (run as `postgres` when we are root)."""
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed; run .ci/postgres.sh")
+    root = Path(tempfile.mkdtemp(prefix="capexp-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.fail("running as root and there is no `postgres` user to run the server as; run .ci/postgres.sh")
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", _free_port()
+
+    def run(cmd: list) -> None:
+        done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+        log = (root / "server.log").read_text() if (root / "server.log").exists() else ""
+        assert done.returncode == 0, f"{cmd[len(as_user)]} failed:\n{done.stdout}\n{done.stderr}\n{log}"
+
+    run([*as_user, bindir / "initdb", "-D", data, "-U", "capexp", "--auth=trust", "-E", "UTF8"])
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run([*as_user, bindir / "pg_ctl", "-D", data, "-l", root / "server.log", "-o", options, "-w", "start"])
+    try:
+        run([bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "capexp", "studies"])
+        yield f"postgresql://capexp@127.0.0.1:{port}/studies"
+    finally:
+        run([*as_user, bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"])
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_on_postgresql(postgres_url: str, tracking_uri: str, space: Path) -> None:
+    _two_workers(postgres_url, "pg", space, tracking_uri)
+
+
+def test_unreachable_database_is_a_clear_error(space: Path) -> None:
+    from capexp.errors import CapexpError
+
+    url = f"postgresql://capexp:secret@127.0.0.1:{_free_port()}/none"
+    with pytest.raises(CapexpError, match=r"cannot open the study database") as err:
+        open_storage(url, "x")
+    assert "secret" not in str(err.value)
