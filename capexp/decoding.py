@@ -86,22 +86,26 @@ def _ban_repeated_ngrams(scores: torch.Tensor, history: torch.Tensor, n: int) ->
 
 
 def _greedy(decoder, prefix: torch.Tensor, eos: int, max_tokens: int, ngram: int) -> list[list[int]]:
-    """Argmax decoding of a batch; rows that emitted EOS keep emitting EOS until all have."""
+    """Argmax decoding of a batch (EOS-padded); rows leave the batch and the cache once they emit EOS."""
     out = decoder(inputs_embeds=prefix, use_cache=True, logits_to_keep=1)
-    cache, logits = out.cache, out.logits[:, -1]  # (B, V)
-    history = prefix.new_empty((prefix.shape[0], 0), dtype=torch.long)  # (B, t)
-    finished = torch.zeros(prefix.shape[0], dtype=torch.bool, device=prefix.device)
+    cache, logits = out.cache, out.logits[:, -1]  # (R, V) for the R rows still running
+    tokens = torch.full((prefix.shape[0], max_tokens), eos, dtype=torch.long, device=prefix.device)  # (B, max_tokens)
+    rows = torch.arange(prefix.shape[0], device=prefix.device)  # (R,) batch index of each running row
     for t in range(max_tokens):
         if ngram:
             logits = logits.float()
-            _ban_repeated_ngrams(logits, history, ngram)
-        step = logits.argmax(dim=-1).masked_fill(finished, eos)  # (B,)
-        history = torch.cat([history, step[:, None]], dim=1)
-        finished |= step == eos
-        if t == max_tokens - 1 or bool(finished.all()):
+            _ban_repeated_ngrams(logits, tokens[rows, :t], ngram)
+        step = logits.argmax(dim=-1)  # (R,)
+        tokens[rows, t] = step
+        running = step != eos
+        if t == max_tokens - 1 or not bool(running.any()):
             break
+        if not bool(running.all()):
+            keep = running.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, step = rows[keep], step[keep]
         logits = decoder(input_ids=step[:, None], cache=cache, use_cache=True).logits[:, -1]
-    return history.tolist()
+    return tokens.tolist()
 
 
 def _beam_search(
@@ -126,12 +130,16 @@ def _beam_search(
     top_k = torch.arange(2 * K, device=dev) < K  # (2K,) candidates allowed to finish
     row_offset = torch.arange(B, device=dev)[:, None] * K  # (B, 1)
     for t in range(max_tokens):
-        logp = torch.log_softmax(logits.float(), dim=-1)  # (B*K, V)
+        logits = logits.float()  # (B*K, V)
+        norm = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B*K, 1): log p = logit - norm
         if ngram:
-            _ban_repeated_ngrams(logp, history, ngram)
-        vocab = logp.shape[-1]
-        scores, flat = (running.view(-1, 1) + logp).view(B, K * vocab).topk(2 * K, dim=1)  # (B, 2K)
-        parent, token = flat // vocab, flat % vocab
+            _ban_repeated_ngrams(logits, history, ngram)
+        # the best 2K continuations overall are among the best 2K of each beam
+        per_beam = min(2 * K, logits.shape[-1])
+        best, best_token = logits.topk(per_beam, dim=-1)  # (B*K, per_beam)
+        candidates = (running.view(-1, 1) + best - norm).view(B, K * per_beam)
+        scores, flat = candidates.topk(2 * K, dim=1)  # (B, 2K)
+        parent, token = flat // per_beam, best_token.view(B, K * per_beam).gather(1, flat)
         seqs = torch.cat([history.view(B, K, t).gather(1, parent[..., None].expand(-1, -1, t)), token[..., None]], dim=2)
         ends = (token == eos) | (t == max_tokens - 1)  # (B, 2K)
         finishing = torch.where(ends & top_k & ~closed[:, None], scores / (t + 1) ** length_penalty, -math.inf)

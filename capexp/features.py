@@ -15,6 +15,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,8 +63,6 @@ def encode_images(
     Unreadable images are skipped with one warning. The encoder is loaded only when something
     is missing. Cached features are float16 on disk (float32 when too large), returned as float32.
     """
-    import torch
-
     folder = cache_root() / "features" / card.cache_id
     folder.mkdir(parents=True, exist_ok=True)
     _describe(folder, card)
@@ -88,10 +87,8 @@ def encode_images(
         more = f" and {len(skipped) - 5} more" if len(skipped) > 5 else ""
         warn(f"{len(skipped)} of {len(images)} images could not be read and are skipped: {first}{more}.")
 
-    features = _read(index, [names[i] for i in kept])
-    empty = torch.zeros((0, card.feature_dim)) if card.features == "pooled" else torch.zeros((0, 0, card.feature_dim))
     return EncodedImages(
-        features=torch.stack(features).float() if features else empty,
+        features=_read(index, [names[i] for i in kept], card),
         kept=kept,
         skipped=skipped,
         n_cached=n_cached,
@@ -124,46 +121,65 @@ def _index(folder: Path) -> dict[str, Path]:
     return index
 
 
-def _read(index: dict[str, Path], names: list[str]) -> list[torch.Tensor]:
-    """The tensors `names`, opening each shard once."""
+def _read(index: dict[str, Path], names: list[str], card: EncoderCard) -> torch.Tensor:
+    """The tensors `names` stacked as float32, opening each shard once."""
+    import torch
     from safetensors import safe_open
 
+    if not names:
+        return torch.zeros((0, card.feature_dim) if card.features == "pooled" else (0, 0, card.feature_dim))
     by_shard: dict[Path, list[str]] = {}
     for name in dict.fromkeys(names):
         by_shard.setdefault(index[name], []).append(name)
-    loaded = {}
+    loaded: dict[str, torch.Tensor] = {}
     for shard, wanted in by_shard.items():
         with safe_open(shard, framework="pt") as f:
-            loaded.update({n: f.get_tensor(n) for n in wanted})
-    return [loaded[n] for n in names]
+            loaded.update({name: f.get_tensor(name) for name in wanted})
+    out = torch.empty((len(names), *loaded[names[0]].shape))  # float32
+    for row, name in enumerate(names):
+        out[row].copy_(loaded[name])  # float16 -> float32
+    return out
 
 
 def _encode(card: EncoderCard, images: list[ImageRef], names: list[str], todo: list[int], folder: Path,
-            index: dict[str, Path], device: torch.device | str, batch_size: int, progress: bool) -> dict[int, str]:
-    """Encode images `todo` in batches, writing shards as it goes; returns {tensor name: reason} of unreadable ones."""
+            index: dict[str, Path], device: torch.device | str, batch_size: int, progress: bool) -> dict[str, str]:
+    """Encode images `todo` in batches, writing shards as it goes; returns {tensor name: reason} of unreadable ones.
+
+    A background thread reads and preprocesses the next batch while the encoder runs.
+    """
     import torch
     from tqdm.auto import tqdm
 
+    def prepare(batch: list[int]) -> tuple[list[int], torch.Tensor | None, dict[str, str]]:
+        readable, pils, failed = [], [], {}
+        for i in batch:
+            try:
+                pils.append(images[i].load())
+                readable.append(i)
+            except (OSError, ValueError) as e:  # missing, truncated or not an image
+                failed[names[i]] = f"{type(e).__name__}: {e}"
+        return readable, card.preprocess(pils) if pils else None, failed
+
     encoder = card.load(device)
+    batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
     skipped: dict[str, str] = {}
     pending: dict[str, torch.Tensor] = {}
     h, w = card.image_size
-    with tqdm(total=len(todo), desc=f"encoding {card.name} @ {h}x{w}", unit="img", disable=not progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch, pils = [], []
-            for i in todo[start : start + batch_size]:
-                try:
-                    pils.append(images[i].load())
-                    batch.append(i)
-                except (OSError, ValueError) as e:  # missing, truncated or not an image
-                    skipped[names[i]] = f"{type(e).__name__}: {e}"
-            if batch:
+    with ThreadPoolExecutor(max_workers=1) as pool, \
+            tqdm(total=len(todo), desc=f"encoding {card.name} @ {h}x{w}", unit="img", disable=not progress) as bar:
+        ahead = pool.submit(prepare, batches[0])
+        for k in range(len(batches)):
+            readable, pixels, failed = ahead.result()
+            if k + 1 < len(batches):
+                ahead = pool.submit(prepare, batches[k + 1])
+            skipped.update(failed)
+            if pixels is not None:
                 with torch.inference_mode():
-                    out = encoder(card.preprocess(pils).to(device)).float().cpu()  # (B, D) or (B, T, D)
+                    out = encoder(pixels.to(device)).float().cpu()  # (B, D) or (B, T, D)
                 if out.abs().max() < _FP16_MAX:
                     out = out.half()
-                pending.update({names[i]: row.clone(memory_format=torch.contiguous_format) for i, row in zip(batch, out)})
-            bar.update(len(todo[start : start + batch_size]))
+                pending.update({names[i]: row.clone(memory_format=torch.contiguous_format) for i, row in zip(readable, out)})
+            bar.update(len(batches[k]))
             if len(pending) >= _SHARD_IMAGES:
                 index.update(_write_shard(folder, pending))
                 pending = {}

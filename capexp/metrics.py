@@ -148,25 +148,23 @@ class _Meteor:
     def alive(self) -> bool:
         return self._proc.poll() is None
 
-    def _read(self) -> str:
-        return self._proc.stdout.readline().decode("utf-8").strip()  # type: ignore[union-attr]
-
-    def _ask(self, line: str) -> str:
-        self._proc.stdin.write(line.encode("utf-8") + b"\n")  # type: ignore[union-attr]
+    def _send(self, lines: list[str]) -> None:
+        self._proc.stdin.write("".join(line + "\n" for line in lines).encode("utf-8"))  # type: ignore[union-attr]
         self._proc.stdin.flush()  # type: ignore[union-attr]
-        return self._read()
+
+    def _read(self, n: int) -> list[str]:
+        return [self._proc.stdout.readline().decode("utf-8").strip() for _ in range(n)]  # type: ignore[union-attr]
 
     def score(self, gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
         """Corpus METEOR of one hypothesis per key against its references (PTB-tokenized text)."""
+        lines = [" ||| ".join(("SCORE", *gts[i], res[i][0].replace("|||", "").replace("  ", " "))) for i in gts]
         with self._lock:
-            stats = [
-                self._ask(" ||| ".join(("SCORE", *gts[i], res[i][0].replace("|||", "").replace("  ", " "))))
-                for i in gts
-            ]
-            self._ask(" ||| ".join(("EVAL", *stats)))  # answers: one score per key, then the corpus score
-            for _ in gts:
-                answer = self._read()
-            return float(answer)
+            stats = []
+            for start in range(0, len(lines), 100):  # chunks: neither pipe fills while the other waits
+                self._send(lines[start : start + 100])
+                stats += self._read(len(lines[start : start + 100]))
+            self._send([" ||| ".join(("EVAL", *stats))])
+            return float(self._read(len(stats) + 1)[-1])  # a score per image, then the corpus score
 
     def close(self) -> None:
         self._proc.kill()

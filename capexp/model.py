@@ -47,7 +47,7 @@ class TransformerMapper(nn.Module):
         self.proj = nn.Linear(feature_dim, width)
         self.queries = nn.Parameter(torch.randn(k, width) * 0.02)
         layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=2 * width, batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if features.dim() == 2:
@@ -93,15 +93,15 @@ class ClipCap(nn.Module):
         is 1 on caption and EOS tokens.
         """
         prefix = self.prefix(features)  # (B, k, D)
-        embeds = torch.cat([prefix.to(self.embed_tokens(input_ids).dtype), self.embed_tokens(input_ids)], dim=1)  # (B, k+L, D)
-        ones = attention_mask.new_ones(prefix.shape[:2])  # (B, k)
-        mask = torch.cat([ones, attention_mask], dim=1)  # (B, k+L)
-        logits = self.decoder(inputs_embeds=embeds, attention_mask=mask).logits  # (B, k+L, V)
+        tokens = self.embed_tokens(input_ids)  # (B, L, D)
+        embeds = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)  # (B, k+L, D)
+        mask = torch.cat([attention_mask.new_ones(prefix.shape[:2]), attention_mask], dim=1)  # (B, k+L)
+        hidden = self.decoder.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (B, k+L, D)
         k = prefix.shape[1]
-        # the token at position k+i is predicted from position k+i-1
-        pred = logits[:, k - 1 : -1]  # (B, L, V)
-        labels = input_ids.masked_fill(attention_mask == 0, -100)  # (B, L)
-        return nn.functional.cross_entropy(pred.reshape(-1, pred.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+        hidden = hidden[:, k - 1 : -1]  # (B, L, D): position k+i-1 predicts caption token i
+        keep = attention_mask.bool()  # the LM head runs on caption and EOS positions only
+        logits = self.decoder.get_output_embeddings()(hidden[keep])  # (n_tokens, V)
+        return nn.functional.cross_entropy(logits.float(), input_ids[keep])
 
 
 def freeze_blocks(blocks: nn.ModuleList, n: int | None) -> int:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import socket
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,10 +122,11 @@ def _journal_path(storage: str | None, name: str) -> Path | None:
     return Path(storage) if storage else Path("studies") / f"{name}.journal"
 
 
-def open_storage(storage: str | None, name: str, heartbeat_interval: int = 60):
+def open_storage(storage: str | None, name: str, heartbeat_interval: int = 60, on_stale: Callable[[Any, Any], None] | None = None):
     """Optuna storage: None -> `studies/<name>.journal`; a path -> a journal file there (any
     number of processes on one machine); a database URL -> RDBStorage with heartbeats, so a
-    trial whose worker died is failed and retried (PostgreSQL, for several machines)."""
+    trial whose worker died is failed and handed to `on_stale(study, trial)` (default: queued
+    again), for PostgreSQL and workers on several machines."""
     import sqlalchemy.exc
     from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
@@ -141,7 +143,7 @@ def open_storage(storage: str | None, name: str, heartbeat_interval: int = 60):
             return RDBStorage(
                 storage, engine_kwargs={"pool_pre_ping": True},
                 heartbeat_interval=heartbeat_interval, grace_period=2 * heartbeat_interval,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=_MAX_RETRY),
+                heartbeat_stale_trial_callback=on_stale or RetryHeartbeatStaleTrialCallback(max_retry=_MAX_RETRY),
             )
     except ImportError as e:  # Optuna wraps the driver's ModuleNotFoundError
         missing = getattr(e.__cause__, "name", None) or getattr(e, "name", None) or "?"
@@ -203,10 +205,13 @@ def _retry(study, trial) -> None:
 
 
 def _reap(study, storage, plan: _Plan) -> None:
-    """Fail (and queue again) the running trials of dead processes on this machine; end their runs KILLED."""
+    """Fail (and queue again) the running trials of dead workers, end their runs KILLED: those
+    of this machine's dead processes, and those whose database heartbeat stopped."""
     import optuna
     from optuna.trial import TrialState
 
+    with _quiet_experimental():
+        optuna.storages.fail_stale_trials(study)  # calls _on_stale for each; a no-op for journal files
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.user_attrs.get(_ATTR_WORKER)
         if not worker or not _is_dead(worker):
@@ -218,8 +223,17 @@ def _reap(study, storage, plan: _Plan) -> None:
             continue  # another process got there first
         log.warning("study %s: trial %d's worker (%s) died; the trial is failed and queued to run again.",
                     plan.name, trial.number, worker)
-        _retry(study, _frozen(storage, plan.name, trial.number))
+        _on_stale(plan)(study, _frozen(storage, plan.name, trial.number))
+
+
+def _on_stale(plan: _Plan) -> Callable[[Any, Any], None]:
+    """What happens to a trial whose worker died: queued again, its MLflow run ended KILLED."""
+
+    def handle(study, trial) -> None:
+        _retry(study, trial)
         _end_dead_runs(plan, trial.number)
+
+    return handle
 
 
 def _end_dead_runs(plan: _Plan, number: int) -> None:
@@ -333,7 +347,7 @@ def _work(plan: _Plan, index: int) -> None:
         import torch
 
         torch.set_num_threads(plan.threads)
-    storage = open_storage(plan.storage, plan.name, plan.heartbeat_interval)
+    storage = open_storage(plan.storage, plan.name, plan.heartbeat_interval, _on_stale(plan))
     study = optuna.load_study(study_name=plan.name, storage=storage, sampler=_sampler(plan, index), pruner=_pruner(plan))
 
     def enough(counts: dict[str, int]) -> bool:
@@ -370,8 +384,9 @@ def _worker_main(plan: _Plan, index: int, errors: Any) -> None:
         raise SystemExit(1) from None
 
 
-def _run_workers(plan: _Plan, workers: int) -> None:
-    """`workers` processes (spawned: no state shared but the storage and the MLflow store)."""
+def _run_workers(plan: _Plan, workers: int) -> list[str]:
+    """Run `workers` processes (spawned: they share only the storage and the MLflow store);
+    return what went wrong in each that failed."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
@@ -386,13 +401,11 @@ def _run_workers(plan: _Plan, workers: int) -> None:
         for proc in procs:
             proc.join()
         raise
-    messages = []
+    reported = {}
     while not errors.empty():
         index, message = errors.get()
-        messages.append(f"worker {index}: {message}")
-    died = [f"worker {i} exited with code {p.exitcode}" for i, p in enumerate(procs) if p.exitcode and not any(m.startswith(f"worker {i}:") for m in messages)]
-    if messages or died:
-        raise CapexpError(f"study {plan.name}: " + "; ".join(messages + died) + ". Fix the cause and run the same command again to resume.")
+        reported[index] = message
+    return [f"worker {i}: {reported.get(i, f'exited with code {p.exitcode}')}" for i, p in enumerate(procs) if p.exitcode]
 
 
 # ---------------------------------------------------------------------------- setup
@@ -590,6 +603,11 @@ def run_study(
     fitted = raw.fit_to_depth(depth, origin)
     _check_values(fitted, base, overrides, origin)
     metric, direction = _auto_objective(fitted, spec)
+    if isinstance(fitted.sampler, GridSampler):
+        points = math.prod(len(p.choices) for p in fitted.params.values())  # type: ignore[union-attr]
+        if trials > points:
+            warn(f"{origin}: the grid has {points} points, so the study runs {points} trials, not {trials}.")
+            trials = points
 
     study = optuna.create_study(study_name=name, storage=open_storage(storage, name, heartbeat_interval),
                                 direction=direction, load_if_exists=True)
@@ -630,12 +648,20 @@ def run_study(
              workers, _storage_label(storage, name), parent)
     status = "FAILED"
     try:
-        if workers == 1:
-            _work(plan, 0)
+        problems: list[str] = []
+        if workers > 1:
+            problems = _run_workers(plan, workers)
         else:
-            _run_workers(plan, workers)
+            _work(plan, 0)
         counts = _counts(study)
-        status = "FINISHED" if counts["COMPLETE"] + counts["PRUNED"] >= trials else "FAILED"
+        if counts["COMPLETE"] + counts["PRUNED"] < trials:
+            raise CapexpError(
+                f"study {name} stopped with {counts['COMPLETE'] + counts['PRUNED']} of {trials} trials done: "
+                + "; ".join(problems or ["its workers stopped early"]) + ". Fix the cause and run the same command again to resume."
+            )
+        if problems:
+            warn(f"study {name} finished, but " + "; ".join(problems) + ".")
+        status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
         warn(f"study {name} interrupted; run the same command again to resume it.")

@@ -49,12 +49,12 @@ def test_registered_model_points_at_the_run_and_a_new_version_moves_the_alias(re
     uri, run_id, _ = registered
     client = MlflowClient(uri, registry_uri=uri)
     first = client.get_model_version_by_alias("captioner", "champion")
-    assert (first.version, first.run_id) == ("1", run_id)
+    assert (str(first.version), first.run_id) == ("1", run_id)
     assert "dataframe_split" in first.description  # how to call it, shown in the MLflow UI
 
     second = register_run(run_id, "captioner", alias="champion", tracking_uri=uri)
     assert second.version == "2"
-    assert client.get_model_version_by_alias("captioner", "champion").version == "2"
+    assert str(client.get_model_version_by_alias("captioner", "champion").version) == "2"
 
 
 def _free_port() -> int:

@@ -1,0 +1,74 @@
+"""The ClipCap model: loss on caption tokens only, mappers, freezing, safetensors checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from capexp.model import ClipCap, build_mapper, freeze_blocks, load_state, save_checkpoint
+
+
+def _gpt2() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=32, n_embd=32, n_layer=3, n_head=2))
+
+
+def _llama() -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    return LlamaForCausalLM(cfg)
+
+
+@pytest.mark.parametrize("mapper", ["mlp", "transformer"])
+def test_loss_ignores_padding_and_matches_full_logits(mapper: str) -> None:
+    decoder = _gpt2()
+    model = ClipCap(decoder, build_mapper(mapper, 16, 32, k=3, layers=1)).eval()
+    feats = torch.randn(2, 16)
+    ids = torch.tensor([[5, 6, 7, 0, 0], [8, 9, 10, 11, 0]])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    loss = model(feats, ids, mask)
+    other_pad = ids.masked_fill(mask == 0, 42)  # padding tokens must not matter
+    assert torch.allclose(loss, model(feats, other_pad, mask))
+    # reference: full logits, labels -100 on prefix and padding
+    with torch.no_grad():
+        embeds = torch.cat([model.prefix(feats), model.embed_tokens(ids)], dim=1)
+        full_mask = torch.cat([torch.ones(2, 3, dtype=mask.dtype), mask], dim=1)
+        logits = decoder(inputs_embeds=embeds, attention_mask=full_mask).logits[:, 3:]
+        labels = torch.cat([ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100), torch.full((2, 1), -100)], dim=1)
+        first = torch.nn.functional.cross_entropy(decoder(inputs_embeds=embeds, attention_mask=full_mask).logits[:, 2], ids[:, 0], reduction="sum")
+        rest = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), labels.reshape(-1), ignore_index=-100, reduction="sum")
+    assert torch.allclose(loss, (first + rest) / mask.sum(), atol=1e-5)
+
+
+def test_grid_features_work_with_both_mappers() -> None:
+    grid = torch.randn(2, 9, 16)  # (B, T, F)
+    for kind in ("mlp", "transformer"):
+        assert build_mapper(kind, 16, 32, k=4, layers=1)(grid).shape == (2, 4, 32)
+
+
+@pytest.mark.parametrize("make, blocks", [(_gpt2, lambda m: m.transformer.h), (_llama, lambda m: m.model.layers)])
+def test_freeze_first_blocks_for_gpt2_and_llama(make, blocks) -> None:
+    decoder = make()
+    assert freeze_blocks(blocks(decoder), 2) == 2
+    assert [all(not p.requires_grad for p in b.parameters()) for b in blocks(decoder)] == [True, True, False]
+    model = ClipCap(decoder, build_mapper("mlp", 16, 32, k=2))
+    loss = model(torch.randn(2, 16), torch.tensor([[1, 2], [3, 4]]), torch.ones(2, 2, dtype=torch.long))
+    loss.backward()
+    assert blocks(decoder)[0].parameters().__next__().grad is None
+    assert model.mapper.proj.weight.grad is not None
+    with pytest.raises(ValueError, match="only 3 blocks"):
+        freeze_blocks(blocks(decoder), 4)
+
+
+def test_checkpoint_roundtrip_is_safetensors_and_json(tmp_path: Path) -> None:
+    model = ClipCap(_gpt2(), build_mapper("mlp", 16, 32, k=2))
+    save_checkpoint(model, tmp_path / "ckpt", {"epoch": 3})
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["capexp.json", "model.safetensors"]
+    fresh = ClipCap(_gpt2(), build_mapper("mlp", 16, 32, k=2))
+    torch.nn.init.zeros_(fresh.mapper.proj.weight)
+    assert load_state(fresh, tmp_path / "ckpt") == {"epoch": 3}
+    assert torch.equal(fresh.mapper.proj.weight, model.mapper.proj.weight)

@@ -1,0 +1,114 @@
+"""`capexp run` end to end on CPU: a quickstart spec becomes a tracked MLflow run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from capexp.cli import cli
+from capexp.run import run_spec
+from capexp.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "experiments" / "quickstart.json"
+TINY = ["data_paths.num_train=48", "data_paths.num_val=12", "training_config.batch_size=16",
+        "training_config.warmup_steps=0", "evaluation.max_images=12"]
+METRICS = ["train_loss", "val_loss", "bertscore_precision", "bertscore_recall", "bertscore_f1"]
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    out = set()
+    for f in client.list_artifacts(run_id, path):
+        out |= _artifacts(client, run_id, f.path) if f.is_dir else {f.path}
+    return out
+
+
+def test_quickstart_run_is_tracked_with_curves_checkpoint_and_cache_reuse(tracking_uri: str, tmp_path: Path, caplog) -> None:
+    runner = CliRunner()
+    args = ["run", str(QUICKSTART), *[a for s in TINY for a in ("--set", s)], "--set", "training_config.num_epochs=3",
+            "--set", "id=first", "--set", "notes=tiny quickstart"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("capexp").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "first"
+    assert run.data.tags["mlflow.note.content"] == "tiny quickstart"
+    assert {"capexp.spec_hash", "capexp.version", "capexp.git_commit", "capexp.device"} <= set(run.data.tags)
+    assert run.data.params["clip_config.image_size"] == "[64, 64]"
+    assert run.data.params["gpt2_config.visual_tokens_length"] == "4"
+    assert run.data.params["data_paths.source"] == "generated"
+    for name in METRICS:
+        history = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in history] == [1, 2, 3], name
+    val = [m.value for m in client.get_metric_history(run.info.run_id, "val_loss")]
+    assert val[-1] < val[0]  # it learns
+    assert run.data.metrics["images_encoded"] == 60 and run.data.metrics["images_skipped"] == 0
+    files = _artifacts(client, run.info.run_id)
+    assert {"spec.json", "curves.png", "val_captions.csv", "run.log", "checkpoint/model.safetensors",
+            "checkpoint/capexp.json"} <= files
+    assert not any(f.endswith((".pkl", ".pt", ".pth")) for f in files)
+    meta = json.loads(Path(client.download_artifacts(run.info.run_id, "checkpoint/capexp.json", str(tmp_path))).read_text())
+    assert meta["epoch"] == run.data.metrics["best_epoch"]
+    assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["generated-training", "generated-validation"]
+
+    # the second run of the same spec encodes nothing: every image comes from the feature cache
+    caplog.set_level("INFO", logger="capexp")
+    second = runner.invoke(cli, [*args[:-4], "--set", "id=second", "--set", "training_config.num_epochs=1"])
+    assert second.exit_code == 0, second.output
+    (again,) = client.search_runs([run.info.experiment_id], "attributes.run_name = 'second'")
+    assert again.data.metrics["images_encoded"] == 0 and again.data.metrics["images_cached"] == 60
+    assert "48 of 48 images cached, 0 to encode" in caplog.text
+
+
+def test_crash_or_interrupt_keeps_what_was_logged(tracking_uri: str) -> None:
+    spec = load_spec(QUICKSTART, [*TINY, "training_config.num_epochs=3", "evaluation.coco_metrics=false"])
+
+    def crash(epoch: int, metrics: dict) -> None:
+        if epoch == 2:
+            raise RuntimeError("disk full")
+
+    def interrupt(epoch: int, metrics: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(RuntimeError):
+        run_spec(spec.model_copy(update={"id": "crashed"}), on_epoch=crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_spec(spec.model_copy(update={"id": "stopped"}), on_epoch=interrupt)
+    client = MlflowClient(tracking_uri)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("capexp").experiment_id])}
+    assert runs["crashed"].info.status == "FAILED" and runs["stopped"].info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(runs["crashed"].info.run_id, "val_loss")] == [1, 2]
+    for run in runs.values():  # the best checkpoint so far and the log survive
+        assert {"checkpoint/model.safetensors", "run.log", "curves.png"} <= _artifacts(client, run.info.run_id)
+    assert mlflow.active_run() is None
+
+
+def test_unreadable_images_are_skipped_and_counted(tracking_uri: str, tmp_path: Path, shared_data: Path) -> None:
+    photos = sorted((shared_data / "flickr8k" / "Flicker8k_Dataset").glob("*.jpg"))[:6]
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    entries = [{"image": str(p), "caption": "a photo"} for p in photos[:4]] + [{"image": str(tmp_path / "broken.jpg"), "caption": "x"}]
+    (tmp_path / "train.json").write_text(json.dumps(entries))
+    (tmp_path / "val.json").write_text(json.dumps([{"image": str(p), "caption": "a photo"} for p in photos[4:]]))
+    spec = load_spec(QUICKSTART, [f'data_paths={{"train_captions_path": "{tmp_path}/train.json", "val_captions_path": "{tmp_path}/val.json", "source": "caption_list"}}',
+                                  "training_config.num_epochs=1", "evaluation.coco_metrics=false"])
+    result = run_spec(spec)
+    run = MlflowClient(tracking_uri).get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["images_skipped"] == 1 and run.data.tags["capexp.skipped_images"] == "1"
+
+
+def test_missing_data_and_bad_freeze_fail_before_any_run(tracking_uri: str, tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["run", str(REPO / "experiments" / "flickr8k.json"), "--set", f"data_paths.root={tmp_path}/none"])
+    assert missing.exit_code == 2
+    assert "data_paths.root" in missing.stderr and "--set" in missing.stderr
+    too_deep = runner.invoke(cli, ["run", str(QUICKSTART), "--set", "gpt2_config.n_layers_to_freeze=99", *[a for s in TINY for a in ("--set", s)]])
+    assert too_deep.exit_code == 2 and "n_layers_to_freeze" in too_deep.stderr
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("capexp")
+    assert exp is None or client.search_runs([exp.experiment_id]) == []
