@@ -43,7 +43,7 @@ def _train_quickstart(store: Path) -> str:
         "training_config.num_epochs=2", "data_paths.num_train=256", "data_paths.num_val=16",
         "evaluation.max_images=8", "evaluation.coco_metrics=false", 'id="bench-quickstart"',
     ])
-    return run_spec(spec, tracking_uri=f"sqlite:///{store / 'mlflow.db'}").run_id  # the store load_captioner reads
+    return run_spec(spec, tracking_uri=f"sqlite:///{store / 'mlflow.db'}").run_id  # the store find_checkpoint reads
 
 
 def _timed(fn: Callable[[], list[str]]) -> tuple[float, list[str]]:
@@ -85,14 +85,15 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from capexp.inference import caption_folder, list_images, load_captioner
+    from capexp.inference import caption_folder, find_checkpoint, list_images
 
     work = Path(tempfile.mkdtemp(prefix="capexp-bench-"))
     os.environ["CAPEXP_CACHE"] = str(work / "cache")  # a private feature cache: the cold run is really cold
     try:
         uri = None if args.source else f"sqlite:///{work / 'mlflow.db'}"
         source = args.source or _train_quickstart(work)
-        captioner = load_captioner(source, device=args.device, tracking_uri=uri)
+        checkpoint = find_checkpoint(source, tracking_uri=uri)
+        captioner = checkpoint.load(args.device)
         folder = work / "images"
         folder.mkdir()
         files = list_images(args.images)[: args.n]
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             for state in ("cold cache", "warm cache"):
                 if state == "cold cache":
                     shutil.rmtree(work / "cache" / "features", ignore_errors=True)
-                seconds, _ = _timed(lambda: caption_folder(folder, [captioner], work / "out.csv", batch_size=bs))
+                seconds, _ = _timed(lambda: caption_folder(folder, [checkpoint], work / "out.csv", batch_size=bs,
+                                                              device=args.device))
                 beam = captioner.spec.evaluation.beam_size
                 rows.append(("caption_folder", state, "greedy" if beam == 1 else f"beam {beam}", bs, len(files) / seconds, ""))
 

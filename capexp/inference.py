@@ -1,10 +1,11 @@
 """Captions for a folder of images from tracked runs, checkpoint folders or registered models.
 
-A `Captioner` is one trained ClipCap with its tokenizer and its image encoder's card. Any
-source becomes a checkpoint folder (`model.safetensors` + `capexp.json`, see capexp.model),
-read in place when the MLflow store is local. `caption_folder` encodes the images once per
-distinct encoder through the feature cache, so captioners that share an encoder share its
-features, and writes the seed's CSV: `image_id, model_name, caption`.
+Any source (run id, run name, checkpoint folder, `models:/NAME@alias`) becomes a `Checkpoint`:
+its folder (`model.safetensors` + `capexp.json`, see capexp.model, read in place when the
+MLflow store is local), its spec and its encoder's card, without loading weights. `load()`
+turns it into a `Captioner`, a ClipCap ready to run. `caption_folder` encodes the images once
+per distinct encoder through the feature cache, so models that share an encoder share its
+features, loads one model at a time, and writes the seed's CSV: `image_id, model_name, caption`.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ if TYPE_CHECKING:
     from capexp.spec import Spec
 
 __all__ = [
+    "Checkpoint",
     "Captioner",
     "FolderCaptions",
+    "find_checkpoint",
     "load_captioner",
-    "load_checkpoint",
+    "read_checkpoint",
     "find_run",
     "run_checkpoint",
     "experiment_runs",
@@ -42,6 +45,31 @@ __all__ = [
 log = logging.getLogger("capexp")
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@dataclass
+class Checkpoint:
+    """A trained model found but not loaded: enough to group models by encoder and name CSV rows."""
+
+    name: str  # the run name (the spec's id)
+    folder: Path  # model.safetensors + capexp.json
+    spec: Spec
+    card: EncoderCard
+    meta: dict[str, Any]  # capexp.json: epoch, metrics, feature_dim, ...
+    origin: str  # how the user named it, for messages
+
+    def load(self, device: str | None = None) -> Captioner:
+        """The model on `device` (None: CUDA when available, else CPU), in eval mode."""
+        from capexp.backbones import decoder_blocks, load_decoder
+        from capexp.model import load_state
+        from capexp.train import build_model
+
+        decoder, tokenizer = load_decoder(self.spec.gpt2_config.model, self.spec.gpt2_config.tokenizer)
+        model = build_model(self.spec, decoder, decoder_blocks(decoder), self.card.feature_dim)
+        load_state(model, self.folder)
+        dev = _device(device)
+        model.to(dev).eval()
+        return Captioner(self.name, self.spec, model, tokenizer, self.card, dev, self.meta)
 
 
 @dataclass
@@ -100,15 +128,10 @@ def _device(device: str | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def load_checkpoint(folder: Path, *, device: str | None = None, origin: str | None = None) -> Captioner:
-    """A captioner from a checkpoint folder written by a run (`model.safetensors` + `capexp.json`).
-
-    `device` None: CUDA when available, else CPU. `origin` names the source in messages.
-    """
-    from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
-    from capexp.model import load_state
+def read_checkpoint(folder: Path, *, origin: str | None = None) -> Checkpoint:
+    """A checkpoint folder written by a run (`model.safetensors` + `capexp.json`); reads no weights."""
+    from capexp.backbones import resolve_encoder
     from capexp.spec import Spec
-    from capexp.train import build_model
 
     origin = origin or str(folder)
     meta_path = folder / "capexp.json"
@@ -129,12 +152,7 @@ def load_checkpoint(folder: Path, *, device: str | None = None, origin: str | No
     if meta.get("encoder_cache_id") not in (None, card.cache_id):
         warn(f"{origin}: encoder {spec.clip_config.model!r} differs from the one the run trained with "
              f"(other weights files or preprocessing); captions may differ from the run's.")
-    decoder, tokenizer = load_decoder(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
-    model = build_model(spec, decoder, decoder_blocks(decoder), card.feature_dim)
-    load_state(model, folder)
-    dev = _device(device)
-    model.to(dev).eval()
-    return Captioner(spec.id, spec, model, tokenizer, card, dev, meta)
+    return Checkpoint(spec.id, folder, spec, card, meta, origin)
 
 
 def _has_checkpoint(run_id: str) -> bool:
@@ -210,20 +228,25 @@ def _registered_checkpoint(uri: str) -> Path:
     return folder
 
 
-def load_captioner(
-    source: str | Path, *, experiment: str | None = None, device: str | None = None, tracking_uri: str | None = None
-) -> Captioner:
-    """A captioner from a run id, a run name (in `experiment`, else any), a checkpoint folder or `models:/NAME@alias`."""
+def find_checkpoint(source: str | Path, *, experiment: str | None = None, tracking_uri: str | None = None) -> Checkpoint:
+    """The checkpoint of a run id, a run name (in `experiment`, else any), a checkpoint folder or `models:/NAME@alias`."""
     from capexp.tracking import use_store
 
     text = str(source)
     if Path(text).is_dir():
         folder = Path(text)
-        return load_checkpoint(folder / "checkpoint" if (folder / "checkpoint").is_dir() else folder, device=device)
+        return read_checkpoint(folder / "checkpoint" if (folder / "checkpoint").is_dir() else folder)
     use_store(tracking_uri)
     if text.startswith("models:/"):
-        return load_checkpoint(_registered_checkpoint(text), device=device, origin=f"--model {text}")
-    return load_checkpoint(run_checkpoint(find_run(text, experiment), text), device=device, origin=f"run {text!r}")
+        return read_checkpoint(_registered_checkpoint(text), origin=f"--model {text}")
+    return read_checkpoint(run_checkpoint(find_run(text, experiment), text), origin=f"run {text!r}")
+
+
+def load_captioner(
+    source: str | Path, *, experiment: str | None = None, device: str | None = None, tracking_uri: str | None = None
+) -> Captioner:
+    """`find_checkpoint(...)`, loaded on `device` (None: CUDA when available, else CPU)."""
+    return find_checkpoint(source, experiment=experiment, tracking_uri=tracking_uri).load(device)
 
 
 def experiment_runs(experiment: str, *, tracking_uri: str | None = None) -> list[str]:
@@ -268,9 +291,9 @@ def _image_refs(files: list[Path]) -> list[Any]:
     return refs
 
 
-def _unique_names(captioners: list[Captioner]) -> list[str]:
-    """Run names, with `#2`, `#3`... added where two captioners share one."""
-    names = [c.name for c in captioners]
+def _unique_names(checkpoints: list[Checkpoint]) -> list[str]:
+    """Run names, with `#2`, `#3`... added where two checkpoints share one."""
+    names = [c.name for c in checkpoints]
     out = []
     for i, name in enumerate(names):
         out.append(name if names.count(name) == 1 else f"{name}#{names[:i].count(name) + 1}")
@@ -279,18 +302,20 @@ def _unique_names(captioners: list[Captioner]) -> list[str]:
 
 def caption_folder(
     images_dir: Path,
-    captioners: list[Captioner],
+    checkpoints: list[Checkpoint],
     output_csv: Path,
     *,
     beam: int | None = None,
     batch_size: int = 32,
+    device: str | None = None,
 ) -> FolderCaptions:
-    """Caption every image in `images_dir` with every captioner; write `image_id, model_name, caption`.
+    """Caption every image in `images_dir` with every checkpoint; write `image_id, model_name, caption`.
 
-    Rows are grouped by image (sorted file names), then by captioner in the given order. Each
+    Rows are grouped by image (sorted file names), then by model in the given order. Each
     distinct encoder (`card.cache_id`) runs once over the folder through the feature cache, so
-    a second call (say, with a newly trained run) encodes nothing. Files that cannot be read are
-    skipped and listed in one warning. `beam` None: each run's own `evaluation.beam_size`.
+    a second call (say, with a newly trained run) encodes nothing; models are loaded one at a
+    time. Files that cannot be read are skipped and listed in one warning. `beam` None: each
+    run's own `evaluation.beam_size`. `device` None: CUDA when available, else CPU.
     """
     import time
 
@@ -298,13 +323,14 @@ def caption_folder(
 
     from capexp.features import encode_images
 
-    if not captioners:
+    if not checkpoints:
         raise CapexpError("no model to caption with: pass --run, --experiment or --model.")
     started = time.perf_counter()
+    dev = _device(device)
     refs = _image_refs(list_images(images_dir))
-    names = _unique_names(captioners)
+    names = _unique_names(checkpoints)
     groups: dict[str, list[int]] = {}
-    for i, c in enumerate(captioners):
+    for i, c in enumerate(checkpoints):
         groups.setdefault(c.card.cache_id, []).append(i)
 
     # Encode first (each encoder with its own progress bar), then caption under one bar. An
@@ -313,8 +339,7 @@ def caption_folder(
     todo = list(range(len(refs)))
     skipped: list[tuple[str, str]] = []
     for cache_id, members in groups.items():
-        first = captioners[members[0]]
-        enc = encode_images(first.card, [refs[i] for i in todo], device=first.device, batch_size=batch_size)
+        enc = encode_images(checkpoints[members[0]].card, [refs[i] for i in todo], device=dev, batch_size=batch_size)
         skipped += enc.skipped
         todo = [todo[j] for j in enc.kept]
         encoded[cache_id] = (todo, enc.features)
@@ -323,17 +348,19 @@ def caption_folder(
             rows = [j for j, i in enumerate(kept) if i in set(todo)]
             encoded[cache_id] = (todo, features[rows])
 
-    captions: list[list[str]] = [[] for _ in captioners]  # per captioner, in `todo` order
-    with tqdm(total=len(todo) * len(captioners), desc="captioning", unit="caption") as bar:
-        for members in groups.values():
-            features = encoded[captioners[members[0]].card.cache_id][1]
+    captions: list[list[str]] = [[] for _ in checkpoints]  # per model, in `todo` order
+    with tqdm(total=len(todo) * len(checkpoints), desc="captioning", unit="caption") as bar:
+        for cache_id, members in groups.items():
+            features = encoded[cache_id][1]
             for i in members:
                 bar.set_postfix(model=names[i])
+                captioner = checkpoints[i].load(str(dev))
                 for start in range(0, len(todo), batch_size):
-                    batch = captioners[i].caption_features(features[start : start + batch_size], beam=beam,
-                                                           batch_size=batch_size)
+                    batch = captioner.caption_features(features[start : start + batch_size], beam=beam,
+                                                       batch_size=batch_size)
                     captions[i] += batch
                     bar.update(len(batch))
+                del captioner  # one model in memory at a time
 
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     with output_csv.open("w", newline="") as f:

@@ -40,9 +40,9 @@ class CaptionModel(PythonModel):
     """Image bytes in, one caption per image out, decoded as the run's `evaluation` section says."""
 
     def load_context(self, context) -> None:
-        from capexp.inference import load_checkpoint
+        from capexp.inference import read_checkpoint
 
-        self.captioner = load_checkpoint(Path(context.artifacts["checkpoint"]))
+        self.captioner = read_checkpoint(Path(context.artifacts["checkpoint"])).load()
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         images = [_image(value, row) for row, value in enumerate(model_input["image"])]

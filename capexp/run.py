@@ -177,15 +177,14 @@ def run_spec(
         (workdir / "spec.json").write_text(spec.model_dump_json(indent=2))
         mlflow.log_artifact(str(workdir / "spec.json"))
 
-        def encode(split, name: str):
+        def encode(split):
             enc = encode_images(card, split.images, device=device, batch_size=spec.evaluation.batch_size)
             if enc.skipped:
-                warn(f"{len(enc.skipped)} unreadable {name} images skipped (listed in skipped_images.csv).")
                 split = split.drop(set(range(len(split.images))) - set(enc.kept))
             return split, enc
 
-        train_split, train_enc = encode(splits.train, "training")
-        val_split, val_enc = encode(splits.val, "validation")
+        train_split, train_enc = encode(splits.train)
+        val_split, val_enc = encode(splits.val)
         skipped = train_enc.skipped + val_enc.skipped
         mlflow.set_tag(TAG_ENCODER_SKIPPED, str(len(skipped)))
         mlflow.log_metrics({"images_skipped": len(skipped), "images_encoded": train_enc.n_encoded + val_enc.n_encoded,

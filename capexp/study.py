@@ -366,7 +366,7 @@ def _work(plan: _Plan, index: int) -> None:
 
 
 def _worker_main(plan: _Plan, index: int, errors: Any) -> None:
-    """Entry point of a spawned worker process: report an error as text, never a traceback dump."""
+    """Entry point of a spawned worker process; its error goes back to the parent as one line."""
     logging.basicConfig(level=logging.WARNING, format=f"[worker {index}] %(levelname)s %(message)s")
     logging.getLogger("capexp").setLevel(plan.log_level)
     for noisy in ("mlflow", "alembic", "optuna", "transformers"):
@@ -498,7 +498,7 @@ def _trials_table(study, space: SearchSpace) -> Any:
 
 
 def _plots(study, folder: Path) -> list[Path]:
-    """The four Optuna plots as PNGs; a plot the trials cannot support yet is left out."""
+    """The four Optuna plots as PNGs (one with too few trials to show anything is drawn empty)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -512,12 +512,7 @@ def _plots(study, folder: Path) -> list[Path]:
                        ("intermediate_values", ovm.plot_intermediate_values)):
         with _quiet_experimental(), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "identical low and high ylims" and the like
-            try:
-                ax = plot(study)
-            except (ValueError, RuntimeError, ZeroDivisionError) as e:
-                log.info("plot %s left out: %s", name, e)
-                continue
-        fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig = plot(study).figure
         fig.set_size_inches(9, 5)
         fig.tight_layout()
         path = folder / f"{name}.png"
@@ -528,7 +523,8 @@ def _plots(study, folder: Path) -> list[Path]:
 
 
 def _summarize(study, plan: _Plan, status: str) -> StudySummary:
-    """Write the best trial, the trials table and the plots to the parent run, and end it with `status`."""
+    """Write the best trial, the trials table and the plots to the parent run; end it with
+    `status` unless that is RUNNING (other workers still run trials)."""
     import time
 
     from mlflow import MlflowClient
@@ -562,7 +558,8 @@ def _summarize(study, plan: _Plan, status: str) -> StudySummary:
         if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False)):
             for path in _plots(study, folder):
                 client.log_artifact(plan.parent_run_id, str(path), artifact_path="plots")
-    client.set_terminated(plan.parent_run_id, status)
+    if status != "RUNNING":
+        client.set_terminated(plan.parent_run_id, status)
     return summary
 
 
@@ -654,14 +651,17 @@ def run_study(
         else:
             _work(plan, 0)
         counts = _counts(study)
-        if counts["COMPLETE"] + counts["PRUNED"] < trials:
+        done = counts["COMPLETE"] + counts["PRUNED"]
+        if done + counts["RUNNING"] < trials:
             raise CapexpError(
-                f"study {name} stopped with {counts['COMPLETE'] + counts['PRUNED']} of {trials} trials done: "
-                + "; ".join(problems or ["its workers stopped early"]) + ". Fix the cause and run the same command again to resume."
+                f"study {name} stopped with {done} of {trials} trials done: " + "; ".join(problems or ["no worker is left"])
+                + ". Fix the cause and run the same command again to resume."
             )
         if problems:
-            warn(f"study {name} finished, but " + "; ".join(problems) + ".")
-        status = "FINISHED"
+            warn(f"study {name}: " + "; ".join(problems) + ".")
+        if done < trials:  # the last trials run in other processes (other machines): they finish the study
+            log.info("study %s: %d trial(s) still running elsewhere; the study ends when they do.", name, counts["RUNNING"])
+        status = "FINISHED" if done >= trials else "RUNNING"
     except KeyboardInterrupt:
         status = "KILLED"
         warn(f"study {name} interrupted; run the same command again to resume it.")

@@ -25,23 +25,30 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    """The real GPT-2 tokenizer, offline (shipped with the `gpt2-tiny` preset)."""
+def tokenizer(tmp_path_factory: pytest.TempPathFactory):
+    """The real GPT-2 tokenizer, offline (shipped with the `gpt2-tiny` preset), cached under the test's tmp."""
     from capexp.backbones import load_decoder
 
-    return load_decoder("gpt2-tiny")[1]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CAPEXP_CACHE", str(tmp_path_factory.getbasetemp() / "capexp-cache"))
+        return load_decoder("gpt2-tiny")[1]
 
 
 def _tiny_captioner(kind: str, vocab: int = 50257, eos: int = EOS, eos_bias: float = 8.0) -> ClipCap:
     """A random ClipCap with peaky next-token distributions; `eos_bias` makes EOS win at some steps."""
     torch.manual_seed(0)
     if kind == "gpt2":
-        decoder = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_layer=2, n_embd=WIDTH, n_head=2, initializer_range=0.3))
+        decoder = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=vocab, n_layer=2, n_embd=WIDTH, n_head=2, initializer_range=0.3,
+                bos_token_id=eos, eos_token_id=eos,
+            )
+        )
     else:
         decoder = LlamaForCausalLM(
             LlamaConfig(
                 vocab_size=vocab, hidden_size=WIDTH, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3,
+                num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3, bos_token_id=eos, eos_token_id=eos,
             )
         )
     bias = torch.zeros(vocab)
@@ -118,11 +125,10 @@ def test_max_tokens_cuts_captions(captioner: ClipCap, tokenizer, features: torch
 
 
 def test_grid_features_and_train_mode(tokenizer, features: torch.Tensor) -> None:
-    model = _tiny_captioner("gpt2").train()  # dropout on: generation must switch it off, then restore it
+    model = _tiny_captioner("gpt2")
     grid = features[:, None, :] + torch.randn(len(features), 3, FEATURE_DIM) * 0.1  # (N, T, F)
-    model.eval()
-    expected = _texts(tokenizer, _uncached_greedy(model, grid.mean(dim=1), max_tokens=8))
-    model.train()
+    expected = _texts(tokenizer, _uncached_greedy(model, grid.mean(dim=1), max_tokens=8))  # the MLP mapper pools
+    model.train()  # dropout on: generation must switch it off, then restore training mode
     assert generate_captions(model, tokenizer, grid, max_tokens=8) == expected
     assert model.training
     assert generate_captions(model, tokenizer, features[:0]) == []

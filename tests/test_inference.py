@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from capexp.errors import CapexpError
-from capexp.inference import caption_folder, experiment_runs, find_run, list_images, load_captioner, run_checkpoint
+from capexp.inference import (
+    caption_folder, experiment_runs, find_checkpoint, find_run, list_images, load_captioner, run_checkpoint,
+)
 from capexp.run import run_spec
 from capexp.spec import load_spec
 from capexp.tracking import use_store
@@ -70,10 +72,10 @@ def test_three_runs_caption_forty_photos_with_one_encoding(runs, photos, tmp_pat
         return result
 
     monkeypatch.setattr(capexp.features, "encode_images", spy)
-    captioners = [load_captioner(run_id, tracking_uri=uri) for run_id in ids]
+    checkpoints = [find_checkpoint(run_id, tracking_uri=uri) for run_id in ids]
     out = tmp_path / "out" / "captions.csv"
     with caplog.at_level(logging.WARNING, logger="capexp"):
-        result = caption_folder(photos, captioners, out, batch_size=16)
+        result = caption_folder(photos, checkpoints, out, batch_size=16)
 
     rows = _read(out)
     assert list(rows[0]) == ["image_id", "model_name", "caption"]
@@ -87,7 +89,7 @@ def test_three_runs_caption_forty_photos_with_one_encoding(runs, photos, tmp_pat
     # the three runs share one encoder: it ran once, over the 41 candidate files
     assert len(calls) == 1 and calls[0].n_encoded == 40
 
-    again = caption_folder(photos, captioners[:1], tmp_path / "again.csv", batch_size=16)
+    again = caption_folder(photos, checkpoints[:1], tmp_path / "again.csv", batch_size=16)
     assert calls[1].n_cached == 40 and calls[1].n_encoded == 0  # a second call reads the feature cache
     assert [r["caption"] for r in _read(tmp_path / "again.csv")] == [r["caption"] for r in rows[::3]]
     assert again.images == 40
@@ -110,11 +112,11 @@ def test_every_source_kind_loads_the_same_model(runs, shared_data) -> None:
 def test_bad_sources_and_folders_say_what_to_fix(runs, tmp_path) -> None:
     uri, _ = runs
     with pytest.raises(CapexpError, match="no run is named 'no-such-run'"):
-        load_captioner("no-such-run", tracking_uri=uri)
+        find_checkpoint("no-such-run", tracking_uri=uri)
     with pytest.raises(CapexpError, match="capexp register"):
-        load_captioner("models:/never-registered@champion", tracking_uri=uri)
+        find_checkpoint("models:/never-registered@champion", tracking_uri=uri)
     with pytest.raises(CapexpError, match="not a capexp checkpoint"):
-        load_captioner(tmp_path)
+        find_checkpoint(tmp_path)
     (tmp_path / "readme.txt").write_text("no images here")
     with pytest.raises(CapexpError, match="holds no image files"):
         list_images(tmp_path)

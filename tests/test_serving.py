@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from capexp.inference import caption_folder, load_captioner
+from capexp.inference import caption_folder, find_checkpoint
 from capexp.run import run_spec
 from capexp.serving import register_run
 from capexp.spec import load_spec
@@ -120,8 +120,8 @@ def test_caption_folder_with_a_registered_model_matches_the_run(registered, shar
     folder.mkdir()
     for src in sorted((shared_data / "coco2017_sample" / "val2017").glob("*.jpg"))[:4]:
         (folder / src.name).symlink_to(src)
-    by_model = caption_folder(folder, [load_captioner("models:/captioner@champion", tracking_uri=uri)], tmp_path / "m.csv")
-    by_run = caption_folder(folder, [load_captioner(run_id, tracking_uri=uri)], tmp_path / "r.csv")
+    by_model = caption_folder(folder, [find_checkpoint("models:/captioner@champion", tracking_uri=uri)], tmp_path / "m.csv")
+    by_run = caption_folder(folder, [find_checkpoint(run_id, tracking_uri=uri)], tmp_path / "r.csv")
     assert by_model.images == by_run.images == 4
     assert (tmp_path / "m.csv").read_text() == (tmp_path / "r.csv").read_text()
     with (tmp_path / "m.csv").open(newline="") as f:

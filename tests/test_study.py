@@ -33,6 +33,7 @@ TINY = [  # a trial takes seconds: 2 training steps and 4 validation images per 
     "training_config.batch_size=8", "training_config.warmup_steps=0", "training_config.one_caption_per_image=true",
     "evaluation.coco_metrics=false", "evaluation.max_images=4", "evaluation.batch_size=8",
 ]
+ONE_EPOCH = [*TINY, "training_config.num_epochs=1"]  # where pruning is beside the point
 # A learning rate of 1e-9 learns nothing: such trials are clearly worse, epoch by epoch.
 SPACE = {
     "objective": {"metric": "val_loss"},
@@ -118,7 +119,7 @@ def test_killed_worker_then_rerun_completes_and_keeps_every_finished_trial(
     tmp_path: Path, tracking_uri: str, space: Path
 ) -> None:
     storage = str(tmp_path / "k.journal")
-    args = dict(trials=2, name="killed", space=str(space), storage=storage, overrides=TINY)
+    args = dict(trials=2, name="killed", space=str(space), storage=storage, overrides=ONE_EPOCH)
     code = f"from capexp.study import run_study; run_study({str(BASE)!r}, **{args!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = mlflow.MlflowClient(tracking_uri)
@@ -156,7 +157,7 @@ def test_killed_worker_then_rerun_completes_and_keeps_every_finished_trial(
 
 
 def _two_workers(storage: str, name: str, space: Path, tracking_uri: str) -> None:
-    summary = run_study(BASE, trials=3, name=name, space=space, storage=storage, workers=2, overrides=TINY)
+    summary = run_study(BASE, trials=3, name=name, space=space, storage=storage, workers=2, overrides=ONE_EPOCH)
     trials = _trials(storage, name)
     assert _states(trials).count("FAIL") == 0 and len(trials) == 3
     assert summary.complete + summary.pruned == 3
