@@ -1,7 +1,7 @@
 """Captioning throughput in images per second: capexp's decoding against transformers' `generate`.
 
     python benchmarks/caption_throughput.py [--source RUN|FOLDER|models:/NAME@alias] [--images DIR]
-                                            [--n 64] [--batch-size 32] [--device cpu]
+                                            [--n 32] [--batch-size 32] [--device cpu]
 
 Three stages, each at batch 1 and batched:
 - decode: captions from precomputed features, greedy and beam 5, with capexp.decoding and with
@@ -40,7 +40,7 @@ def _train_quickstart(store: Path) -> str:
     from capexp.spec import load_spec
 
     spec = load_spec(REPO / "experiments" / "quickstart.json", [
-        "training_config.num_epochs=2", "data_paths.num_train=256", "data_paths.num_val=16",
+        "training_config.num_epochs=2", "data_paths.num_train=128", "data_paths.num_val=16",
         "evaluation.max_images=8", "evaluation.coco_metrics=false", 'id="bench-quickstart"',
     ])
     return run_spec(spec, tracking_uri=f"sqlite:///{store / 'mlflow.db'}").run_id  # the store find_checkpoint reads
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", help="run id or name, checkpoint folder or models:/NAME@alias (default: train quickstart)")
     parser.add_argument("--images", type=Path, default=_default_images(), help="folder of photos")
-    parser.add_argument("--n", type=int, default=64, help="images to caption")
+    parser.add_argument("--n", type=int, default=32, help="images to caption")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     args = parser.parse_args(argv)

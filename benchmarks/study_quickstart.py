@@ -6,7 +6,7 @@ versus served from the feature cache (summed over the trial runs' `images_encode
 `images_cached` metrics). Issue 3's target: within 10 minutes on 2 CPU cores, with at least a
 quarter of the trials pruned.
 
-    python benchmarks/study_quickstart.py [--trials 20] [--workers 1] [--keep]
+    python benchmarks/study_quickstart.py [--trials 20] [--workers 1] [--set KEY=JSON ...] [--keep]
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=JSON",
+                        help="passed on to capexp study (repeatable), e.g. training_config.one_caption_per_image=true")
     parser.add_argument("--capexp", default=_capexp(), help="the capexp command to time (default: this install's)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (MLflow store, journal) and print it")
     args = parser.parse_args()
@@ -61,6 +63,7 @@ def main() -> None:
            "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"}
     (folder / "mlruns").mkdir()
     cmd = [args.capexp, "study", "--trials", str(args.trials), "--workers", str(args.workers), "--name", "bench"]
+    cmd += [f"--set={text}" for text in args.overrides]
     start = time.perf_counter()
     subprocess.run(cmd, cwd=folder, env=env, check=True)
     wall = time.perf_counter() - start
@@ -71,7 +74,8 @@ def main() -> None:
     row = [str(args.trials), str(args.workers), f"{wall / 60:.1f} min", str(got["complete"]), str(got["pruned"]),
            f"{got['pruned'] / finished:.0%}" if finished else "-", str(got["failed"]), f"{got['encoded']:.0f}", f"{got['cached']:.0f}"]
     widths = [max(len(h), len(c)) for h, c in zip(header, row)]
-    print(f"\ncapexp study on the quickstart base, {os.cpu_count()} CPU cores")
+    print(f"\ncapexp study on the quickstart base{' with --set ' + ' '.join(args.overrides) if args.overrides else ''}, "
+          f"{os.cpu_count()} CPU cores")
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")

@@ -137,6 +137,49 @@ def score(scores: Path, experiment: str, tracking_uri: str | None) -> None:
     click.echo(import_scores(scores, experiment=experiment, tracking_uri=tracking_uri).report())
 
 
+@cli.command()
+@click.argument("images_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--run", "runs", multiple=True, help="A run id or name whose best checkpoint captions (repeatable).")
+@click.option("--experiment", default=None, help="Every run with a checkpoint in this experiment (with --run: where names are looked up).")
+@click.option("--model", "models", multiple=True, help="A registered model URI (models:/NAME@alias) or a checkpoint folder (repeatable).")
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False), required=True, help="CSV: image_id, model_name, caption.")
+@click.option("--beam", type=int, default=None, help="Beam size (default: each run's evaluation.beam_size).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@_URI
+def caption(images_dir: Path, runs: tuple[str, ...], experiment: str | None, models: tuple[str, ...], output: Path,
+            beam: int | None, batch_size: int, device: str | None, tracking_uri: str | None) -> None:
+    """Caption every image in IMAGES_DIR with every selected model into one CSV."""
+    from capexp.inference import caption_folder, experiment_runs, find_checkpoint
+
+    sources = [*runs, *models]
+    if not sources and experiment:
+        sources = experiment_runs(experiment, tracking_uri=tracking_uri)
+    if not sources:
+        raise CapexpError("capexp caption needs models: give --run ID, --model URI, or --experiment NAME.")
+    checkpoints = [find_checkpoint(s, experiment=experiment, tracking_uri=tracking_uri) for s in sources]
+    result = caption_folder(images_dir, checkpoints, output, beam=beam, batch_size=batch_size, device=device)
+    click.echo(f"{result.images} images x {len(result.models)} models -> {result.output} "
+               f"({result.seconds:.1f}s; {len(result.skipped)} unreadable files skipped)")
+
+
+@cli.command()
+@click.argument("run")
+@click.option("--name", required=True, help="Registered model name.")
+@click.option("--alias", default="champion", show_default=True)
+@click.option("--experiment", default=None, help="Where the run name is looked up (default: every experiment).")
+@_URI
+def register(run: str, name: str, alias: str, experiment: str | None, tracking_uri: str | None) -> None:
+    """Log RUN's best checkpoint as an MLflow pyfunc model and register it under NAME@ALIAS."""
+    from capexp.serving import register_run
+    from capexp.tracking import resolve_tracking_uri
+
+    model = register_run(run, name, alias=alias, experiment=experiment, tracking_uri=tracking_uri)
+    click.echo(f"registered {model.model_uri} (version {model.version})\nserve it with:\n"
+               f"  MLFLOW_TRACKING_URI={resolve_tracking_uri(tracking_uri)} mlflow models serve "
+               f"-m models:/{name}@{alias} --env-manager local -h 127.0.0.1 -p 5001")
+
+
 @cli.command("backbones")
 def backbones_cmd() -> None:
     """List the backbone presets (any hub id or local folder works too)."""

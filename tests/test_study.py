@@ -156,20 +156,21 @@ def test_killed_worker_then_rerun_completes_and_keeps_every_finished_trial(
     assert set(status.values()) == {"FINISHED"} and parent.info.status == "FINISHED"
 
 
-def _two_workers(storage: str, name: str, space: Path, tracking_uri: str) -> None:
-    summary = run_study(BASE, trials=3, name=name, space=space, storage=storage, workers=2, overrides=ONE_EPOCH)
+def _two_workers(storage: str, name: str, space: Path, tracking_uri: str, **kwargs) -> list[optuna.trial.FrozenTrial]:
+    summary = run_study(BASE, trials=3, name=name, space=space, storage=storage, workers=2, overrides=ONE_EPOCH, **kwargs)
     trials = _trials(storage, name)
-    assert _states(trials).count("FAIL") == 0 and len(trials) == 3
     assert summary.complete + summary.pruned == 3
-    workers = {t.user_attrs["capexp.worker"].rsplit(":", 2)[1] for t in trials}
-    assert len(workers) == 2 and str(os.getpid()) not in workers
+    workers = {t.user_attrs["capexp.worker"] for t in trials if t.state.is_finished() and t.state != TrialState.FAIL}
+    assert len({w.rsplit(":", 2)[1] for w in workers}) == 2 and str(os.getpid()) not in str(workers)
     parent, children = _runs(tracking_uri, name)
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
     assert parent.info.status == "FINISHED"
+    return trials
 
 
 def test_two_workers_share_a_journal_file(tmp_path: Path, tracking_uri: str, space: Path) -> None:
-    _two_workers(str(tmp_path / "two.journal"), "two", space, tracking_uri)
+    trials = _two_workers(str(tmp_path / "two.journal"), "two", space, tracking_uri)
+    assert len(trials) == 3 and _states(trials).count("FAIL") == 0
 
 
 # ---------------------------------------------------------------------------- a real PostgreSQL
@@ -220,8 +221,19 @@ def postgres_url():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_two_workers_on_postgresql(postgres_url: str, tracking_uri: str, space: Path) -> None:
-    _two_workers(postgres_url, "pg", space, tracking_uri)
+def test_two_workers_on_postgresql_retry_a_dead_machines_trial(postgres_url: str, tracking_uri: str, space: Path) -> None:
+    # A trial left running by a worker on another machine that died: its heartbeat has stopped.
+    storage = open_storage(postgres_url, "pg", heartbeat_interval=2)
+    lost = optuna.create_study(study_name="pg", storage=storage, direction="minimize").ask()
+    lost.set_user_attr("capexp.worker", "another-machine:1:1")
+    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("pg"), 0))
+
+    trials = _two_workers(postgres_url, "pg", space, tracking_uri, heartbeat_interval=2)
+
+    assert trials[lost.number].state == TrialState.FAIL
+    retried = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
+    assert len(retried) == 1 and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert _states(trials).count("FAIL") == 1 and len(trials) == 4
 
 
 def test_unreachable_database_is_a_clear_error(space: Path) -> None:
@@ -231,3 +243,21 @@ def test_unreachable_database_is_a_clear_error(space: Path) -> None:
     with pytest.raises(CapexpError, match=r"cannot open the study database") as err:
         open_storage(url, "x")
     assert "secret" not in str(err.value)
+
+
+def test_bad_values_and_enqueued_specs_fail_before_any_trial(tmp_path: Path) -> None:
+    from capexp.errors import CapexpError
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"params": {"gpt2_config.visual_tokens_length": {"choices": [4, 0]}}}))
+    storage = str(tmp_path / "never.journal")
+    with pytest.raises(CapexpError, match=r"bad.json: `params.gpt2_config.visual_tokens_length` value 0 does not fit the base spec"):
+        run_study(BASE, trials=1, space=bad, storage=storage, overrides=TINY)
+    assert not Path(storage).exists()
+
+    queued = tmp_path / "k7.json"
+    queued.write_text(json.dumps({"gpt2_config": {"visual_tokens_length": 7}, "training_config": {"learning_rate": 1e-3}}))
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(SPACE))
+    with pytest.raises(CapexpError, match=r"--enqueue .*k7.json: `gpt2_config.visual_tokens_length` is 7"):
+        run_study(BASE, trials=1, space=space, storage=storage, enqueue=[queued], overrides=TINY)

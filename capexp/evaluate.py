@@ -1,0 +1,108 @@
+"""`capexp evaluate`: a tracked run's best checkpoint, scored on a held-out split, logged back to that run.
+
+The run's spec (kept in its checkpoint) rebuilds the data; the split is encoded through the
+feature cache, captioned by the shared decoder (`capexp.decoding`, as the spec's `evaluation`
+section says unless overridden) and scored against all references with `caption_metrics`.
+The scores land on the run as `<split>_<metric>` (test_bleu4, test_cider, test_bertscore_f1,
+...) even when it has ended, beside `<split>_captions.csv`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from capexp.errors import CapexpError
+
+if TYPE_CHECKING:
+    from capexp.datasets import Split, Splits
+
+__all__ = ["TAG_EVAL_DECODING", "evaluate_run"]
+
+log = logging.getLogger("capexp")
+
+TAG_EVAL_DECODING = "capexp.{split}_decoding"  # how the logged <split>_* captions were decoded
+
+
+def _pick_split(splits: Splits, split: str, origin: str, source: str) -> Split:
+    if split == "val":
+        return splits.val
+    if splits.test is None:
+        raise CapexpError(
+            f"{origin}: its data source ({source}) has no test split, so there is nothing held out to "
+            f"report on. Evaluate its validation split with --split val, or train on a source with a "
+            f"test split (flickr8k)."
+        )
+    return splits.test
+
+
+def evaluate_run(
+    run: str,
+    *,
+    split: Literal["test", "val"] = "test",
+    beam: int | None = None,
+    length_penalty: float | None = None,
+    no_repeat_ngram_size: int | None = None,
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
+    device: str | None = None,
+) -> dict[str, float]:
+    """Caption `split` with run `run`'s best checkpoint, log `<split>_<metric>` to the run, return them.
+
+    `run` is a run id or name (the latest of that name with a checkpoint, in `experiment` when
+    given). Decoding follows the run's `evaluation` section; `beam`, `length_penalty` and
+    `no_repeat_ngram_size` override it, and the decoding used is tagged `capexp.<split>_decoding`.
+    Writes `<split>_captions.csv` (image_id, caption, references joined by " | ") as an artifact;
+    for `val` it replaces the training-time file with the best checkpoint's captions of the
+    whole split. Metrics are logged again (a new value) by each call. `device` None: CUDA when
+    available, else CPU.
+    """
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from capexp.datasets import load_data
+    from capexp.features import encode_images
+    from capexp.inference import find_run, load_captioner
+    from capexp.metrics import caption_metrics
+    from capexp.run import _check_inputs, _write_captions
+    from capexp.tracking import use_store
+
+    if split not in ("test", "val"):
+        raise CapexpError(f"--split must be 'test' or 'val', got {split!r}.")
+    use_store(tracking_uri)
+    run_id = find_run(run, experiment)
+    captioner = load_captioner(run_id, device=device)
+    spec, origin = captioner.spec, f"run {run!r}"
+    updates = {"beam_size": beam, "length_penalty": length_penalty, "no_repeat_ngram_size": no_repeat_ngram_size}
+    ev = spec.evaluation.model_copy(update={k: v for k, v in updates.items() if v is not None})
+    ev = type(ev).model_validate(ev.model_dump())  # a bad override (beam 0) fails here, with pydantic's message
+    captioner.spec = spec = spec.model_copy(update={"evaluation": ev})
+
+    _check_inputs(spec, origin)
+    data = _pick_split(load_data(spec), split, origin, spec.data_paths.source)
+    started = time.perf_counter()
+    enc = encode_images(captioner.card, data.images, device=captioner.device, batch_size=ev.batch_size)
+    if enc.skipped:
+        data = data.drop(set(range(len(data.images))) - set(enc.kept))
+    if not data.images:
+        raise CapexpError(f"{origin}: none of the {split} images could be read; nothing to evaluate.")
+    captions = captioner.caption_features(enc.features, batch_size=ev.batch_size)  # (N,) in split order
+    scores = caption_metrics(captions, data.captions, ev, device=str(captioner.device))
+    metrics = {f"{split}_{name}": value for name, value in scores.items()}
+    metrics[f"{split}_images"] = float(len(captions))
+    decoding = f"beam={ev.beam_size} length_penalty={ev.length_penalty} no_repeat_ngram_size={ev.no_repeat_ngram_size}"
+    log.info("%s on %s (%d images, %s, %.0fs): %s", captioner.name, split, len(captions), decoding,
+             time.perf_counter() - started, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+    client = MlflowClient()
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    client.set_tag(run_id, TAG_EVAL_DECODING.format(split=split), decoding)
+    with tempfile.TemporaryDirectory(prefix="capexp-eval-") as tmp:
+        path = Path(tmp) / f"{split}_captions.csv"
+        _write_captions(path, [im.image_id for im in data.images], captions, data.captions)
+        client.log_artifact(run_id, str(path))
+    return metrics

@@ -1,0 +1,45 @@
+"""`capexp evaluate` on CPU: a tiny trained run is captioned again and its scores land on that run."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from capexp.errors import CapexpError
+from capexp.evaluate import evaluate_run
+from capexp.run import run_spec
+from capexp.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["data_paths.num_train=48", "data_paths.num_val=12", "training_config.batch_size=16",
+        "training_config.warmup_steps=0", "training_config.num_epochs=1", "evaluation.max_images=12", "id=tiny"]
+SCORES = ["bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "bertscore_f1"]
+
+
+def test_evaluate_logs_split_metrics_and_captions_to_a_finished_run(tracking_uri: str, tmp_path: Path) -> None:
+    result = run_spec(load_spec(REPO / "experiments" / "quickstart.json", TINY), tracking_uri=tracking_uri)
+
+    metrics = evaluate_run("tiny", split="val", beam=2, no_repeat_ngram_size=2)
+
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    for name in SCORES:
+        assert 0.0 <= metrics[f"val_{name}"] <= (10.0 if name == "cider" else 1.0), name
+        assert run.data.metrics[f"val_{name}"] == pytest.approx(metrics[f"val_{name}"]), name
+    assert run.data.metrics["val_images"] == 12
+    assert run.data.tags["capexp.val_decoding"] == "beam=2 length_penalty=1.0 no_repeat_ngram_size=2"
+    csv_path = client.download_artifacts(result.run_id, "val_captions.csv", str(tmp_path))
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12 and set(rows[0]) == {"image_id", "caption", "references"}
+    assert all(r["references"] for r in rows)
+
+    # generated data holds no test split: say so instead of passing off validation scores as test ones
+    with pytest.raises(CapexpError, match="no test split.*--split val"):
+        evaluate_run("tiny")
+    with pytest.raises(CapexpError, match="no run is named 'nope'"):
+        evaluate_run("nope", split="val")
