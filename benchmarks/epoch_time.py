@@ -29,8 +29,10 @@ What one epoch's time holds:
 (1) the per-epoch mean training losses are shown side by side, and (2) after the timings, the
 loss of the first batch under the initial weights with the seed's features (encoded one image
 at a time) and with capexp's (batches of 64, stored as float16 in the cache); both must agree
-to rtol 1e-4. Prints one table; exits 0 when both hold, 1 otherwise. `--threads` defaults to 1: on a loaded machine two OpenMP threads per process made
-both pipelines several times slower (0 keeps torch's default).
+to rtol 1e-4. Prints one table; exits 0 when both hold, 1 otherwise.
+
+`--threads` defaults to 1: on a loaded machine two OpenMP threads per process made both
+pipelines several times slower (0 keeps torch's default).
 """
 
 from __future__ import annotations
@@ -95,7 +97,8 @@ def _seed_style(model, spec, split, card, tokenizer) -> tuple[list[float], list[
     cfg = spec.training_config
     started = time.perf_counter()
     encoder = card.load("cpu")
-    items = _SeedStyleItems(split.images, split.captions, card, encoder, tokenizer, spec.gpt2_config.text_tokens_max_length)
+    max_tokens = spec.gpt2_config.text_tokens_max_length
+    items = _SeedStyleItems(split.images, split.captions, card, encoder, tokenizer, max_tokens)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(spec.seed)  # fit's batch order
@@ -106,7 +109,8 @@ def _seed_style(model, spec, split, card, tokenizer) -> tuple[list[float], list[
         model.train()
         total, steps = 0.0, 0
         # its own generator: the loader's base seed must not draw on the global one (dropout)
-        for features, ids, mask in DataLoader(items, batch_size=cfg.batch_size, sampler=order, generator=torch.Generator()):
+        loader = DataLoader(items, batch_size=cfg.batch_size, sampler=order, generator=torch.Generator())
+        for features, ids, mask in loader:
             loss = model(features, ids, mask)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -149,9 +153,11 @@ def _first_batch_losses(model, spec, split, card, tokenizer, cached) -> tuple[fl
 
     items = _SeedStyleItems(split.images, split.captions, card, card.load("cpu"), tokenizer,
                             spec.gpt2_config.text_tokens_max_length)
-    batch = torch.randperm(len(items), generator=torch.Generator().manual_seed(spec.seed))[: spec.training_config.batch_size]
+    gen = torch.Generator().manual_seed(spec.seed)
+    batch = torch.randperm(len(items), generator=gen)[: spec.training_config.batch_size]  # fit's first batch
     seed_features, ids, mask = (torch.stack(t) for t in zip(*(items[int(i)] for i in batch)))
     cached_features = cached[[items.pairs[int(i)][0] for i in batch]]  # (B, F)
+    model.eval()  # no dropout: the two losses differ by the features alone
     with torch.no_grad():
         return float(model(seed_features, ids, mask)), float(model(cached_features, ids, mask))
 
@@ -234,7 +240,8 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
           f"{abs(first_seed - first_cap):>8.1e}")
     print("-" * 90)
     print(f"images encoded: seed-style {n_captions * args.epochs} ({n_captions} per epoch), capexp {n_encoded} "
-          f"(once, with the validation image); a later run reads all {warm.n_cached} from the warm cache in {warm_s:.2f} s")
+          f"(once, with the validation image); a later run reads all {warm.n_cached} from the warm cache "
+          f"in {warm_s:.2f} s")
     print(f"same results (rtol {_RTOL}): per-epoch losses {'yes' if same_epochs else 'NO'}, "
           f"first batch {'yes' if same_first else 'NO'}")
     return 0 if same_first and same_epochs else 1

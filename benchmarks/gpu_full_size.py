@@ -1,6 +1,6 @@
 """Full-size GPU benchmark: CLIP ViT-B/32 + GPT-2 small shapes, random weights, bf16 autocast.
 
-    python benchmarks/gpu_full_size.py          # on the GPU machine: one call, about a minute
+    python benchmarks/gpu_full_size.py          # on the GPU machine: one call, about a minute (estimated)
     python benchmarks/gpu_full_size.py --tiny   # small shapes on the CPU: checks that it runs
 
 Made for the lent GPU machine, which has torch and transformers but no network and none of
@@ -117,7 +117,9 @@ def _synced(device) -> Callable[[Callable[[], Any]], tuple[float, Any]]:
 def _autocast(device):
     import torch
 
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
 
 
 def _captions_tokens(n_pairs: int, eos: int, seed: int):
@@ -133,15 +135,15 @@ def _captions_tokens(n_pairs: int, eos: int, seed: int):
     return ids, mask
 
 
-def _train_epoch(model, features, image_index, ids, mask, batch_size: int, device, warmup: int = 3) -> int:
-    """`fit`'s training step over every pair once, after `warmup` untimed steps; returns the pairs trained."""
+def _training_step(model, image_index, ids, mask, device) -> Callable[[Any, Any], float]:
+    """`fit`'s training step, with its own AdamW: step(features (N, F) on the CPU, rows (B,)) -> loss."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
-    model.train()
 
-    def step(rows) -> float:
+    def step(features, rows) -> float:
+        model.train()
         with _autocast(device):
             loss = model(features[image_index[rows]].to(device), ids[rows].to(device), mask[rows].to(device))
         optimizer.zero_grad(set_to_none=True)
@@ -150,12 +152,7 @@ def _train_epoch(model, features, image_index, ids, mask, batch_size: int, devic
         optimizer.step()
         return loss.item()
 
-    for _ in range(warmup):
-        step(torch.arange(batch_size))
-    rows = torch.randperm(len(ids))
-    for start in range(0, len(rows), batch_size):
-        step(rows[start : start + batch_size])
-    return len(rows)
+    return step
 
 
 def _hf_captions(model, features, batch_size: int, eos: int, device) -> list[str]:
@@ -250,7 +247,8 @@ def _bench(sizes: _Sizes, device, tmp: Path) -> None:
     captions: dict[str, list[str]] = {}
 
     def ours(batch: int, n: int) -> list[str]:
-        return generate_captions(model, tokenizer, features[:n], max_tokens=_MAX_TOKENS, batch_size=batch, device=device)
+        return generate_captions(model, tokenizer, features[:n], max_tokens=_MAX_TOKENS, batch_size=batch,
+                                 device=device)
 
     def theirs(batch: int, n: int) -> list[str]:
         return _hf_captions(model, features[:n], batch, eos, device)
@@ -273,9 +271,16 @@ def _bench(sizes: _Sizes, device, tmp: Path) -> None:
 
     def train(batch: int) -> Callable[[], tuple[float, str]]:
         def run() -> tuple[float, str]:
+            step = _training_step(model, image_index, ids, mask, device)
+            for _ in range(3):  # warm-up, untimed
+                step(features, torch.arange(batch))
+
             def end_to_end() -> int:
-                features = encode_images(card, images, device=device, progress=False).features  # (N, F) from the shards
-                return _train_epoch(model, features, image_index, ids, mask, batch, device)
+                cached = encode_images(card, images, device=device, progress=False).features  # (N, F) from the shards
+                order = torch.randperm(len(ids))
+                for start in range(0, len(order), batch):
+                    step(cached, order[start : start + batch])
+                return len(order)
 
             seconds, n = timed(end_to_end)
             return n / seconds, f"{len(range(0, n, batch))} steps, {seconds:.2f} s"

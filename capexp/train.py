@@ -7,13 +7,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from capexp.errors import warn
 from capexp.model import ClipCap, build_mapper, freeze_blocks
-from capexp.spec import Spec
+
+if TYPE_CHECKING:
+    from capexp.spec import Spec
 
 __all__ = ["CaptionData", "EpochResult", "pick_device", "tokenize", "build_model", "fit"]
 

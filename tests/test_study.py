@@ -1,5 +1,6 @@
-"""Studies end to end on tiny generated data: MLflow nesting, pruning, resume after a killed
-worker, two workers on a journal file and two workers on a real PostgreSQL server."""
+"""Studies end to end on tiny generated data: MLflow nesting and pruning, resume after a killed
+worker, two workers on a journal file, two workers on a real PostgreSQL server (which also
+retry a trial whose machine stopped its heartbeat), and errors raised before any trial runs."""
 
 from __future__ import annotations
 
