@@ -106,6 +106,48 @@ def ui(tracking_uri: str | None, port: int) -> None:
 
 
 @cli.command()
+@click.option("--spec", "base", type=click.Path(path_type=Path), default=None,
+              help="Base spec each trial overrides (default: experiments/quickstart.json).")
+@click.option("--trials", type=int, required=True, help="Complete or pruned trials the study should have.")
+@click.option("--name", default=None, help="Study name (default: the base spec's file name); rerun to resume.")
+@click.option("--space", type=click.Path(path_type=Path), default=None, help="Search space file (default: studies/default.json).")
+@click.option("--storage", default=None, help="Optuna storage: default studies/NAME.journal; a PostgreSQL URL for several machines.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Worker processes on this machine.")
+@click.option("--enqueue", type=click.Path(path_type=Path), multiple=True, help="A spec to try first (repeatable).")
+@_SET
+@_EXPERIMENT
+@_URI
+def study(base: Path | None, trials: int, name: str | None, space: Path | None, storage: str | None, workers: int,
+          enqueue: tuple[Path, ...], overrides: tuple[str, ...], experiment: str, tracking_uri: str | None) -> None:
+    """Optuna search over the base spec, every trial a child MLflow run; resumable and parallel."""
+    from capexp.study import run_study
+
+    summary = run_study(base, trials=trials, name=name, space=space, storage=storage, workers=workers,
+                        experiment=experiment, enqueue=enqueue, tracking_uri=tracking_uri, overrides=overrides)
+    click.echo(summary.report())
+
+
+@cli.command()
+@click.argument("run")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
+@click.option("--beam", type=int, default=None, help="Beam size (default: the run's evaluation.beam_size).")
+@click.option("--length-penalty", type=float, default=None)
+@click.option("--no-repeat-ngram-size", type=int, default=None)
+@click.option("--experiment", default=None, help="Where the run name is looked up (default: every experiment).")
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@_URI
+def evaluate(run: str, split: str, beam: int | None, length_penalty: float | None, no_repeat_ngram_size: int | None,
+             experiment: str | None, device: str | None, tracking_uri: str | None) -> None:
+    """Score RUN's best checkpoint on a held-out split; log <split>_* metrics and captions to the run."""
+    from capexp.evaluate import evaluate_run
+
+    metrics = evaluate_run(run, split=split, beam=beam, length_penalty=length_penalty,
+                           no_repeat_ngram_size=no_repeat_ngram_size, experiment=experiment,
+                           tracking_uri=tracking_uri, device=device)
+    click.echo("\n".join(f"{k}: {v:.4f}" for k, v in metrics.items()))
+
+
+@cli.command()
 @click.argument("runs", nargs=-1)
 @click.option("--experiment", default=None,
               help="MLflow experiment (default: capexp; run names and --study are looked up in every experiment).")
