@@ -108,7 +108,7 @@ def ui(tracking_uri: str | None, port: int) -> None:
 @cli.command()
 @click.option("--spec", "base", type=click.Path(path_type=Path), default=None,
               help="Base spec each trial overrides (default: experiments/quickstart.json).")
-@click.option("--trials", type=int, required=True, help="Complete or pruned trials the study should have.")
+@click.option("--trials", type=int, default=20, show_default=True, help="Complete or pruned trials the study should have.")
 @click.option("--name", default=None, help="Study name (default: the base spec's file name); rerun to resume.")
 @click.option("--space", type=click.Path(path_type=Path), default=None, help="Search space file (default: studies/default.json).")
 @click.option("--storage", default=None, help="Optuna storage: default studies/NAME.journal; a PostgreSQL URL for several machines.")

@@ -67,7 +67,7 @@ def evaluate_run(
     from capexp.features import encode_images
     from capexp.inference import find_run, load_captioner
     from capexp.metrics import caption_metrics
-    from capexp.run import _check_inputs, _write_captions
+    from capexp.run import check_inputs, write_captions
     from capexp.tracking import use_store
 
     if split not in ("test", "val"):
@@ -81,7 +81,7 @@ def evaluate_run(
     ev = type(ev).model_validate(ev.model_dump())  # a bad override (beam 0) fails here, with pydantic's message
     captioner.spec = spec = spec.model_copy(update={"evaluation": ev})
 
-    _check_inputs(spec, origin)
+    check_inputs(spec, origin)
     data = _pick_split(load_data(spec), split, origin, spec.data_paths.source)
     started = time.perf_counter()
     enc = encode_images(captioner.card, data.images, device=captioner.device, batch_size=ev.batch_size)
@@ -103,6 +103,6 @@ def evaluate_run(
     client.set_tag(run_id, TAG_EVAL_DECODING.format(split=split), decoding)
     with tempfile.TemporaryDirectory(prefix="capexp-eval-") as tmp:
         path = Path(tmp) / f"{split}_captions.csv"
-        _write_captions(path, [im.image_id for im in data.images], captions, data.captions)
+        write_captions(path, [im.image_id for im in data.images], captions, data.captions)
         client.log_artifact(run_id, str(path))
     return metrics

@@ -33,7 +33,7 @@ from capexp.tracking import (
     use_store,
 )
 
-__all__ = ["RunResult", "run_spec"]
+__all__ = ["RunResult", "run_spec", "check_inputs", "write_captions"]
 
 log = logging.getLogger("capexp")
 
@@ -56,7 +56,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _check_inputs(spec: Spec, origin: str) -> None:
+def check_inputs(spec: Spec, origin: str) -> None:
     missing = missing_paths(spec)
     if missing:
         named = "; ".join(f"`{key}` = {path}" for key, path in missing)
@@ -91,7 +91,7 @@ def _plot_curves(history: list[dict[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
-def _write_captions(path: Path, image_ids: list[str], captions: list[str], references: list[list[str]]) -> None:
+def write_captions(path: Path, image_ids: list[str], captions: list[str], references: list[list[str]]) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image_id", "caption", "references"])
@@ -107,7 +107,11 @@ def _log_inputs(splits, spec: Spec) -> None:
     for context, split in (("training", splits.train), ("validation", splits.val)):
         frame = dataset_frame(split)
         name = f"{spec.data_paths.source}-{context}"
-        mlflow.log_input(mlflow.data.from_pandas(frame, name=name), context=context)
+        dataset = mlflow.data.from_pandas(frame, name=name)
+        try:
+            mlflow.log_input(dataset, context=context)
+        except mlflow.exceptions.MlflowException:  # another worker logged the same dataset just now
+            mlflow.log_input(dataset, context=context)
 
 
 def run_spec(
@@ -136,7 +140,7 @@ def run_spec(
     from capexp.train import CaptionData, build_model, fit, pick_device
 
     # Everything that can fail on bad input happens before a run exists.
-    _check_inputs(spec, origin)
+    check_inputs(spec, origin)
     use_store(tracking_uri)
     exp_id = experiment_id(experiment)
     splits = load_data(spec)
@@ -219,7 +223,7 @@ def run_spec(
             if not best or (value < best[f"best_{metric}"] if mode == "min" else value > best[f"best_{metric}"]):
                 best.update({f"best_{metric}": value, "best_epoch": result.epoch})
                 save_checkpoint(model, checkpoint, {**meta_base, "epoch": result.epoch, "metrics": metrics})
-            _write_captions(workdir / "val_captions.csv", val.image_ids, result.captions, val.references)
+            write_captions(workdir / "val_captions.csv", val.image_ids, result.captions, val.references)
             _plot_curves(history, workdir / "curves.png")
             mlflow.log_artifact(str(workdir / "val_captions.csv"))
             mlflow.log_artifact(str(workdir / "curves.png"))

@@ -81,8 +81,8 @@ class _Plan:
 
     name: str
     storage: str | None
-    base: str
-    overrides: tuple[str, ...]
+    base: str  # the base spec file, as the user named it (for messages)
+    snapshot: str  # the base as resolved when the command started (extends and --set applied)
     space: SearchSpace  # fitted to the base decoder's depth
     metric: str
     direction: str
@@ -304,7 +304,7 @@ def _objective(plan: _Plan, storage, worker: str):
         values = {key: param.suggest(trial, key) for key, param in plan.space.params.items()}
         run_name = trial.user_attrs.get(_ATTR_RUN_NAME) or f"{plan.name}-{trial.number:03d}"
         sets = [f"{key}={json.dumps(value)}" for key, value in values.items()]
-        spec = load_spec(plan.base, [*plan.overrides, *sets, f"id={json.dumps(run_name)}"])
+        spec = load_spec(plan.snapshot, [*sets, f"id={json.dumps(run_name)}"])
         log.info("study %s: trial %d starts: %s", plan.name, trial.number, ", ".join(sets))
         scores: list[float] = []
 
@@ -351,7 +351,8 @@ def _work(plan: _Plan, index: int) -> None:
     study = optuna.load_study(study_name=plan.name, storage=storage, sampler=_sampler(plan, index), pruner=_pruner(plan))
 
     def enough(counts: dict[str, int]) -> bool:
-        # Others' running trials count: a worker never starts a trial that would go past N.
+        # Others' running trials count, so workers stop at N; two that finish a trial at the
+        # same moment may both start one more (at most workers - 1 trials past N).
         return counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"] >= plan.trials
 
     def after_trial(study: optuna.Study, _trial: Any) -> None:
@@ -641,9 +642,12 @@ def run_study(
                 "sampler": raw.sampler.name, "pruner": raw.pruner.name,
                 **{f"space.{k}": p.model_dump_json(exclude_none=True) for k, p in fitted.params.items()}},
     )
+    # Trials run the base as it is now, even if its file is edited while the study runs.
+    snapshot = Path(tempfile.mkdtemp(prefix="capexp-study-")) / f"{base.stem}.json"
+    snapshot.write_text(spec.model_dump_json(indent=2))
     counts = _counts(study)
     plan = _Plan(
-        name=name, storage=storage, base=str(base), overrides=tuple(overrides), space=fitted, metric=metric,
+        name=name, storage=storage, base=str(base), snapshot=str(snapshot), space=fitted, metric=metric,
         direction=direction, num_epochs=spec.training_config.num_epochs, trials=trials, experiment=experiment,
         tracking_uri=uri, parent_run_id=parent, heartbeat_interval=heartbeat_interval,
         seed_offset=sum(counts.values()), threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0,
@@ -677,5 +681,6 @@ def run_study(
         warn(f"study {name} interrupted; run the same command again to resume it.")
         raise
     finally:
+        shutil.rmtree(snapshot.parent, ignore_errors=True)
         summary = _summarize(study, plan, status)
     return summary

@@ -28,7 +28,10 @@ def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
     return out
 
 
-def test_quickstart_run_is_tracked_with_curves_checkpoint_and_cache_reuse(tracking_uri: str, tmp_path: Path, caplog) -> None:
+def test_quickstart_run_is_tracked_with_curves_checkpoint_and_cache_reuse(
+    tracking_uri: str, tmp_path: Path, caplog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPEXP_CACHE", str(tmp_path / "cache"))  # an empty feature cache
     runner = CliRunner()
     args = ["run", str(QUICKSTART), *[a for s in TINY for a in ("--set", s)], "--set", "training_config.num_epochs=3",
             "--set", "id=first", "--set", "notes=tiny quickstart"]

@@ -160,18 +160,19 @@ def test_killed_worker_then_rerun_completes_and_keeps_every_finished_trial(
 def _two_workers(storage: str, name: str, space: Path, tracking_uri: str, **kwargs) -> list[optuna.trial.FrozenTrial]:
     summary = run_study(BASE, trials=3, name=name, space=space, storage=storage, workers=2, overrides=ONE_EPOCH, **kwargs)
     trials = _trials(storage, name)
-    assert summary.complete + summary.pruned == 3
+    done = summary.complete + summary.pruned
+    assert 3 <= done <= 4  # two workers that finish at the same moment may both start the last trial
     workers = {t.user_attrs["capexp.worker"] for t in trials if t.state.is_finished() and t.state != TrialState.FAIL}
     assert len({w.rsplit(":", 2)[1] for w in workers}) == 2 and str(os.getpid()) not in str(workers)
     parent, children = _runs(tracking_uri, name)
-    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert len(children) == done and all(c.info.status == "FINISHED" for c in children)
     assert parent.info.status == "FINISHED"
     return trials
 
 
 def test_two_workers_share_a_journal_file(tmp_path: Path, tracking_uri: str, space: Path) -> None:
     trials = _two_workers(str(tmp_path / "two.journal"), "two", space, tracking_uri)
-    assert len(trials) == 3 and _states(trials).count("FAIL") == 0
+    assert _states(trials).count("FAIL") == 0
 
 
 # ---------------------------------------------------------------------------- a real PostgreSQL
@@ -234,7 +235,7 @@ def test_two_workers_on_postgresql_retry_a_dead_machines_trial(postgres_url: str
     assert trials[lost.number].state == TrialState.FAIL
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
     assert len(retried) == 1 and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
-    assert _states(trials).count("FAIL") == 1 and len(trials) == 4
+    assert _states(trials).count("FAIL") == 1
 
 
 def test_unreachable_database_is_a_clear_error(space: Path) -> None:
