@@ -77,7 +77,9 @@ def test_mlflow_models_serve_captions_a_real_photo(registered, shared_data, tmp_
     uri, _, cache = registered
     port = _free_port()
     log = (tmp_path / "serve.log").open("w")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CAPEXP_CACHE": cache}
+    # `mlflow models serve` execs `uvicorn` from PATH: the venv's bin must be on it, as after `activate`
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CAPEXP_CACHE": cache, "PATH": path}
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/captioner@champion",
          "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
