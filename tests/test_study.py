@@ -204,7 +204,8 @@ def postgres_url():
         except KeyError:
             pytest.fail("running as root and there is no `postgres` user to run the server as; run .ci/postgres.sh")
         shutil.chown(root, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
+        runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")  # sbin may be off PATH
+        as_user = [runuser or "runuser", "-u", "postgres", "--"]
     data, port = root / "data", _free_port()
 
     def run(cmd: list) -> None:
