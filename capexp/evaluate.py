@@ -64,10 +64,9 @@ def evaluate_run(
     from mlflow.entities import Metric
 
     from capexp.datasets import load_data
-    from capexp.features import encode_images
     from capexp.inference import find_run, load_captioner
     from capexp.metrics import caption_metrics
-    from capexp.run import check_inputs, write_captions
+    from capexp.run import check_inputs, encode_split, write_captions
     from capexp.tracking import use_store
 
     if split not in ("test", "val"):
@@ -84,9 +83,7 @@ def evaluate_run(
     check_inputs(spec, origin)
     data = _pick_split(load_data(spec), split, origin, spec.data_paths.source)
     started = time.perf_counter()
-    enc = encode_images(captioner.card, data.images, device=captioner.device, batch_size=ev.batch_size)
-    if enc.skipped:
-        data = data.drop(set(range(len(data.images))) - set(enc.kept))
+    data, enc = encode_split(captioner.card, data, captioner.device, ev.batch_size)
     if not data.images:
         raise CapexpError(f"{origin}: none of the {split} images could be read; nothing to evaluate.")
     captions = captioner.caption_features(enc.features, batch_size=ev.batch_size)  # (N,) in split order

@@ -33,7 +33,7 @@ from capexp.tracking import (
     use_store,
 )
 
-__all__ = ["RunResult", "run_spec", "check_inputs", "write_captions"]
+__all__ = ["RunResult", "run_spec", "check_inputs", "encode_split", "write_captions"]
 
 log = logging.getLogger("capexp")
 
@@ -99,6 +99,16 @@ def write_captions(path: Path, image_ids: list[str], captions: list[str], refere
             w.writerow([image_id, caption, " | ".join(refs)])
 
 
+def encode_split(card, split, device, batch_size: int):
+    """Features of a split's images through the feature cache, and the split without unreadable images."""
+    from capexp.features import encode_images
+
+    enc = encode_images(card, split.images, device=device, batch_size=batch_size)
+    if enc.skipped:
+        split = split.drop(set(range(len(split.images))) - set(enc.kept))
+    return split, enc
+
+
 def _log_inputs(splits, spec: Spec) -> None:
     import mlflow
 
@@ -135,7 +145,6 @@ def run_spec(
 
     from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
     from capexp.datasets import load_data
-    from capexp.features import encode_images
     from capexp.model import save_checkpoint
     from capexp.train import CaptionData, build_model, fit, pick_device
 
@@ -181,14 +190,8 @@ def run_spec(
         (workdir / "spec.json").write_text(spec.model_dump_json(indent=2))
         mlflow.log_artifact(str(workdir / "spec.json"))
 
-        def encode(split):
-            enc = encode_images(card, split.images, device=device, batch_size=spec.evaluation.batch_size)
-            if enc.skipped:
-                split = split.drop(set(range(len(split.images))) - set(enc.kept))
-            return split, enc
-
-        train_split, train_enc = encode(splits.train)
-        val_split, val_enc = encode(splits.val)
+        train_split, train_enc = encode_split(card, splits.train, device, spec.evaluation.batch_size)
+        val_split, val_enc = encode_split(card, splits.val, device, spec.evaluation.batch_size)
         skipped = train_enc.skipped + val_enc.skipped
         mlflow.set_tag(TAG_ENCODER_SKIPPED, str(len(skipped)))
         mlflow.log_metrics({"images_skipped": len(skipped), "images_encoded": train_enc.n_encoded + val_enc.n_encoded,

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -38,7 +38,6 @@ class EpochResult:
     metrics: dict[str, float]
     captions: list[str]  # greedy/beam captions of the first len(captions) validation images
     seconds: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def pick_device(enable_gpu: bool) -> torch.device:
