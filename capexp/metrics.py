@@ -10,9 +10,7 @@ downloads Stanford CoreNLP models on first use, which cannot happen offline.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
-import io
 import logging
 import os
 import shutil
@@ -83,12 +81,16 @@ def bertscore(
     _check(predictions, references)
     model_type, default_layers = resolve_bertscore_model(model)
     scorer = _scorer(model_type, num_layers or default_layers, str(device))
-    empty = sum(not p.strip() for p in predictions)
-    if empty:
-        log.info("%d of %d captions are empty; BERTScore counts them as 0", empty, len(predictions))
-    with contextlib.redirect_stderr(io.StringIO()):  # bert-score prints a line per batch with an empty caption
-        p, r, f = scorer.score(predictions, references, batch_size=batch_size)
-    return {"bertscore_precision": p.mean().item(), "bertscore_recall": r.mean().item(), "bertscore_f1": f.mean().item()}
+    # bert-score cannot encode an empty caption with transformers 5 tokenizers: score the others only
+    scored = [i for i, prediction in enumerate(predictions) if prediction.strip()]
+    if len(scored) < len(predictions):
+        log.info("%d of %d captions are empty; BERTScore counts them as 0", len(predictions) - len(scored), len(predictions))
+    totals = [0.0, 0.0, 0.0]
+    if scored:
+        p, r, f = scorer.score([predictions[i] for i in scored], [references[i] for i in scored], batch_size=batch_size)
+        totals = [p.sum().item(), r.sum().item(), f.sum().item()]
+    n = len(predictions)
+    return {"bertscore_precision": totals[0] / n, "bertscore_recall": totals[1] / n, "bertscore_f1": totals[2] / n}
 
 
 # ---------------------------------------------------------------------------- COCO metrics

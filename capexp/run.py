@@ -147,6 +147,7 @@ def run_spec(
     from capexp.datasets import load_data
     from capexp.model import save_checkpoint
     from capexp.train import CaptionData, build_model, fit, pick_device
+    from capexp.vocabulary import restrict_vocabulary, training_vocabulary
 
     # Everything that can fail on bad input happens before a run exists.
     check_inputs(spec, origin)
@@ -207,11 +208,16 @@ def run_spec(
 
         train = CaptionData([im.image_id for im in train_split.images], train_enc.features, train_split.captions)
         val = CaptionData([im.image_id for im in val_split.images], val_enc.features, val_split.captions)
+        kept = None
+        if spec.gpt2_config.vocabulary == "train":
+            kept = training_vocabulary(tokenizer, train_split.captions)
+            tokenizer = restrict_vocabulary(decoder, tokenizer, kept)
+            log.info("vocabulary cut to the %d tokens of the training captions", len(kept))
         model = build_model(spec, decoder, blocks, card.feature_dim)
         metric, mode = spec.training_config.best_metric, spec.training_config.mode
         checkpoint = workdir / "checkpoint"
         meta_base = {"capexp_version": __version__, "spec": spec.model_dump(mode="json"),
-                     "feature_dim": card.feature_dim, "encoder_cache_id": card.cache_id}
+                     "feature_dim": card.feature_dim, "encoder_cache_id": card.cache_id, "vocabulary": kept}
 
         def after_epoch(result) -> bool:
             metrics = result.metrics

