@@ -3,11 +3,14 @@
 Features live under `cache_root()/features/<card.cache_id>/` as safetensors shards (never
 pickle). Each tensor is named by a hash of the image's content key, so a changed file (new key)
 is encoded again and an unchanged one never is. A shard is written to a temporary file and
-renamed into place, so several processes can fill and read one cache at the same time.
+renamed into place, so several processes can read one cache while another fills it; processes
+that need to encode take turns (a file lock per encoder folder), so a study's workers never
+encode the same image twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -63,23 +66,30 @@ def encode_images(
     Unreadable images are skipped with one warning. The encoder is loaded only when something
     is missing. Cached features are float16 on disk (float32 when too large), returned as float32.
     """
+    from filelock import FileLock
+
     folder = cache_root() / "features" / card.cache_id
     folder.mkdir(parents=True, exist_ok=True)
     _describe(folder, card)
-    index = _index(folder)
     names = [_tensor_name(im.key) for im in images]
-    missing: dict[str, int] = {}  # tensor name -> first image with it (an image listed twice is encoded once)
-    for i, name in enumerate(names):
-        if name not in index:
-            missing.setdefault(name, i)
-    todo = list(missing.values())
-    n_cached = len(images) - sum(name in missing for name in names)
-    h, w = card.image_size
-    kind = "" if card.features == "pooled" else f" ({card.features})"
-    log.info("feature cache %s @ %dx%d%s: %d of %d images cached, %d to encode",
-             card.name, h, w, kind, n_cached, len(images), len(todo))
-
-    reasons = _encode(card, images, names, todo, folder, index, device, batch_size, progress) if todo else {}
+    index = _index(folder)
+    lock: FileLock | contextlib.nullcontext = contextlib.nullcontext()
+    if any(name not in index for name in names):
+        lock = FileLock(str(folder / ".encode.lock"))
+    with lock:  # processes sharing the cache encode into one folder in turn
+        if isinstance(lock, FileLock):
+            index = _index(folder)  # what another process wrote while this one waited
+        missing: dict[str, int] = {}  # tensor name -> first image with it (an image listed twice is encoded once)
+        for i, name in enumerate(names):
+            if name not in index:
+                missing.setdefault(name, i)
+        todo = list(missing.values())
+        n_cached = len(images) - sum(name in missing for name in names)
+        h, w = card.image_size
+        kind = "" if card.features == "pooled" else f" ({card.features})"
+        log.info("feature cache %s @ %dx%d%s: %d of %d images cached, %d to encode",
+                 card.name, h, w, kind, n_cached, len(images), len(todo))
+        reasons = _encode(card, images, names, todo, folder, index, device, batch_size, progress) if todo else {}
     kept = [i for i in range(len(images)) if names[i] in index]
     skipped = [(images[i].image_id, reasons[names[i]]) for i in range(len(images)) if names[i] not in index]
     if skipped:

@@ -67,7 +67,7 @@ def test_second_call_reads_the_cache_without_loading_the_encoder(
 def test_cache_holds_only_safetensors_shards(photos: list[Path], card: EncoderCard) -> None:
     encode_images(card, [_ref(p) for p in photos], progress=False)
     files = {p.name for p in (cache_root() / "features" / card.cache_id).iterdir()}
-    shards = files - {"card.json"}
+    shards = files - {"card.json", ".encode.lock"}  # the lock file of processes taking turns to encode
     assert "card.json" in files and shards
     assert all(f.endswith(".safetensors") for f in shards)  # no pickle, no leftover temp file
 
@@ -119,7 +119,7 @@ def test_repeated_image_is_encoded_once(photos: list[Path], card: EncoderCard) -
         assert len(list(f.keys())) == 2
 
 
-def test_two_processes_filling_one_cache_leave_it_readable(
+def test_two_processes_filling_one_cache_encode_each_image_once(
     photos: list[Path], card: EncoderCard, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     script = textwrap.dedent(f"""
@@ -133,12 +133,17 @@ def test_two_processes_filling_one_cache_leave_it_readable(
             refs.append(ImageRef(Path(p).name, f"{{p}}|{{st.st_size}}|{{st.st_mtime_ns}}", Path(p)))
         got = encode_images(resolve_encoder("efficientnet-lite0", (32, 32)), refs, batch_size=2, progress=False)
         assert got.features.shape == (6, 1280), got.features.shape
+        print(got.n_encoded)
     """)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    encoded = 0
     for proc in procs:
-        _, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err.decode()[-2000:]
+        encoded += int(out.decode().split()[-1])
+    assert encoded == 6  # they took turns: each image was encoded by one process only
     got = encode_images(card, [_ref(p) for p in photos], progress=False)
     assert (got.n_encoded, got.n_cached) == (0, 6)
     monkeypatch.setenv("CAPEXP_CACHE", str(tmp_path / "other-cache"))

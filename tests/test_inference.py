@@ -20,8 +20,8 @@ from capexp.spec import load_spec
 from capexp.tracking import use_store
 
 REPO = Path(__file__).resolve().parents[1]
-# one optimizer step per run: tests stay fast
-TINY = ["training_config.num_epochs=1", "data_paths.num_train=16", "training_config.batch_size=16",
+# 12 optimizer steps per run (3 epochs of 4): enough that captions are words, not an immediate EOS
+TINY = ["training_config.num_epochs=3", "data_paths.num_train=64", "training_config.batch_size=16",
         "training_config.one_caption_per_image=true", "data_paths.num_val=4", "evaluation.coco_metrics=false"]
 NAMES = ["tiny-a", "tiny-b", "tiny-c"]
 
