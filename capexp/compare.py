@@ -87,9 +87,10 @@ _EPOCH_METRICS = frozenset(
     | {f"bleu{n}" for n in range(1, 5)}
     | {"meteor", "rouge_l", "cider"}
 )
-# Params that are not hyperparameters: the run's name and description, and where it copies outputs.
+# Params that are not hyperparameters: the run's name and description, where it copies outputs,
+# and what the data decided (the cut vocabulary's size).
 _NOT_HYPERPARAMS = frozenset(
-    {"id", "notes", "training_config.trained_model_path", "training_config.monitoring_plots_path"}
+    {"id", "notes", "training_config.trained_model_path", "training_config.monitoring_plots_path", "vocabulary_size"}
 )
 _NOTES = "Notes"
 _KEY_HEADER = "Model_ID"

@@ -4,7 +4,7 @@ The run's spec (kept in its checkpoint) rebuilds the data; the split is encoded 
 feature cache, captioned by the shared decoder (`capexp.decoding`, as the spec's `evaluation`
 section says unless overridden) and scored against all references with `caption_metrics`.
 The scores land on the run as `<split>_<metric>` (test_bleu4, test_cider, test_bertscore_f1,
-...) even when it has ended, beside `<split>_captions.csv`.
+...) even when it has ended, beside `evaluation/<split>_captions.csv`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def evaluate_run(
     `run` is a run id or name (the latest of that name with a checkpoint, in `experiment` when
     given). Decoding follows the run's `evaluation` section; `beam`, `length_penalty` and
     `no_repeat_ngram_size` override it, and the decoding used is tagged `capexp.<split>_decoding`.
-    Writes `<split>_captions.csv` (image_id, caption, references joined by " | ") as an artifact;
+    Writes `evaluation/<split>_captions.csv` (image_id, caption, references joined by " | ") as an artifact;
     for `val` it replaces the training-time file with the best checkpoint's captions of the
     whole split. Metrics are logged again (a new value) by each call. `device` None: CUDA when
     available, else CPU.
@@ -101,5 +101,5 @@ def evaluate_run(
     with tempfile.TemporaryDirectory(prefix="capexp-eval-") as tmp:
         path = Path(tmp) / f"{split}_captions.csv"
         write_captions(path, [im.image_id for im in data.images], captions, data.captions)
-        client.log_artifact(run_id, str(path))
+        client.log_artifact(run_id, str(path), artifact_path="evaluation")  # beside, not over, training's files
     return metrics

@@ -213,6 +213,7 @@ def run_spec(
             kept = training_vocabulary(tokenizer, train_split.captions)
             tokenizer = restrict_vocabulary(decoder, tokenizer, kept)
             log.info("vocabulary cut to the %d tokens of the training captions", len(kept))
+        mlflow.log_param("vocabulary_size", len(tokenizer))
         model = build_model(spec, decoder, blocks, card.feature_dim)
         metric, mode = spec.training_config.best_metric, spec.training_config.mode
         checkpoint = workdir / "checkpoint"

@@ -32,7 +32,9 @@ def test_evaluate_logs_split_metrics_and_captions_to_a_finished_run(tracking_uri
         assert run.data.metrics[f"val_{name}"] == pytest.approx(metrics[f"val_{name}"]), name
     assert run.data.metrics["val_images"] == 12
     assert run.data.tags["capexp.val_decoding"] == "beam=2 length_penalty=1.0 no_repeat_ngram_size=2"
-    csv_path = client.download_artifacts(result.run_id, "val_captions.csv", str(tmp_path))
+    # the training's last validation captions stay; the evaluation's sit beside them
+    assert {"val_captions.csv", "evaluation"} <= {f.path for f in client.list_artifacts(result.run_id)}
+    csv_path = client.download_artifacts(result.run_id, "evaluation/val_captions.csv", str(tmp_path))
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 12 and set(rows[0]) == {"image_id", "caption", "references"}

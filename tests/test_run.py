@@ -59,6 +59,7 @@ def test_quickstart_run_is_tracked_with_curves_checkpoint_and_cache_reuse(
     assert meta["epoch"] == run.data.metrics["best_epoch"]
     # vocabulary "train": the checkpoint records the kept GPT-2 ids, a few dozen shape words, not 50,257
     assert 10 < len(meta["vocabulary"]) < 100 and 50256 in meta["vocabulary"]  # EOS kept
+    assert run.data.params["vocabulary_size"] == str(len(meta["vocabulary"]))
     assert [i.dataset.name for i in run.inputs.dataset_inputs] == ["generated-training", "generated-validation"]
 
     # the second run of the same spec encodes nothing: every image comes from the feature cache
