@@ -55,9 +55,9 @@ def evaluate_run(
     `run` is a run id or name (the latest of that name with a checkpoint, in `experiment` when
     given). Decoding follows the run's `evaluation` section; `beam`, `length_penalty` and
     `no_repeat_ngram_size` override it, and the decoding used is tagged `capexp.<split>_decoding`.
-    Writes `evaluation/<split>_captions.csv` (image_id, caption, references joined by " | ") as an artifact;
-    for `val` it replaces the training-time file with the best checkpoint's captions of the
-    whole split. Metrics are logged again (a new value) by each call. `device` None: CUDA when
+    Writes `evaluation/<split>_captions.csv` (image_id, caption, references joined by " | ") as an
+    artifact, beside the training's own `val_captions.csv`, which stays as it was. Metrics are
+    logged again (a new value) by each call. `device` None: CUDA when
     available, else CPU.
     """
     from mlflow import MlflowClient

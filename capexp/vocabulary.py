@@ -29,6 +29,7 @@ class CutTokenizer:
         self._index = {token: i for i, token in enumerate(self.kept)}
         self.eos_token_id = self._index[tokenizer.eos_token_id]
         self.pad_token_id = self._index[tokenizer.pad_token_id]
+        self.bos_token_id = self._index.get(tokenizer.bos_token_id)  # None when the cut dropped it
 
     def __len__(self) -> int:
         return len(self.kept)
@@ -73,8 +74,7 @@ def restrict_vocabulary(decoder: PreTrainedModel, tokenizer: PreTrainedTokenizer
     decoder.set_output_embeddings(new_out)
     cut = CutTokenizer(tokenizer, kept)
     decoder.config.vocab_size = len(kept)
-    bos = cut._index.get(tokenizer.bos_token_id) if tokenizer.bos_token_id is not None else None
-    special = {"pad_token_id": cut.pad_token_id, "eos_token_id": cut.eos_token_id, "bos_token_id": bos}
+    special = {"pad_token_id": cut.pad_token_id, "eos_token_id": cut.eos_token_id, "bos_token_id": cut.bos_token_id}
     for config in (decoder.config, decoder.generation_config):
         if config is not None:
             for name, value in special.items():
