@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -75,7 +74,7 @@ def encode_images(
     index = _index(folder)
     lock: FileLock | contextlib.nullcontext = contextlib.nullcontext()
     if any(name not in index for name in names):
-        lock = FileLock(str(folder / ".encode.lock"))
+        lock = FileLock(str(folder / ".encode.lock"), mode=0o666 & ~_umask())
     with lock:  # processes sharing the cache encode into one folder in turn
         if isinstance(lock, FileLock):
             index = _index(folder)  # what another process wrote while this one waited
@@ -104,6 +103,13 @@ def encode_images(
         n_cached=n_cached,
         n_encoded=len(images) - n_cached - len(skipped),
     )
+
+
+def _umask() -> int:
+    """This process's umask (reading it means setting it; set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _tensor_name(key: str) -> str:
@@ -170,13 +176,15 @@ def _encode(card: EncoderCard, images: list[ImageRef], names: list[str], todo: l
                 failed[names[i]] = f"{type(e).__name__}: {e}"
         return readable, card.preprocess(pils) if pils else None, failed
 
-    encoder = card.load(device)
     batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
     skipped: dict[str, str] = {}
     pending: dict[str, torch.Tensor] = {}
     h, w = card.image_size
-    with ThreadPoolExecutor(max_workers=1) as pool, \
+    # Building the encoder draws random init weights before loading its own: keep the caller's
+    # RNG untouched, so a run is the same whether its features were encoded now or cached.
+    with torch.random.fork_rng(devices=[]), ThreadPoolExecutor(max_workers=1) as pool, \
             tqdm(total=len(todo), desc=f"encoding {card.name} @ {h}x{w}", unit="img", disable=not progress) as bar:
+        encoder = card.load(device)
         ahead = pool.submit(prepare, batches[0])
         for k in range(len(batches)):
             readable, pixels, failed = ahead.result()
@@ -208,10 +216,10 @@ def _write_shard(folder: Path, tensors: dict[str, torch.Tensor]) -> dict[str, Pa
 
 def _atomic_write(target: Path, write: Callable[[str], None]) -> None:
     """Write to a temporary file beside `target`, then rename: readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    tmp = str(target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors writes private files; a team may share the cache
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

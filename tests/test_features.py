@@ -72,6 +72,25 @@ def test_cache_holds_only_safetensors_shards(photos: list[Path], card: EncoderCa
     assert all(f.endswith(".safetensors") for f in shards)  # no pickle, no leftover temp file
 
 
+def test_cache_files_follow_the_umask_so_a_team_can_share_the_cache(photos: list[Path], card: EncoderCard) -> None:
+    old = os.umask(0o002)  # a group-shared cache
+    try:
+        encode_images(card, [_ref(p) for p in photos], progress=False)
+    finally:
+        os.umask(old)
+    folder = cache_root() / "features" / card.cache_id
+    modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+    assert modes and all(mode & 0o664 == 0o664 for mode in modes.values()), modes  # group can read and lock
+
+
+def test_encoding_leaves_the_callers_random_state_alone(photos: list[Path], card: EncoderCard) -> None:
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    encode_images(card, [_ref(p) for p in photos], progress=False)  # builds the encoder: random init, then weights
+    assert torch.equal(torch.rand(3), expected)  # so a cold-cache run trains the same model as a warm one
+
+
 def test_other_size_kind_or_encoder_never_reads_stale_features(photos: list[Path], card: EncoderCard) -> None:
     refs = [_ref(p) for p in photos[:2]]
     encode_images(card, refs, progress=False)
