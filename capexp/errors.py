@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["CapexpError", "warn"]
+__all__ = ["CapexpError", "TrainingDiverged", "warn"]
 
 logger = logging.getLogger("capexp")
 
 
 class CapexpError(Exception):
     """An error the user can fix; the CLI prints its message and exits with code 2."""
+
+
+class TrainingDiverged(CapexpError):
+    """The training loss became NaN or infinite: these settings diverge (a study fails just that trial)."""
 
 
 def warn(message: str) -> None:

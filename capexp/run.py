@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from capexp import __version__
-from capexp.errors import CapexpError, warn
+from capexp.errors import CapexpError, TrainingDiverged, warn
 from capexp.spec import Spec, expand_path, flatten, missing_paths, spec_hash
 from capexp.tracking import (
     DEFAULT_EXPERIMENT,
@@ -245,6 +245,8 @@ def run_spec(
             mlflow.set_tag(TAG_PRUNED, "true")
         status = "FINISHED"
         return RunResult(run_id, status, history, dict(best), pruned)
+    except TrainingDiverged as e:
+        raise TrainingDiverged(f"{origin}: run {spec.id} ends FAILED: {e}") from None
     except KeyboardInterrupt:
         status = "KILLED"
         warn(f"interrupted: run {spec.id} ends KILLED with everything logged so far kept.")

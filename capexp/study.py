@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from capexp.errors import CapexpError, warn
+from capexp.errors import CapexpError, TrainingDiverged, warn
 from capexp.search_space import Categorical, GridSampler, HyperbandPruner, MedianPruner, SearchSpace, load_space
 from capexp.spec import Spec, flatten, load_spec, spec_hash
 from capexp.tracking import DEFAULT_EXPERIMENT, TAG_STUDY, experiment_id, param_value, use_store
@@ -41,7 +41,9 @@ _ATTR_RUN_ID = "mlflow_run_id"
 _ATTR_RUN_NAME = "capexp.run_name"  # an enqueued spec's id: its trial's run name
 _ATTR_METRIC = "capexp.objective_metric"
 _ATTR_BASE_HASH = "capexp.base_hash"
+_ATTR_ERROR = "capexp.error"  # why a trial failed (diverged, out of memory)
 _MAX_RETRY = 3  # a trial whose worker died or was interrupted is retried this often
+_MAX_FAILED_IN_A_ROW = 3  # a worker whose trials keep failing stops: the base itself is likely at fault
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -257,6 +259,12 @@ def _counts(study) -> dict[str, int]:
                                              TrialState.RUNNING, TrialState.WAITING)}
 
 
+def _grid_points_run(study) -> int:
+    """How many grid points have a finished trial (complete, pruned or failed)."""
+    return len({t.system_attrs["grid_id"] for t in study.get_trials(deepcopy=False)
+                if t.state.is_finished() and "grid_id" in t.system_attrs})
+
+
 def _sampler(plan: _Plan, index: int):
     import optuna
 
@@ -292,8 +300,13 @@ def _frozen(storage, name: str, number: int):
 
 
 def _objective(plan: _Plan, storage, worker: str):
-    """The trial function: sample, run the spec with the sampled values, report every epoch."""
+    """The trial function: sample, run the spec with the sampled values, report every epoch.
+
+    Values that make training diverge or run out of memory fail just that trial (it returns NaN,
+    which Optuna records as FAIL) and the study goes on; any other error ends the worker.
+    """
     import optuna
+    import torch
 
     from capexp.run import run_spec
 
@@ -328,6 +341,13 @@ def _objective(plan: _Plan, storage, worker: str):
         except KeyboardInterrupt:
             _retry(trial.study, _frozen(storage, plan.name, trial.number))
             raise
+        except (TrainingDiverged, torch.cuda.OutOfMemoryError) as e:
+            reason = str(e) if isinstance(e, TrainingDiverged) else f"out of memory: {e}"
+            trial.set_user_attr(_ATTR_ERROR, reason[:500])
+            warn(f"study {plan.name}: trial {trial.number} failed ({', '.join(sets)}): {reason}")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return math.nan  # FAIL; the study samples other values
         trial.set_user_attr(_ATTR_RUN_ID, result.run_id)
         if result.pruned:
             log.info("study %s: trial %d pruned after epoch %d (%s %.4f)", plan.name, trial.number,
@@ -355,8 +375,18 @@ def _work(plan: _Plan, index: int) -> None:
         # same moment may both start one more (at most workers - 1 trials past N).
         return counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"] >= plan.trials
 
-    def after_trial(study: optuna.Study, _trial: Any) -> None:
+    failed: list[Any] = []  # this worker's trials that failed since its last good one
+
+    def after_trial(study: optuna.Study, trial: Any) -> None:
         _reap(study, storage, plan)
+        failed[:] = [*failed, trial] if trial.state == optuna.trial.TrialState.FAIL else []
+        if len(failed) >= _MAX_FAILED_IN_A_ROW:
+            numbers = ", ".join(str(t.number) for t in failed)
+            raise CapexpError(
+                f"study {plan.name}: trials {numbers} failed one after another (last: "
+                f"{failed[-1].user_attrs.get(_ATTR_ERROR, 'see its run')}). The base spec {plan.base} or the "
+                f"search space is likely at fault; fix it and run the same command again to resume."
+            )
         if enough(_counts(study)):
             study.stop()
 
@@ -503,6 +533,7 @@ def _trials_table(study, space: SearchSpace) -> Any:
             "run_id": t.user_attrs.get(_ATTR_RUN_ID, ""),
             "run_name": t.user_attrs.get(_ATTR_RUN_NAME, ""),
             "retry_of": t.system_attrs.get("failed_trial", ""),
+            "error": t.user_attrs.get(_ATTR_ERROR, ""),
             "seconds": t.duration.total_seconds() if t.duration else None,
         })
     return pd.DataFrame(rows)
@@ -666,6 +697,8 @@ def run_study(
             _work(plan, 0)
         counts = _counts(study)
         done = counts["COMPLETE"] + counts["PRUNED"]
+        if isinstance(fitted.sampler, GridSampler) and _grid_points_run(study) >= trials:
+            trials = done  # every grid point ran; failed ones stay failed (their error is in trials.csv)
         if done + counts["RUNNING"] < trials:
             raise CapexpError(
                 f"study {name} stopped with {done} of {trials} trials done: " + "; ".join(problems or ["no worker is left"])

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from capexp.errors import warn
+from capexp.errors import TrainingDiverged, warn
 from capexp.model import ClipCap, build_mapper, freeze_blocks
 
 if TYPE_CHECKING:
@@ -169,7 +169,15 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
-            total += loss.item()
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"the training loss became {value} at epoch {epoch}, step {start // cfg.batch_size + 1} of "
+                    f"{steps_per_epoch}, so the run stops. Lower `training_config.learning_rate` (now "
+                    f"{cfg.learning_rate:g}), set `training_config.grad_clip` (e.g. 1.0) or raise "
+                    f"`training_config.warmup_steps`. Epochs finished before keep their metrics and checkpoint."
+                )
+            total += value
             bar.set_postfix(loss=f"{total / (start // cfg.batch_size + 1):.3f}")
         metrics = {"train_loss": total / steps_per_epoch}
         metrics["val_loss"] = _val_loss(model, val.features, va_index, va_ids, va_mask, ev.batch_size, device)

@@ -96,6 +96,18 @@ def test_crash_or_interrupt_keeps_what_was_logged(tracking_uri: str) -> None:
     assert mlflow.active_run() is None
 
 
+def test_diverging_training_stops_with_a_clear_error(tracking_uri: str) -> None:
+    sets = [*TINY, "training_config.learning_rate=1e6", "training_config.num_epochs=3", "id=diverged"]
+    result = CliRunner().invoke(cli, ["run", str(QUICKSTART), *[a for s in sets for a in ("--set", s)]])
+    assert result.exit_code == 2
+    message = " ".join(result.output.split())
+    assert "quickstart.json: run diverged ends FAILED: the training loss became nan at epoch 1" in message
+    assert "Lower `training_config.learning_rate` (now 1e+06)" in message  # what to change
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("capexp").experiment_id])
+    assert run.info.status == "FAILED" and "run.log" in _artifacts(client, run.info.run_id)
+
+
 def test_unreadable_images_are_skipped_and_counted(tracking_uri: str, tmp_path: Path, shared_data: Path) -> None:
     photos = sorted((shared_data / "flickr8k" / "Flicker8k_Dataset").glob("*.jpg"))[:6]
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")

@@ -264,3 +264,37 @@ def test_bad_values_and_enqueued_specs_fail_before_any_trial(tmp_path: Path) -> 
     space.write_text(json.dumps(SPACE))
     with pytest.raises(CapexpError, match=r"--enqueue .*k7.json: `gpt2_config.visual_tokens_length` is 7"):
         run_study(BASE, trials=1, space=space, storage=storage, enqueue=[queued], overrides=TINY)
+
+
+def test_diverging_trials_fail_alone_and_the_study_goes_on(tmp_path: Path, tracking_uri: str) -> None:
+    space = tmp_path / "grid.json"
+    space.write_text(json.dumps({"objective": {"metric": "val_loss"}, "sampler": {"name": "grid"},
+                                 "pruner": {"name": "none"},
+                                 "params": {"training_config.learning_rate": {"choices": [1e6, 1e-3]}}}))
+    storage = str(tmp_path / "g.journal")
+    summary = run_study(BASE, trials=2, name="diverge", space=space, storage=storage, overrides=ONE_EPOCH)
+
+    assert (summary.complete, summary.failed) == (1, 1)  # lr 1e6 diverges; the study still runs lr 1e-3
+    assert summary.best_params["training_config.learning_rate"] == 1e-3
+    parent, children = _runs(tracking_uri, "diverge")
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED"]  # the diverged run is kept, FAILED
+    client = mlflow.MlflowClient(tracking_uri)
+    table = list(csv.DictReader(io.StringIO(Path(client.download_artifacts(parent.info.run_id, "trials.csv")).read_text())))
+    failed = [row for row in table if row["state"] == "FAIL"]
+    assert len(failed) == 1 and "training loss became nan" in failed[0]["error"]
+    assert "training_config.learning_rate" in failed[0]["error"]  # the error says what to change
+
+
+def test_a_worker_whose_trials_keep_failing_stops_with_the_reason(tmp_path: Path, tracking_uri: str) -> None:
+    from capexp.errors import CapexpError
+
+    space = tmp_path / "bad_lr.json"
+    space.write_text(json.dumps({"objective": {"metric": "val_loss"},
+                                 "params": {"training_config.learning_rate": {"choices": [1e6, 1e7]}}}))
+    storage = str(tmp_path / "b.journal")
+    with pytest.raises(CapexpError, match=r"trials 0, 1, 2 failed one after another \(last: .*training loss became"):
+        run_study(BASE, trials=5, name="allbad", space=space, storage=storage, overrides=ONE_EPOCH)
+    assert _states(_trials(storage, "allbad")) == ["FAIL"] * 3  # it stopped instead of trying forever
+    parent, children = _runs(tracking_uri, "allbad")
+    assert parent.info.status == "FAILED" and [c.info.status for c in children] == ["FAILED"] * 3
