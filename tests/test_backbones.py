@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 import types
 from pathlib import Path
@@ -129,6 +130,17 @@ def test_cache_id_changes_with_size_features_and_weights(tiny_clip: Path, tmp_pa
     CLIPVisionModelWithProjection.from_pretrained(tiny_clip).save_pretrained(copy)  # same config, new weight file
     ids.add(resolve_encoder(str(copy), (224, 224)).cache_id)
     assert len(ids) == 5
+
+
+def test_preset_features_are_shared_across_installs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import capexp.efficientnet
+
+    before = resolve_encoder("efficientnet-lite0", (64, 64)).cache_id
+    reinstalled = tmp_path / "other-venv" / capexp.efficientnet.lite0_weights_path().name
+    reinstalled.parent.mkdir()
+    shutil.copy(capexp.efficientnet.lite0_weights_path(), reinstalled)  # another path, a new mtime
+    monkeypatch.setattr(capexp.efficientnet, "lite0_weights_path", lambda: reinstalled)
+    assert resolve_encoder("efficientnet-lite0", (64, 64)).cache_id == before  # no re-encoding after a reinstall
 
 
 def test_other_vision_towers_use_pooler_output_and_hidden_states(tmp_path: Path) -> None:
