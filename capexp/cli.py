@@ -230,6 +230,26 @@ def backbones_cmd() -> None:
     click.echo(json.dumps(list_backbones(), indent=2))
 
 
+@cli.command("data")
+@click.argument("name", required=False)
+@click.option("--to", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder to fetch into (default: $CAPEXP_DATA, else ./data).")
+@click.option("--from", "sources", type=click.Path(path_type=Path, dir_okay=False), multiple=True,
+              help="An archive you already have, instead of downloading (repeatable).")
+@click.option("--mirror", default=None, help="Base URL serving the data set's archive files by name.")
+@click.option("--keep-archives", is_flag=True, help="Keep the downloaded archives in TO/.downloads.")
+def data_cmd(name: str | None, to: Path | None, sources: tuple[Path, ...], mirror: str | None, keep_archives: bool) -> None:
+    """Fetch data set NAME into the layout its spec source reads (without NAME: list them)."""
+    from capexp.fetch import DATASETS, fetch_dataset
+
+    if name is None:
+        for d in DATASETS.values():
+            click.echo(f"{d.name}\n  {d.what}\n  {d.size}; {d.licence}")
+        return
+    dest = fetch_dataset(name, to or Path(os.environ.get("CAPEXP_DATA") or "data"), sources, mirror, keep_archives)
+    click.echo(f"{name} is ready in {dest}.\n{DATASETS[name].usage(dest)}")
+
+
 def main() -> None:
     """Console entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

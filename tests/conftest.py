@@ -1,9 +1,15 @@
-"""Shared fixtures: the real data beside the repo, an isolated MLflow store and feature cache."""
+"""Shared fixtures: photo files made here, the optional real data, an isolated MLflow store and feature cache.
+
+The suite needs nothing outside the repository. Tests that need real photos or Flickr8k take the
+`shared_data` fixture: they skip with one line naming `CAPEXP_DATA` when the data is absent, and
+fail instead under `CI=true` (or `CAPEXP_REQUIRE_DATA=1`), so CI never skips them silently.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,12 +17,65 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _require_data() -> bool:
+    return os.environ.get("CI") == "true" or os.environ.get("CAPEXP_REQUIRE_DATA") == "1"
+
+
+def _real_data(folder: str) -> Path:
+    """$CAPEXP_DATA (else `../shared/data`) when it holds `folder`; otherwise skip, or fail under CI."""
+    root = Path(os.environ.get("CAPEXP_DATA") or REPO.parent / "shared" / "data")
+    if not (root / folder).is_dir():
+        reason = (f"real data: no {folder}/ in {root}; set CAPEXP_DATA to the folder holding it "
+                  f"(`capexp data flickr8k --to DIR` fetches Flickr8k)")
+        if _require_data():
+            pytest.fail(f"{reason}. CI=true or CAPEXP_REQUIRE_DATA=1 requires the real data.")
+        pytest.skip(reason)
+    return root
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """`../shared/data` (or $CAPEXP_DATA): Flickr8k, the COCO sample and the seed's scores."""
-    root = Path(os.environ.get("CAPEXP_DATA", REPO.parent / "shared" / "data"))
-    if not (root / "flickr8k").is_dir():
-        pytest.fail(f"real data not found at {root}; set CAPEXP_DATA to the shared data folder")
+    """The real data folder ($CAPEXP_DATA, else `../shared/data`) holding Flickr8k."""
+    return _real_data("flickr8k")
+
+
+@pytest.fixture(scope="session")
+def coco_sample() -> Path:
+    """The real COCO val2017 caption file with a partial image folder (`coco2017_sample/` of the real data)."""
+    return _real_data("coco2017_sample") / "coco2017_sample"
+
+
+@pytest.fixture(scope="session")
+def make_photos() -> Callable[..., list[tuple[Path, list[str]]]]:
+    """`make_photos(folder, n, px=96)`: n JPEG photos of generated shape scenes, with their five captions."""
+    from capexp.datasets import load_data
+    from capexp.spec import GeneratedData, Spec
+
+    def make(folder: Path, n: int, px: int = 96, suffix: str = ".jpg") -> list[tuple[Path, list[str]]]:
+        data = GeneratedData(source="generated", num_train=n, num_val=1, image_px=px, seed=7)
+        train = load_data(Spec(data_paths=data)).train
+        folder.mkdir(parents=True, exist_ok=True)
+        out = []
+        for i, (ref, captions) in enumerate(zip(train.images, train.captions)):
+            path = folder / f"{1000 + i}_shapes{suffix}"
+            ref.load().save(path, quality=92)
+            out.append((path, captions))
+        return out
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_flickr8k(tmp_path_factory: pytest.TempPathFactory, make_photos) -> Path:
+    """A Flickr8k-layout folder of 18 generated photos: 12 train / 3 dev / 3 test, five captions each."""
+    root = tmp_path_factory.mktemp("data") / "flickr8k"
+    photos = make_photos(root / "Flicker8k_Dataset", 18)
+    text = root / "Flickr8k_text"
+    text.mkdir()
+    tokens = [f"{p.name}#{k}\t{c}" for p, caps in photos for k, c in enumerate(caps)]
+    (text / "Flickr8k.token.txt").write_text("\n".join(tokens) + "\n")
+    for part, names in (("train", photos[:12]), ("dev", photos[12:15]), ("test", photos[15:])):
+        (text / f"Flickr_8k.{part}Images.txt").write_text("".join(f"{p.name}\n" for p, _ in names))
     return root
 
 

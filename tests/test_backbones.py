@@ -68,8 +68,8 @@ def test_efficientnet_lite0_recognizes_dogs_and_a_cat(shared_data: Path) -> None
     assert 281 <= classes[-1] <= 285, classes  # ImageNet domestic cats
 
 
-def test_efficientnet_lite0_pooled_and_grid_shapes_follow_image_size(shared_data: Path) -> None:
-    images = _photos(shared_data, DOGS[:2])
+def test_efficientnet_lite0_pooled_and_grid_shapes_follow_image_size(make_photos, tmp_path: Path) -> None:
+    images = [Image.open(p) for p, _ in make_photos(tmp_path, 2)]
     pooled = resolve_encoder("efficientnet-lite0", (50, 80), "pooled")
     grid = resolve_encoder("efficientnet-lite0", (50, 80), "grid")
     assert (pooled.feature_dim, grid.feature_dim) == (1280, 1280)

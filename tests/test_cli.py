@@ -13,14 +13,14 @@ from capexp.tracking import experiment_id, use_store
 SEED_IDS = ["20250725_125558", "20250725_135939", "20250725_174616", "20250725_233058", "20250726_111600", "20250726_183853"]
 
 
-def test_score_then_ranking_through_the_cli(tracking_uri: str, shared_data: Path, tmp_path: Path) -> None:
+def test_score_then_ranking_through_the_cli(tracking_uri: str, tmp_path: Path) -> None:
     use_store(tracking_uri)
     client = MlflowClient(tracking_uri)
     exp = experiment_id("capexp")
     for name in SEED_IDS:
         client.set_terminated(client.create_run(exp, run_name=name).info.run_id)
     runner = CliRunner()
-    scored = runner.invoke(cli, ["score", str(shared_data / "seed_scores" / "inference_scores.csv")])
+    scored = runner.invoke(cli, ["score", str(Path(__file__).resolve().parent / "fixtures" / "inference_scores.csv")])
     assert scored.exit_code == 0, scored.output
     out = tmp_path / "ranking.md"
     ranked = runner.invoke(cli, ["compare", "--ranking", "--output", str(out)])

@@ -1,4 +1,4 @@
-"""`capexp compare`: SEED.md's experimentation table rebuilt from six tracked runs, and beyond."""
+"""`capexp compare`: the seed study's experimentation table rebuilt from six tracked runs, and beyond."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ SEED_IDS = [
 BEST = "20250725_233058"
 
 
-def _seed_text(shared_data: Path) -> str:
-    return (shared_data.parent / "SEED.md").read_text()
+def _seed_text() -> str:
+    return (Path(__file__).resolve().parent / "fixtures" / "seed_study.md").read_text()
 
 
 def _table_lines(text: str, first_cell: str) -> list[str]:
@@ -92,7 +92,7 @@ def _log_run(
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterator[dict[str, str]]:
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """One SQLite store for the module, holding the seed's six runs in experiment `capexp`;
     yields {run name: run id}."""
     from mlflow import MlflowClient
@@ -103,7 +103,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Iterat
         use_store(uri)
         client = MlflowClient()
         ids = {}
-        for i, spec in enumerate(_seed_specs(_seed_text(shared_data))):
+        for i, spec in enumerate(_seed_specs(_seed_text())):
             # The best run (by val loss) is the one SEED marks "(best)".
             final = 1.5 if spec.id == BEST else 2.0 + i / 10
             ids[spec.id] = _log_run(client, "capexp", spec, 1_000_000 * (i + 1), [3.0, 2.5, final, final + 0.01])
@@ -114,8 +114,8 @@ def _render(fmt: str, **kwargs) -> str:
     return compare(fmt=fmt, console=Console(file=io.StringIO(), width=80), **kwargs)
 
 
-def test_markdown_is_seed_table(store: dict[str, str], shared_data: Path) -> None:
-    seed = _table_lines(_seed_text(shared_data), "Model_ID")
+def test_markdown_is_seed_table(store: dict[str, str]) -> None:
+    seed = _table_lines(_seed_text(), "Model_ID")
     lines = _render("md").splitlines()
     assert lines[: len(seed)] == seed
     metric_rows = [_cells(line)[0] for line in lines[len(seed):]]
@@ -126,7 +126,7 @@ def test_markdown_is_seed_table(store: dict[str, str], shared_data: Path) -> Non
     assert _cells(lines[len(seed) + 2])[4] == "0.7500"
 
 
-def test_project_seed_specs_give_seed_table(store: dict[str, str], shared_data: Path) -> None:
+def test_project_seed_specs_give_seed_table(store: dict[str, str]) -> None:
     """The six seed specs shipped in experiments/ (which differ in their checkpoint paths)."""
     from mlflow import MlflowClient
 
@@ -134,7 +134,7 @@ def test_project_seed_specs_give_seed_table(store: dict[str, str], shared_data: 
     for i, run_id in enumerate(SEED_IDS):
         spec = load_spec(REPO / "experiments" / f"{run_id}.json")
         _log_run(client, "seed_files", spec, i + 1, [2.0 - (run_id == BEST)])
-    seed = _table_lines(_seed_text(shared_data), "Model_ID")
+    seed = _table_lines(_seed_text(), "Model_ID")
     lines = _render("md", experiment="seed_files").splitlines()
     assert lines[: len(seed)] == seed
     assert lines[len(seed)] == "| best_val_loss | 2.0000 | 2.0000 | 2.0000 | 1.0000 | 2.0000 | 2.0000 |"

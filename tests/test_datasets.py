@@ -1,4 +1,4 @@
-"""Data sources: real Flickr8k and COCO files, the seed's caption lists, Karpathy JSON, subsets."""
+"""Data sources: Flickr8k and COCO layouts (built here, and the real files where present), the seed's caption lists, Karpathy JSON, subsets."""
 
 from __future__ import annotations
 
@@ -53,8 +53,16 @@ def test_flickr8k_official_splits(shared_data: Path, caplog: pytest.LogCaptureFi
         assert image.mode == "RGB" and image.size == (224, 224)
 
 
-def test_flickr8k_val_split_test_validates_on_test(shared_data: Path) -> None:
-    splits = load_data(_spec(Flickr8kData(source="flickr8k", root=str(shared_data / "flickr8k"), val_split="test")))
+def test_flickr8k_layout_gives_the_listed_splits_with_five_captions(tiny_flickr8k: Path) -> None:
+    splits = load_data(_spec(Flickr8kData(source="flickr8k", root=str(tiny_flickr8k))))
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (12, 3, 3)
+    assert all(len(caps) == 5 for caps in splits.train.captions)
+    listed = (tiny_flickr8k / "Flickr8k_text" / "Flickr_8k.devImages.txt").read_text().split()
+    assert [r.image_id for r in splits.val.images] == listed
+
+
+def test_flickr8k_val_split_test_validates_on_test(tiny_flickr8k: Path) -> None:
+    splits = load_data(_spec(Flickr8kData(source="flickr8k", root=str(tiny_flickr8k), val_split="test")))
     assert splits.val.images == splits.test.images
 
 
@@ -63,46 +71,65 @@ def test_flickr8k_wrong_root_names_the_field(tmp_path: Path) -> None:
         load_data(_spec(Flickr8kData(source="flickr8k", root=str(tmp_path / "nowhere"))))
 
 
-def test_flickr8k_root_expands_environment_variable(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CAPEXP_DATA", str(shared_data))
-    splits = load_data(_spec(Flickr8kData(source="flickr8k"), subset_ratio=0.01))
-    assert len(splits.train) == 60 and len(splits.val) == 1000
+def test_flickr8k_root_expands_environment_variable(tiny_flickr8k: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAPEXP_DATA", str(tiny_flickr8k.parent))
+    splits = load_data(_spec(Flickr8kData(source="flickr8k"), subset_ratio=0.25))
+    assert len(splits.train) == 3 and len(splits.val) == 3
 
 
 # ---------------------------------------------------------------------------- coco (real file, partial download)
-def _coco(shared_data: Path, **kw: object) -> CocoData:
-    ann = str(shared_data / "coco2017_sample" / "annotations" / "captions_val2017.json")
-    images = str(shared_data / "coco2017_sample" / "val2017")
+def _coco(root: Path, **kw: object) -> CocoData:
+    ann = str(root / "annotations" / "captions_val2017.json")
+    images = str(root / "val2017")
     return CocoData(source="coco", train_annotations=ann, train_images=images, val_annotations=ann, val_images=images, **kw)
 
 
-def test_coco_partial_download_keeps_present_images_with_one_warning(shared_data: Path, caplog: pytest.LogCaptureFixture) -> None:
-    splits = load_data(_spec(_coco(shared_data)))
+@pytest.fixture
+def tiny_coco(tmp_path: Path, make_photos) -> Path:
+    """A COCO-layout folder: a captions file listing 10 images, of which the first 8 are in val2017/."""
+    photos = make_photos(tmp_path / "coco" / "val2017", 10)
+    images = [{"id": 100 + i, "file_name": p.name} for i, (p, _) in enumerate(photos)]
+    annotations = [{"id": k, "image_id": 100 + i, "caption": c} for i, (_, caps) in enumerate(photos) for k, c in enumerate(caps)]
+    for p, _ in photos[8:]:
+        p.unlink()
+    _caption_json(tmp_path / "coco" / "annotations" / "captions_val2017.json", {"images": images, "annotations": annotations})
+    return tmp_path / "coco"
+
+
+def test_coco_layout_keeps_present_images_with_one_warning(tiny_coco: Path, caplog: pytest.LogCaptureFixture) -> None:
+    splits = load_data(_spec(_coco(tiny_coco)))
+    assert len(splits.train) == 8 and all(len(caps) == 5 for caps in splits.train.captions)
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1 and "2 of 10" in warnings[0] and "val2017" in warnings[0]
+
+
+def test_coco_partial_download_keeps_present_images_with_one_warning(coco_sample: Path, caplog: pytest.LogCaptureFixture) -> None:
+    splits = load_data(_spec(_coco(coco_sample)))
     assert len(splits.train) == 40
     assert all(r.path is not None and r.path.is_file() for r in splits.train.images)
     assert all(len(caps) >= 5 for caps in splits.train.captions)
-    assert {r.image_id for r in splits.train.images} == set(os.listdir(shared_data / "coco2017_sample" / "val2017"))
+    assert {r.image_id for r in splits.train.images} == set(os.listdir(coco_sample / "val2017"))
     warnings = _warnings(caplog)
     assert len(warnings) == 1 and "4,960 of 5,000" in warnings[0] and "val2017" in warnings[0]
 
 
-def test_coco_val_fraction_holds_out_the_same_images_for_every_seed(shared_data: Path) -> None:
-    a = load_data(_spec(_coco(shared_data, val_fraction=0.25), seed=1))
-    b = load_data(_spec(_coco(shared_data, val_fraction=0.25), seed=2))
-    assert (len(a.train), len(a.val)) == (30, 10)
+def test_coco_val_fraction_holds_out_the_same_images_for_every_seed(tiny_coco: Path) -> None:
+    a = load_data(_spec(_coco(tiny_coco, val_fraction=0.25), seed=1))
+    b = load_data(_spec(_coco(tiny_coco, val_fraction=0.25), seed=2))
+    assert (len(a.train), len(a.val)) == (6, 2)
     assert not {r.key for r in a.train.images} & {r.key for r in a.val.images}
     assert a.val.images == b.val.images
     assert a.test is None  # the val file is the train file: no separate test split
 
 
-def test_coco_all_images_missing_is_an_error(shared_data: Path, tmp_path: Path) -> None:
-    data = _coco(shared_data).model_copy(update={"train_images": str(tmp_path)})
-    with pytest.raises(CapexpError, match=r"None of the 5,000 images.*data_paths\.train_images"):
+def test_coco_all_images_missing_is_an_error(tiny_coco: Path, tmp_path: Path) -> None:
+    data = _coco(tiny_coco).model_copy(update={"train_images": str(tmp_path / "elsewhere")})
+    with pytest.raises(CapexpError, match=r"None of the 10 images.*data_paths\.train_images"):
         load_data(_spec(data))
 
 
 # ---------------------------------------------------------------------------- caption_list (the seed's format)
-def _caption_json(path: Path, entries: list[dict[str, str]]) -> Path:
+def _caption_json(path: Path, entries: object) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(entries))
     return path

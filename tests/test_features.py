@@ -17,24 +17,16 @@ from capexp.backbones import EncoderCard, resolve_encoder
 from capexp.datasets import ImageRef
 from capexp.features import cache_root, encode_images
 
-NAMES = ["1001773457_577c3a7d70.jpg", "1019077836_6fc9b15408.jpg", "1022975728_75515238d8.jpg",
-         "1026685415_0431cbf574.jpg", "1030985833_b0902ea560.jpg", "3229898555_16877f5180.jpg"]
-
-
 def _ref(path: Path) -> ImageRef:
     st = path.stat()
     return ImageRef(path.name, f"{path}|{st.st_size}|{st.st_mtime_ns}", path)
 
 
 @pytest.fixture
-def photos(shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """Six real Flickr8k photos copied to a folder the test may change, and a fresh cache."""
+def photos(make_photos, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Six JPEG photos in a folder the test may change, and a fresh cache."""
     monkeypatch.setenv("CAPEXP_CACHE", str(tmp_path / "cache"))
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for name in NAMES:
-        shutil.copy(shared_data / "flickr8k" / "Flicker8k_Dataset" / name, folder / name)
-    return [folder / n for n in NAMES]
+    return [p for p, _ in make_photos(tmp_path / "images", 6)]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +111,7 @@ def test_unreadable_images_are_skipped_with_one_warning(
     with caplog.at_level(logging.INFO, logger="capexp"):
         got = encode_images(card, refs, progress=False)
     assert got.kept == [0, 2, 4, 5]
-    assert [image_id for image_id, _ in got.skipped] == [NAMES[1], NAMES[3], "gone.jpg"]
+    assert [image_id for image_id, _ in got.skipped] == [photos[1].name, photos[3].name, "gone.jpg"]
     assert all(reason for _, reason in got.skipped)
     assert got.features.shape == (4, 1280) and got.n_encoded == 4
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -1,10 +1,9 @@
-"""`capexp caption`'s library: real photos captioned by several tracked runs into one CSV."""
+"""`capexp caption`'s library: photo files captioned by several tracked runs into one CSV."""
 
 from __future__ import annotations
 
 import csv
 import logging
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,16 +38,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[s
 
 
 @pytest.fixture
-def photos(shared_data: Path, tmp_path: Path) -> Path:
-    """The 40 COCO sample photos (38 as JPEG, one each as PNG and WebP), a corrupt .jpg and a text file."""
+def photos(make_photos, tmp_path: Path) -> Path:
+    """40 photos (38 as JPEG, one each as PNG and WebP), a corrupt .jpg and a text file."""
     folder = tmp_path / "photos"
-    folder.mkdir()
-    sources = sorted((shared_data / "coco2017_sample" / "val2017").glob("*.jpg"))
-    assert len(sources) == 40
-    for src in sources[:38]:
-        shutil.copy(src, folder / src.name)
-    Image.open(sources[38]).save(folder / f"{sources[38].stem}.png")
-    Image.open(sources[39]).save(folder / f"{sources[39].stem}.webp")
+    sources = [p for p, _ in make_photos(folder, 40)]
+    for src, suffix in ((sources[38], ".png"), (sources[39], ".webp")):
+        Image.open(src).save(src.with_suffix(suffix))
+        src.unlink()
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (folder / "notes.txt").write_text("not an image")
     return folder
@@ -95,10 +91,10 @@ def test_three_runs_caption_forty_photos_with_one_encoding(runs, photos, tmp_pat
     assert again.images == 40
 
 
-def test_every_source_kind_loads_the_same_model(runs, shared_data) -> None:
+def test_every_source_kind_loads_the_same_model(runs, make_photos, tmp_path) -> None:
     uri, ids = runs
     use_store(uri)
-    photo = Image.open(sorted((shared_data / "coco2017_sample" / "val2017").glob("*.jpg"))[0])
+    photo = Image.open(make_photos(tmp_path, 1)[0][0])
     by_id = load_captioner(ids[1], tracking_uri=uri)
     by_name = load_captioner("tiny-b", tracking_uri=uri)
     by_folder = load_captioner(run_checkpoint(ids[1], "tiny-b"))

@@ -108,8 +108,8 @@ def test_diverging_training_stops_with_a_clear_error(tracking_uri: str) -> None:
     assert run.info.status == "FAILED" and "run.log" in _artifacts(client, run.info.run_id)
 
 
-def test_unreadable_images_are_skipped_and_counted(tracking_uri: str, tmp_path: Path, shared_data: Path) -> None:
-    photos = sorted((shared_data / "flickr8k" / "Flicker8k_Dataset").glob("*.jpg"))[:6]
+def test_unreadable_images_are_skipped_and_counted(tracking_uri: str, tmp_path: Path, make_photos) -> None:
+    photos = [p for p, _ in make_photos(tmp_path / "photos", 6)]
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     entries = [{"image": str(p), "caption": "a photo"} for p in photos[:4]] + [{"image": str(tmp_path / "broken.jpg"), "caption": "x"}]
     (tmp_path / "train.json").write_text(json.dumps(entries))

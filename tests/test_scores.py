@@ -1,4 +1,4 @@
-"""`capexp score` and `capexp compare --ranking`: the seed's human scores become SEED.md's ranking."""
+"""`capexp score` and `capexp compare --ranking`: the seed study's human scores become its ranking."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from capexp.errors import CapexpError
 from capexp.scores import import_scores, run_name_of
 from capexp.tracking import experiment_id, use_store
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SEED_IDS = [
     "20250725_125558",
     "20250725_135939",
@@ -51,10 +52,10 @@ def _ranking_lines(text: str) -> list[str]:
     return lines[start:end]
 
 
-def test_seed_scores_give_seed_ranking(store: dict[str, str], shared_data: Path) -> None:
+def test_seed_scores_give_seed_ranking(store: dict[str, str]) -> None:
     from mlflow import MlflowClient
 
-    result = import_scores(shared_data / "seed_scores" / "inference_scores.csv")
+    result = import_scores(FIXTURES / "inference_scores.csv")
     assert result.unmatched == {} and result.problems == []
     totals = {r.run_name: (r.total, r.images) for r in result.runs}
     assert totals == {
@@ -73,7 +74,7 @@ def test_seed_scores_give_seed_ranking(store: dict[str, str], shared_data: Path)
     assert len(Path(artifact).read_text().splitlines()) == 1 + 27
 
     md = compare(ranking=True, fmt="md", console=Console(file=io.StringIO()))
-    seed = _ranking_lines((shared_data.parent / "SEED.md").read_text())
+    seed = _ranking_lines((FIXTURES / "seed_study.md").read_text())
     assert md.splitlines() == seed  # ranks 1 2 3 3 5 6, totals 37 .. 0, accuracies 69% .. 0%
 
 
@@ -121,11 +122,11 @@ def test_bad_file_is_an_error_naming_file_and_row(store: dict[str, str], tmp_pat
     assert "bad_scores.csv" in str(err.value)
 
 
-def test_missing_file_and_unknown_experiment(store: dict[str, str], tmp_path: Path, shared_data: Path) -> None:
+def test_missing_file_and_unknown_experiment(store: dict[str, str], tmp_path: Path) -> None:
     with pytest.raises(CapexpError, match="does not exist"):
         import_scores(tmp_path / "nope.csv")
     with pytest.raises(CapexpError, match="no MLflow experiment named 'nope'.*capexp, scratch"):
-        import_scores(shared_data / "seed_scores" / "inference_scores.csv", experiment="nope")
+        import_scores(FIXTURES / "inference_scores.csv", experiment="nope")
 
 
 def test_ranking_needs_scores(store: dict[str, str]) -> None:

@@ -13,7 +13,7 @@ from capexp.search_space import FREEZE_KEY, Categorical, IntRange, load_space
 from capexp.spec import flatten, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
-SEEDS = sorted((REPO / "experiments").glob("2025*.json"))
+SEEDS = sorted((REPO / "experiments").glob("2025????_??????.json"))  # the six seed runs
 KNOBS = ["clip_config.image_size", "gpt2_config.visual_tokens_length", FREEZE_KEY, "training_config.subset_ratio"]
 
 

@@ -73,7 +73,7 @@ def _post(port: int, body: dict) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
-def test_mlflow_models_serve_captions_a_real_photo(registered, shared_data, tmp_path) -> None:
+def test_mlflow_models_serve_captions_a_photo(registered, make_photos, tmp_path) -> None:
     uri, _, cache = registered
     port = _free_port()
     log = (tmp_path / "serve.log").open("w")
@@ -97,7 +97,7 @@ def test_mlflow_models_serve_captions_a_real_photo(registered, shared_data, tmp_
             except OSError:
                 time.sleep(1)
 
-        photo = shared_data / "flickr8k" / "Flicker8k_Dataset" / "1000268201_693b08cb0e.jpg"
+        photo = make_photos(tmp_path / "photos", 1, px=224)[0][0]
         image = base64.b64encode(photo.read_bytes()).decode()
         status, answer = _post(port, {"dataframe_split": {"columns": ["image"], "data": [[image], [image]]}})
         assert status == 200, answer
@@ -116,12 +116,10 @@ def test_mlflow_models_serve_captions_a_real_photo(registered, shared_data, tmp_
         log.close()
 
 
-def test_caption_folder_with_a_registered_model_matches_the_run(registered, shared_data, tmp_path) -> None:
+def test_caption_folder_with_a_registered_model_matches_the_run(registered, make_photos, tmp_path) -> None:
     uri, run_id, _ = registered
     folder = tmp_path / "photos"
-    folder.mkdir()
-    for src in sorted((shared_data / "coco2017_sample" / "val2017").glob("*.jpg"))[:4]:
-        (folder / src.name).symlink_to(src)
+    make_photos(folder, 4)
     by_model = caption_folder(folder, [find_checkpoint("models:/captioner@champion", tracking_uri=uri)], tmp_path / "m.csv")
     by_run = caption_folder(folder, [find_checkpoint(run_id, tracking_uri=uri)], tmp_path / "r.csv")
     assert by_model.images == by_run.images == 4

@@ -14,11 +14,11 @@ from capexp.errors import CapexpError
 from capexp.spec import flatten, load_spec, spec_hash
 
 REPO = Path(__file__).resolve().parents[1]
-SEED_MD = REPO.parent / "shared" / "SEED.md"
+SEED_STUDY = Path(__file__).resolve().parent / "fixtures" / "seed_study.md"
 
 
 def _seed_config_from_seed_md() -> dict:
-    text = SEED_MD.read_text()
+    text = SEED_STUDY.read_text()
     block = re.search(r"```json\n(.*?)```", text, re.S).group(1)
     return json.loads(block)
 
@@ -130,3 +130,27 @@ def test_cli_validate_prints_resolved_spec_and_errors_exit_2(tmp_path: Path) -> 
     assert missing.exit_code == 2 and "nope.json does not exist" in missing.stderr
     seed_missing_data = runner.invoke(cli, ["validate", "--strict", str(REPO / "experiments" / "20250725_233058.json")])
     assert seed_missing_data.exit_code == 2 and "data_paths.train_captions_path" in seed_missing_data.stderr
+
+
+def test_seed_study_fixtures_match_the_seed_study_itself(shared_data: Path) -> None:
+    """The copy of the seed study's facts in tests/fixtures/ is verbatim the study's own text and scores."""
+    original = (shared_data.parent / "SEED.md").read_text()
+    copy = SEED_STUDY.read_text()
+    for block in (re.search(r"```json\n.*?```", copy, re.S).group(0), *re.findall(r"(?m)^\|.*\|$", copy)):
+        assert block in original
+    scores = (shared_data / "seed_scores" / "inference_scores.csv").read_bytes()
+    assert (SEED_STUDY.parent / "inference_scores.csv").read_bytes() == scores
+
+
+def test_design_card_spec_is_the_seed_best_run_on_offline_backbones() -> None:
+    """`capexp run experiments/20250725.json`: the seed's best run, substituting only what cannot run offline."""
+    spec = load_spec(REPO / "experiments" / "20250725.json")
+    best = load_spec(REPO / "experiments" / "20250725_233058.json")
+    same = ["clip_config.image_size", "gpt2_config.visual_tokens_length", "gpt2_config.text_tokens_max_length",
+            "training_config.subset_ratio", "training_config.batch_size", "training_config.num_epochs",
+            "training_config.learning_rate"]
+    assert {k: flatten(spec)[k] for k in same} == {k: flatten(best)[k] for k in same}
+    assert (spec.clip_config.model, spec.gpt2_config.model, spec.data_paths.source) == (
+        "efficientnet-lite0", "smollm2-135m", "flickr8k")
+    assert spec.gpt2_config.n_layers_to_freeze == 30 - 1  # SmolLM2-135M has 30 blocks: all but the last frozen
+    assert "--set clip_config.model=openai/clip-vit-base-patch32" in spec.notes
