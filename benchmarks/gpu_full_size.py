@@ -1,34 +1,41 @@
-"""Full-size GPU benchmark: CLIP ViT-B/32 + GPT-2 small shapes, random weights, bf16 autocast.
+"""Full-size GPU benchmark through capexp's own code: CLIP ViT-B/32 + GPT-2 small shapes, random weights.
 
-    python benchmarks/gpu_full_size.py          # on the GPU machine: one call, about a minute (estimated)
-    python benchmarks/gpu_full_size.py --tiny   # small shapes on the CPU: checks that it runs
+    bash benchmarks/gpu_wheelhouse.sh                    # here, once: .whl/ (pydantic, bert-score, ...)
+    python benchmarks/gpu_full_size.py                   # on the GPU machine (README: the one command)
+    python benchmarks/gpu_full_size.py --tiny            # small shapes on the CPU: checks that it runs
 
-Made for the lent GPU machine, which has torch and transformers but no network and none of
-capexp's other dependencies: it imports only `capexp.backbones`, `capexp.features`,
-`capexp.model` and `capexp.decoding` (torch, transformers, safetensors, tqdm, numpy, pillow),
-never the hub. The model is the seed's at full size with random weights (speed does not
-depend on them): a `CLIPVisionConfig()` tower (ViT-B/32, 512-d projection), the MLP mapper
-to k=5 visual tokens and a `GPT2Config()` decoder (GPT-2 small) with the seed's first 10 of 12
-blocks frozen; captions of 10 tokens + EOS.
+Nothing is downloaded: the models are built from `CLIPVisionConfig()` (ViT-B/32, 512-d
+projection) and `GPT2Config()` (GPT-2 small, 50,257 tokens) with random weights (speed does not
+depend on them) and saved as local model folders, which capexp then reads as a user's
+`clip_config.model` / `gpt2_config.model`. The decoder's tokenizer is a word-level one over the
+token ids written as numbers ("17 4032 ..."): GPT-2's vocabulary size, no BPE files needed. A
+`capexp.spec.Spec` (pydantic) holds the run: mapper mlp, k=5 visual tokens, captions cut to 10
+tokens + EOS, the first 10 of 12 blocks frozen, AdamW 1e-4, grad clip 1.0, bf16 autocast on CUDA.
+The images are JPEG files (500x375, smooth random colours) read through `ImageRef.from_file`,
+5 random captions each.
 
-Rows:
-- encode: `capexp.features.encode_images` on an empty cache (a temporary $CAPEXP_CACHE):
-  synthetic 224x224 photos (random pixels, 5 random captions each) read, preprocessed,
-  encoded on the GPU and written as safetensors shards.
-- train: end to end from the warm cache: `encode_images` reading every feature back from the
-  shards, then one epoch over all (image, caption) pairs with the training step of
-  `capexp.train.fit` (bf16 autocast, loss on caption tokens, backward, grad clip 1.0, AdamW
-  1e-4, `loss.item()` each step), features indexed on the CPU and copied per batch as `fit`
-  does. `capexp.train` itself cannot be imported there (it imports `capexp.spec`, which needs
-  pydantic), so this loop restates `fit`'s; three untimed steps warm up each batch size.
-- caption: greedy, 10 tokens, from the cached features, with the untrained model (random
-  weights emit EOS about once in 50,000 steps, so every caption runs its 10 tokens; the mean
-  length is shown): `capexp.decoding.generate_captions` (KV cache) against transformers'
-  `generate(inputs_embeds=...)` on the same model under the same autocast, at batch 512 and at
-  batch 1 (ms per caption), each after one untimed call; the last line counts identical
-  captions. Captions are token ids joined by spaces: no GPT-2 vocabulary reaches the machine.
-A measurement that fails (an older transformers, say) prints its error in its row and the
-rest still runs. Prints one table; exits 0.
+Rows (each says what it runs):
+- encode: `encode_images` on an empty $CAPEXP_CACHE (read + preprocess on one background thread,
+  the encoder on the device, safetensors shards written); then its parts alone: `card.preprocess`
+  on the CPU, and the module `card.load(device)` on ready pixels as `encode_images` calls it (fp32
+  under inference_mode) and the same under bf16 autocast.
+- train: `capexp.train.fit` from the cached features: `CaptionData` from `encode_images` on the
+  warm cache, `build_model` (the spec's mapper and freezing on a decoder from `load_decoder`),
+  then `fit` for a few epochs with its per-epoch evaluation of 1 validation image (val loss, a
+  greedy caption, BERTScore with a tiny random BERT folder as `evaluation.bertscore_model`; COCO
+  metrics off). Samples/s is (image, caption) pairs over `EpochResult.seconds` of the epochs after
+  the first (which warms up); the end-to-end row times the cache read, the model build and every
+  epoch. A row times that evaluation alone (`generate_captions` + `caption_metrics`, 1 image).
+- caption: greedy, 10 tokens, from the cached features, with the untrained model (random weights
+  rarely emit EOS, so every caption runs its 10 tokens; the mean length is shown):
+  `capexp.decoding.generate_captions` (KV cache) against transformers'
+  `generate(inputs_embeds=...)` on the same model under the same autocast, at the big batch and at
+  batch 1, each after one untimed call; the last line counts identical captions.
+Then, for every row with a target that it misses (every such row with --tiny), one call of it
+under torch.profiler: the top operators by self device time (CPU time on the CPU) and the share
+of the wall time the device was busy. A measurement that fails prints its error in its row and
+the rest still runs. Prints one table; exits 0 (2 without CUDA and without --tiny; 3 when an
+import is missing: install the wheelhouse, see benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -48,60 +55,128 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # capexp is not installed on the GPU machine: import it from the checkout
     sys.path.insert(0, str(REPO))
 
+os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported: fit's bars would fill the log
+
+try:  # capexp's code this benchmark drives, in one block (module moves are fixed here)
+    import torch
+
+    from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
+    from capexp.datasets import ImageRef
+    from capexp.decoding import generate_captions
+    from capexp.features import encode_images
+    from capexp.metrics import caption_metrics
+    from capexp.spec import Spec
+    from capexp.train import CaptionData, build_model, fit, pick_device
+except ImportError as _missing:  # pydantic (capexp.spec) or bert-score are not on the GPU image
+    print(f"gpu_full_size.py: {_missing}; on the GPU machine install the wheelhouse first "
+          "(benchmarks/gpu_wheelhouse.sh, then the command in benchmarks/README.md)", file=sys.stderr)
+    sys.exit(3)
+
 _K, _MAX_TOKENS, _CAPTIONS_PER_IMAGE = 5, 10, 5
+_EOS = "<|endoftext|>"
 
 
 @dataclass(frozen=True)
 class _Sizes:
-    images: int  # synthetic images in the cache
-    image_px: int
+    images: int  # JPEG files encoded into the cache
+    photo_px: tuple[int, int]  # (width, height) of each file
+    image_px: int  # clip_config.image_size
     clip: dict[str, int]  # CLIPVisionConfig overrides ({}: ViT-B/32)
     gpt2: dict[str, int]  # GPT2Config overrides ({}: GPT-2 small)
     freeze: int  # decoder blocks frozen
-    train_batches: tuple[int, ...]
+    train: tuple[tuple[int, int], ...]  # (batch size, epochs) of each fit
     caption_batch: int
     caption_images: int  # captioned at `caption_batch`
     single_captions: int  # captioned one at a time
-    targets: dict[str, str]
+    targets: dict[str, tuple[str, float]]  # row key -> (shown, threshold: >= when positive, <= ms when negative)
 
 
-_FULL = _Sizes(2048, 224, {}, {}, 10, (512, 64), 512, 2048, 32,
-               {"train 512": ">= 8,000", "caption capexp 512": ">= 7,000", "caption capexp 1": "<= 20 ms"})
-_TINY = _Sizes(64, 32, {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-                        "image_size": 32, "patch_size": 8, "projection_dim": 32},
-               {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 64, "vocab_size": 1000,
-                "bos_token_id": 999, "eos_token_id": 999}, 1, (32, 8), 32, 64, 4, {})
+_FULL = _Sizes(2048, (500, 375), 224, {}, {}, 10, ((512, 3), (64, 2)), 512, 2048, 32, {
+    "encode": (">= 20,000 img/s", 20_000), "train 512": (">= 8,000 samples/s", 8_000),
+    "caption capexp 512": (">= 7,000 img/s", 7_000), "caption capexp 1": ("<= 20 ms/image", -20)})
+_TINY = _Sizes(64, (48, 40), 32, {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                                  "num_attention_heads": 2, "image_size": 32, "patch_size": 8, "projection_dim": 32},
+               {"n_layer": 2, "n_embd": 64, "n_head": 2, "n_positions": 64, "vocab_size": 1000}, 1,
+               ((32, 2), (8, 2)), 32, 64, 4, {})
 
 
-@dataclass(frozen=True)
-class _SyntheticImage:
-    """What `encode_images` needs of an `ImageRef` (capexp.datasets needs pydantic): a name, a cache key, pixels."""
+# ---------------------------------------------------------------------------- inputs: model folders, images, captions
+def _word_tokenizer(words: list[str], **special: str):
+    """A word-level fast tokenizer over `words` (split on whitespace; ids in list order)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
 
-    image_id: str
-    key: str
-    px: int
-
-    def load(self):
-        import numpy as np
-        from PIL import Image
-
-        rng = np.random.default_rng(int(self.image_id))
-        return Image.fromarray(rng.integers(0, 256, (self.px, self.px, 3), dtype=np.uint8))
+    backend = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[-1]))
+    backend.pre_tokenizer = WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=1024, **special)
 
 
-class _IdTokenizer:
-    """What decoding needs of a tokenizer: EOS, and token ids to text (here the ids themselves)."""
+def _model_folders(sizes: _Sizes, root: Path) -> tuple[Path, Path, Path, float, float]:
+    """Random CLIP vision, GPT-2 (+ its id tokenizer) and tiny BERT folders; CLIP and GPT-2 parameters (M)."""
+    from transformers import (BertConfig, BertModel, BertTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection,
+                              GPT2Config, GPT2LMHeadModel)
 
-    def __init__(self, eos: int) -> None:
-        self.eos_token_id = self.pad_token_id = eos
+    torch.manual_seed(0)
+    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**sizes.clip))
+    clip.save_pretrained(root / "clip")
+    config = GPT2Config(**sizes.gpt2)
+    config.bos_token_id = config.eos_token_id = config.vocab_size - 1
+    gpt2 = GPT2LMHeadModel(config)
+    gpt2.save_pretrained(root / "gpt2")
+    words = [str(i) for i in range(config.vocab_size - 1)] + [_EOS]
+    _word_tokenizer(words, eos_token=_EOS, pad_token=_EOS).save_pretrained(root / "gpt2")
+    # BERTScore's model in fit's evaluation: tiny and random (the scores mean nothing; the cost is realistic small)
+    vocab = root / "bert-vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"0123456789",
+                                *(f"##{d}" for d in "0123456789")]) + "\n")
+    BertTokenizer(str(vocab), model_max_length=64).save_pretrained(root / "bert")
+    BertModel(BertConfig(vocab_size=25, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(root / "bert")
+    count = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    return root / "clip", root / "gpt2", root / "bert", count(clip), count(gpt2)
 
-    def batch_decode(self, sequences: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
-        return [" ".join(map(str, seq)) for seq in sequences]
+
+def _photos(sizes: _Sizes, folder: Path) -> list[ImageRef]:
+    """JPEG files of smooth random colours (a noise JPEG would be unrealistically slow to decode)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    refs = []
+    for i in range(sizes.images):
+        small = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+        path = folder / f"{i:05d}.jpg"
+        small.resize(sizes.photo_px, Image.Resampling.BILINEAR).save(path, quality=90)
+        refs.append(ImageRef.from_file(path))
+    return refs
 
 
-def _synced(device) -> Callable[[Callable[[], Any]], tuple[float, Any]]:
-    import torch
+def _references(n_images: int, eos: int) -> list[list[str]]:
+    """5 captions per image of 5..12 random token ids below `eos` (the last id); `tokenize` cuts them to 10."""
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(5, 13, (n_images, _CAPTIONS_PER_IMAGE), generator=gen).tolist()
+    return [[" ".join(map(str, torch.randint(0, eos, (n,), generator=gen).tolist())) for n in row]
+            for row in lengths]
 
+
+def _spec(sizes: _Sizes, clip: Path, gpt2: Path, bert: Path, batch: int = 64, epochs: int = 1) -> Spec:
+    return Spec.model_validate({
+        "id": "gpu-full-size", "seed": 0,
+        "clip_config": {"model": str(clip), "image_size": [sizes.image_px, sizes.image_px]},
+        "gpt2_config": {"model": str(gpt2), "visual_tokens_length": _K, "text_tokens_max_length": _MAX_TOKENS,
+                        "n_layers_to_freeze": sizes.freeze, "mapper": "mlp"},
+        "training_config": {"batch_size": batch, "num_epochs": epochs, "learning_rate": 1e-4, "grad_clip": 1.0,
+                            "enable_GPU": True},
+        "evaluation": {"bertscore_model": str(bert), "coco_metrics": False, "max_images": 1,
+                       "batch_size": sizes.caption_batch},
+    })
+
+
+# ---------------------------------------------------------------------------- timing and profiling
+def _timer(device: torch.device) -> Callable[[Callable[[], Any]], tuple[float, Any]]:
     def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -114,71 +189,57 @@ def _synced(device) -> Callable[[Callable[[], Any]], tuple[float, Any]]:
     return timed
 
 
-def _autocast(device):
-    import torch
+def _profile(label: str, fn: Callable[[], Any], device: torch.device) -> None:
+    """One call of `fn` under torch.profiler: top operators, and how busy the device was."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity
 
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
-def _captions_tokens(n_pairs: int, eos: int, seed: int):
-    """Random caption ids (below `eos`) of 5..10 tokens + EOS, right-padded with EOS, and their mask: (M, 11) each."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, eos, (n_pairs, _MAX_TOKENS + 1), generator=gen)
-    lengths = torch.randint(5, _MAX_TOKENS + 1, (n_pairs,), generator=gen) + 1  # EOS included
-    mask = (torch.arange(_MAX_TOKENS + 1)[None, :] < lengths[:, None]).long()
-    ids[mask == 0] = eos
-    ids[torch.arange(n_pairs), lengths - 1] = eos
-    return ids, mask
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    seconds, prof = _timer(device)(lambda: _profiled(fn, activities))
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]  # as the table's "Self CUDA time total"
+    busy = sum(e.self_device_time_total for e in kernels) if cuda else sum(e.self_cpu_time_total for e in events)
+    busy /= 1e6  # us -> s
+    launches = f", {sum(e.count for e in kernels)} kernel launches" if cuda else ""
+    print(f"\nprofile: {label}: {seconds * 1000:.1f} ms wall, {'device busy' if cuda else 'operators'} "
+          f"{busy * 1000:.1f} ms ({100 * busy / seconds:.0f}%){launches}")
+    print(events.table(sort_by=key, row_limit=10, max_name_column_width=50))
 
 
-def _training_step(model, image_index, ids, mask, device) -> Callable[[Any, Any], float]:
-    """`fit`'s training step, with its own AdamW: step(features (N, F) on the CPU, rows (B,)) -> loss."""
-    import torch
+def _profiled(fn: Callable[[], Any], activities) -> Any:
+    from torch.profiler import profile
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
-
-    def step(features, rows) -> float:
-        model.train()
-        with _autocast(device):
-            loss = model(features[image_index[rows]].to(device), ids[rows].to(device), mask[rows].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        return loss.item()
-
-    return step
+    with profile(activities=activities) as prof:
+        fn()
+    return prof
 
 
-def _hf_captions(model, features, batch_size: int, eos: int, device) -> list[str]:
+def _hf_captions(model, tokenizer, features: torch.Tensor, batch_size: int, device: torch.device) -> list[str]:
     """Greedy captions through transformers' generate: the same prefix embeddings in, new tokens out."""
-    import torch
-
-    out: list[str] = []
-    with torch.inference_mode(), _autocast(device):
+    eos = tokenizer.eos_token_id
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    out: list[list[int]] = []
+    with torch.inference_mode(), autocast:
         for start in range(0, len(features), batch_size):
             prefix = model.prefix(features[start : start + batch_size].to(device))  # (B, k, D)
             prefix = prefix.to(model.decoder.get_input_embeddings().weight.dtype)
             mask = torch.ones(prefix.shape[:2], dtype=torch.long, device=device)  # (B, k)
             ids = model.decoder.generate(inputs_embeds=prefix, attention_mask=mask, max_new_tokens=_MAX_TOKENS,
                                          do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=eos).tolist()
-            out += [" ".join(map(str, seq[: seq.index(eos)] if eos in seq else seq)) for seq in ids]
-    return out
+            out += [seq[: seq.index(eos)] if eos in seq else seq for seq in ids]
+    return [text.strip() for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
 
 
+# ---------------------------------------------------------------------------- the benchmark
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="small shapes on the CPU, to check the script")
     args = parser.parse_args(argv)
 
-    import torch
-
-    device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    device = torch.device("cpu") if args.tiny else pick_device(True)  # capexp's own choice: CUDA if present
     if device.type == "cpu" and not args.tiny:
         print("gpu_full_size.py: no CUDA device; run it on the GPU machine, or with --tiny on the CPU", file=sys.stderr)
         return 2
@@ -186,7 +247,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)  # tiny ops: a second thread only adds contention on a shared machine
     tmp = Path(tempfile.mkdtemp(prefix="capexp-gpu-bench-"))
     os.environ["CAPEXP_CACHE"] = str(tmp / "cache")
-    os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         _bench(_TINY if args.tiny else _FULL, device, tmp)
     finally:
@@ -194,114 +254,190 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _bench(sizes: _Sizes, device, tmp: Path) -> None:
-    import torch
+def _bench(sizes: _Sizes, device: torch.device, tmp: Path) -> None:
     import transformers
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, GPT2Config, GPT2LMHeadModel
-
-    from capexp.backbones import resolve_encoder
-    from capexp.decoding import generate_captions
-    from capexp.features import encode_images
-    from capexp.model import ClipCap, build_mapper, freeze_blocks
 
     transformers.utils.logging.disable_progress_bar()
-    timed = _synced(device)
-    n_params = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
-    torch.manual_seed(0)
-    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(**sizes.clip))
-    clip_params = n_params(clip)
-    clip.save_pretrained(tmp / "clip")  # read back by the encoder card, as a user's local model folder
-    del clip
-    card = resolve_encoder(str(tmp / "clip"), (sizes.image_px, sizes.image_px))
-    with device:
-        decoder = GPT2LMHeadModel(GPT2Config(**sizes.gpt2))
-    eos = decoder.config.eos_token_id
-    blocks = decoder.transformer.h
-    freeze_blocks(blocks, sizes.freeze)
-    width = decoder.get_input_embeddings().embedding_dim
-    model = ClipCap(decoder, build_mapper("mlp", card.feature_dim, width, _K)).to(device)
-    tokenizer = _IdTokenizer(eos)
-    images = [_SyntheticImage(str(i), f"synthetic:{sizes.image_px}:{i}", sizes.image_px) for i in range(sizes.images)]
-    image_index = torch.arange(sizes.images).repeat_interleave(_CAPTIONS_PER_IMAGE)  # (M,)
-    ids, mask = _captions_tokens(len(image_index), eos, seed=0)
+    transformers.utils.logging.set_verbosity_error()
+    timed = _timer(device)
+    clip_dir, gpt2_dir, bert_dir, clip_params, gpt2_params = _model_folders(sizes, tmp)
+    spec = _spec(sizes, clip_dir, gpt2_dir, bert_dir)
+    card = resolve_encoder(spec.clip_config.model, spec.clip_config.image_size, spec.clip_config.features)
+    images = _photos(sizes, tmp / "photos")
 
-    rows: list[tuple[str, int, str, str, str]] = []  # (measure, batch, value, per item, target)
+    def fresh_model(spec: Spec):
+        """What run_spec builds: the spec's decoder and tokenizer, its mapper and freezing."""
+        torch.manual_seed(spec.seed)
+        decoder, tokenizer = load_decoder(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
+        return build_model(spec, decoder, decoder_blocks(decoder), card.feature_dim), tokenizer
 
-    def row(name: str, batch: int, fn: Callable[[], tuple[float, str]], target_key: str = "") -> None:
+    rows: list[tuple[str, int, float | None, str, str]] = []  # (measure, batch, value, per item or error, target key)
+    profiles: dict[str, tuple[str, Callable[[], Any]]] = {}  # target key -> (label, one call to profile)
+
+    def row(name: str, batch: int, fn: Callable[[], tuple[float, str]], key: str = "") -> None:
         try:
             value, per_item = fn()
-            rows.append((name, batch, f"{value:,.0f}", per_item, sizes.targets.get(target_key, "")))
+            rows.append((name, batch, value, per_item, key))
         except Exception as e:  # one failed measurement must not hide the others
-            rows.append((name, batch, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}",
-                         "", sizes.targets.get(target_key, "")))
+            message = str(e).splitlines()[0][:120] if str(e) else ""
+            rows.append((name, batch, None, f"failed: {type(e).__name__}: {message}", key))
+
+    # -- encode
+    def renamed(prefix: str, n: int) -> list[ImageRef]:
+        """The first n image files under new cache keys: encoded again, not read from the cache."""
+        return [ImageRef(f"{prefix}-{i}", f"{prefix}:{i}", im.path) for i, im in enumerate(images[:n])]
+
+    encode_images(card, renamed("warm-up", 8), device=device, progress=False)  # CUDA, cuBLAS and cuDNN start
 
     def encode_cold() -> tuple[float, str]:
         seconds, enc = timed(lambda: encode_images(card, images, device=device, batch_size=256, progress=False))
         assert enc.n_encoded == len(images), enc
-        return len(images) / seconds, f"{1000 * seconds / len(images):.2f} ms/image"
+        return len(images) / seconds, f"{1000 * seconds / len(images):.3f} ms/image"
 
-    row("encode into the cache (cold), images/s", 256, encode_cold)
+    row("encode_images, images not cached (JPEG files), img/s", 256, encode_cold, "encode")
+    profiles["encode"] = (f"encode_images, {len(images[:512])} new images", lambda: encode_images(
+        card, renamed("again", 512), device=device, batch_size=256, progress=False))
+    pils = [im.load() for im in images[:256]]
 
+    def preprocess() -> tuple[float, str]:
+        seconds, _ = timed(lambda: card.preprocess(pils))
+        return len(pils) / seconds, f"{1000 * seconds / len(pils):.3f} ms/image, 1 thread"
+
+    row("  its part: card.preprocess (resize, normalize), img/s", 256, preprocess)
+    encoder = card.load(device)
+    pixels = card.preprocess(pils).to(device)
+
+    def encoder_alone(bf16: bool) -> Callable[[], tuple[float, str]]:
+        def run() -> tuple[float, str]:
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+            call = lambda: [encoder(pixels) for _ in range(4)]  # noqa: E731
+            with torch.inference_mode(), autocast:
+                call()  # warm-up
+                seconds, _ = timed(call)
+            return 4 * len(pixels) / seconds, f"{1000 * seconds / 4 / len(pixels):.3f} ms/image"
+        return run
+
+    row("  its part: card.load() module, fp32 as it runs, img/s", 256, encoder_alone(False))
+    row("  same module under bf16 autocast, img/s", 256, encoder_alone(True))
+    del encoder, pixels, pils
+
+    # -- caption (untrained model; before any training)
     features = encode_images(card, images, device=device, progress=False).features
-    model.eval()  # untrained: random weights rarely emit EOS, so every caption runs its 10 tokens
+    model, tokenizer = fresh_model(spec)
+    references = _references(len(images), tokenizer.eos_token_id)
+    model.to(device).eval()
     captions: dict[str, list[str]] = {}
 
-    def ours(batch: int, n: int) -> list[str]:
-        return generate_captions(model, tokenizer, features[:n], max_tokens=_MAX_TOKENS, batch_size=batch,
-                                 device=device)
-
-    def theirs(batch: int, n: int) -> list[str]:
-        return _hf_captions(model, features[:n], batch, eos, device)
-
     def caption(name: str, batch: int, n: int) -> Callable[[], tuple[float, str]]:
-        fn = ours if name == "capexp" else theirs
+        def call(m: int) -> list[str]:
+            if name == "capexp":
+                return generate_captions(model, tokenizer, features[:m], max_tokens=_MAX_TOKENS, batch_size=batch,
+                                         device=device)
+            return _hf_captions(model, tokenizer, features[:m], batch, device)
 
         def run() -> tuple[float, str]:
-            fn(batch, batch if batch > 1 else 2)  # warm-up
-            seconds, out = timed(lambda: fn(batch, n))
+            call(batch if batch > 1 else 2)  # warm-up
+            seconds, out = timed(lambda: call(n))
             captions[f"{name} {batch}"] = out
             tokens = sum(len(c.split()) for c in out) / len(out)
-            return n / seconds, f"{1000 * seconds / n:.2f} ms/caption, {tokens:.1f} tokens"
+            return n / seconds, f"{1000 * seconds / n:.2f} ms/image, {tokens:.1f} tokens"
+
+        profiles[f"caption {name} {batch}"] = (f"generate_captions, {batch} image(s) at batch {batch}",
+                                               lambda: call(batch))
         return run
 
     for batch, n in ((sizes.caption_batch, sizes.caption_images), (1, sizes.single_captions)):
-        for name in ("capexp", "transformers"):
-            row(f"caption greedy {_MAX_TOKENS} tokens, {name}, images/s", batch, caption(name, batch, n),
+        for name, what in (("capexp", "capexp generate_captions"), ("transformers", "transformers generate")):
+            row(f"caption greedy {_MAX_TOKENS} tok: {what}, img/s", batch, caption(name, batch, n),
                 f"caption {name} {batch}")
+    del model
 
-    def train(batch: int) -> Callable[[], tuple[float, str]]:
-        def run() -> tuple[float, str]:
-            step = _training_step(model, image_index, ids, mask, device)
-            for _ in range(3):  # warm-up, untimed
-                step(features, torch.arange(batch))
+    # -- train through fit
+    val = CaptionData([images[0].image_id], features[:1], references[:1])
 
-            def end_to_end() -> int:
-                cached = encode_images(card, images, device=device, progress=False).features  # (N, F) from the shards
-                order = torch.randperm(len(ids))
-                for start in range(0, len(order), batch):
-                    step(cached, order[start : start + batch])
-                return len(order)
+    n_pairs = len(images) * _CAPTIONS_PER_IMAGE
 
-            seconds, n = timed(end_to_end)
-            return n / seconds, f"{len(range(0, n, batch))} steps, {seconds:.2f} s"
-        return run
+    def fit_timed(batch: int, epochs: int) -> tuple[float, list[float]]:
+        """Wall seconds of cache read + build + fit, and fit's `EpochResult.seconds` of each epoch."""
+        spec_b = _spec(sizes, clip_dir, gpt2_dir, bert_dir, batch, epochs)
 
-    for batch in sizes.train_batches:
-        row("train end to end from the cache, samples/s", batch, train(batch), f"train {batch}")
+        def end_to_end() -> list[float]:
+            cached = encode_images(card, images, device=device, progress=False)  # warm: every row from the shards
+            data = CaptionData([images[i].image_id for i in cached.kept], cached.features, references)
+            model, tokenizer = fresh_model(spec_b)
+            return [r.seconds for r in fit(model, tokenizer, data, val, spec_b, device, on_epoch=lambda r: None)]
+
+        return timed(end_to_end)
+
+    for batch, epochs in sizes.train:
+        done: dict[str, tuple[float, list[float]]] = {}
+
+        def steady(batch: int = batch, epochs: int = epochs) -> tuple[float, str]:
+            total, seconds = done["fit"] = fit_timed(batch, epochs)
+            later = seconds[1:]
+            return (n_pairs * len(later) / sum(later),
+                    f"epochs 2-{epochs}: {sum(later) / len(later):.2f} s each; 1st {seconds[0]:.2f} s")
+
+        row("train: capexp.train.fit, epochs after the 1st, samples/s", batch, steady, f"train {batch}")
+        if "fit" in done:
+            total, seconds = done["fit"]
+            row("train: cache read + build_model + fit, all epochs, samp/s", batch,
+                lambda: (n_pairs * len(seconds) / total, f"{total:.2f} s for {len(seconds)} epochs"))
+
+    model, tokenizer = fresh_model(spec)
+    model.to(device)
+
+    def evaluation() -> tuple[float, str]:
+        def once() -> None:
+            out = generate_captions(model, tokenizer, val.features, max_tokens=_MAX_TOKENS, device=device)
+            caption_metrics(out, val.references, spec.evaluation, device=str(device))
+
+        once()  # loads the BERTScore model, as fit's first epoch does
+        seconds, _ = timed(once)
+        return 1000 * seconds, "ms: caption + BERTScore of 1 image"
+
+    row("train: fit's per-epoch eval, its caption and BERTScore", 1, evaluation)
+
+    big = sizes.caption_batch
+    profiles["train 512"] = (f"fit, 1 epoch at batch {big}", lambda: fit(
+        model, tokenizer, CaptionData([im.image_id for im in images], features, references), val,
+        _spec(sizes, clip_dir, gpt2_dir, bert_dir, big, 1), device, on_epoch=lambda r: None))
+    _report(sizes, device, rows, captions, clip_params, gpt2_params)
+    for key, (label, fn) in profiles.items():
+        value = next((r[2] for r in rows if r[4] == key), None)
+        if sizes is _TINY and key in _FULL.targets or key in sizes.targets and (
+                value is None or not _met(sizes.targets[key][1], value)):
+            try:
+                _profile(label, fn, device)
+            except Exception as e:  # a profile that fails must not hide the others
+                print(f"\nprofile: {label}: failed: {type(e).__name__}: {e}")
+
+
+def _met(threshold: float, value: float) -> bool:
+    """Positive threshold: value (per second) at least that; negative: ms per item (1000 / value) at most -threshold."""
+    return value >= threshold if threshold > 0 else 1000 / value <= -threshold
+
+
+def _report(sizes: _Sizes, device: torch.device, rows, captions: dict[str, list[str]],
+            clip_params: float, gpt2_params: float) -> None:
+    import transformers
 
     mine, hf = captions.get(f"capexp {sizes.caption_batch}"), captions.get(f"transformers {sizes.caption_batch}")
     agree = f"{sum(a == b for a, b in zip(mine, hf))} of {len(mine)}" if mine and hf else "n/a (a run failed)"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"\nGPU full size{' (--tiny shapes)' if sizes is _TINY else ''}: {name}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__}; CLIP vision {clip_params:.1f}M + GPT-2 "
-          f"{n_params(decoder):.1f}M params, random weights, {'bf16 autocast' if device.type == 'cuda' else 'fp32'}; "
-          f"k={_K}, {_MAX_TOKENS} caption tokens, {sizes.freeze} of {len(blocks)} blocks frozen; "
-          f"{sizes.images} images x {_CAPTIONS_PER_IMAGE} captions")
-    print(f"{'measure':<52} | {'batch':>5} | {'value':>10} | {'per item':<28} | target")
-    print("-" * 112)
-    for measure, batch, value, per_item, target in rows:
-        print(f"{measure:<52} | {batch:>5} | {value:>10} | {per_item:<28} | {target}")
-    print("-" * 112)
+          f"transformers {transformers.__version__}; CLIP vision {clip_params:.1f}M + GPT-2 {gpt2_params:.1f}M "
+          f"params, random weights, {'bf16 autocast' if device.type == 'cuda' else 'fp32'}; k={_K}, "
+          f"{_MAX_TOKENS} caption tokens, {sizes.freeze} blocks frozen; {sizes.images} images x "
+          f"{_CAPTIONS_PER_IMAGE} captions")
+    print(f"{'measure':<58} | {'batch':>5} | {'value':>9} | {'detail':<44} | target")
+    print("-" * 140)
+    for measure, batch, value, detail, key in rows:
+        shown, threshold = sizes.targets.get(key, ("", 0.0))
+        if shown and value is not None:
+            shown += " met" if _met(threshold, value) else " MISSED"
+        print(f"{measure:<58} | {batch:>5} | {'' if value is None else f'{value:,.0f}':>9} | {detail:<44} | {shown}")
+    print("-" * 140)
     print(f"greedy captions identical, capexp vs transformers at batch {sizes.caption_batch}: {agree}")
 
 
