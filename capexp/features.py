@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from capexp.errors import warn
+from capexp.paths import cache_root
 
 if TYPE_CHECKING:
     import torch
@@ -36,11 +37,6 @@ log = logging.getLogger("capexp")
 
 _SHARD_IMAGES = 2048  # write a shard at least this often, so an interrupted encoding keeps its work
 _FP16_MAX = 6e4  # features beyond this are stored as float32
-
-
-def cache_root() -> Path:
-    """$CAPEXP_CACHE, else ~/.cache/capexp."""
-    return Path(os.environ.get("CAPEXP_CACHE") or "~/.cache/capexp").expanduser()
 
 
 @dataclass
