@@ -95,12 +95,13 @@ def ui(tracking_uri: str | None, port: int) -> None:
     """Open the MLflow UI on the capexp store, bound to localhost."""
     import subprocess
 
-    from capexp.tracking import resolve_tracking_uri
+    from capexp.tracking import artifact_root, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    if uri.startswith("sqlite:///"):
-        cmd += ["--default-artifact-root", (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()]
+    root = artifact_root(uri)
+    if root is not None:
+        cmd += ["--default-artifact-root", root]
     click.echo(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C stops it.")
     raise SystemExit(subprocess.call(cmd))
 
@@ -192,7 +193,8 @@ def score(scores: Path, experiment: str, tracking_uri: str | None) -> None:
 def caption(images_dir: Path, runs: tuple[str, ...], experiment: str | None, models: tuple[str, ...], output: Path,
             beam: int | None, batch_size: int, device: str | None, tracking_uri: str | None) -> None:
     """Caption every image in IMAGES_DIR with every selected model into one CSV."""
-    from capexp.inference import caption_folder, experiment_runs, find_checkpoint
+    from capexp.inference import caption_folder, find_checkpoint
+    from capexp.tracking import experiment_runs
 
     sources = [*runs, *models]
     if not sources and experiment:

@@ -20,12 +20,9 @@ from capexp.errors import CapexpError
 if TYPE_CHECKING:
     from capexp.datasets import Split, Splits
 
-__all__ = ["TAG_EVAL_DECODING", "evaluate_run"]
+__all__ = ["evaluate_run"]
 
 log = logging.getLogger("capexp")
-
-TAG_EVAL_DECODING = "capexp.{split}_decoding"  # how the logged <split>_* captions were decoded
-
 
 def _pick_split(splits: Splits, split: str, origin: str, source: str) -> Split:
     if split == "val":
@@ -64,10 +61,10 @@ def evaluate_run(
     from mlflow.entities import Metric
 
     from capexp.datasets import load_data
-    from capexp.inference import find_run, load_captioner
+    from capexp.inference import load_captioner
     from capexp.metrics import caption_metrics
     from capexp.run import check_inputs, encode_split, write_captions
-    from capexp.tracking import use_store
+    from capexp.tracking import TAG_EVAL_DECODING, find_run, use_store
 
     if split not in ("test", "val"):
         raise CapexpError(f"--split must be 'test' or 'val', got {split!r}.")

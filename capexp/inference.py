@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,16 +34,11 @@ __all__ = [
     "find_checkpoint",
     "load_captioner",
     "read_checkpoint",
-    "find_run",
-    "run_checkpoint",
-    "experiment_runs",
     "list_images",
     "caption_folder",
 ]
 
 log = logging.getLogger("capexp")
-
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass
@@ -157,61 +151,6 @@ def read_checkpoint(folder: Path, *, origin: str | None = None) -> Checkpoint:
     return Checkpoint(spec.id, folder, spec, card, meta)
 
 
-def _has_checkpoint(run_id: str) -> bool:
-    from mlflow import MlflowClient
-
-    return any(a.path == "checkpoint/capexp.json" for a in MlflowClient().list_artifacts(run_id, "checkpoint"))
-
-
-def run_checkpoint(run_id: str, origin: str) -> Path:
-    """The local folder of run `run_id`'s `checkpoint` artifact (the store's own copy when local)."""
-    import mlflow
-
-    if not _has_checkpoint(run_id):
-        raise CapexpError(
-            f"{origin}: run {run_id} has no checkpoint (it ended before its first epoch finished). "
-            f"Pick a run that finished at least one epoch."
-        )
-    # a local store gives the artifact's own path; a remote one downloads to a temporary folder
-    root = mlflow.get_run(run_id).info.artifact_uri
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/checkpoint"))
-
-
-def find_run(source: str, experiment: str | None = None) -> str:
-    """The id of the run `source` names: a run id, else the latest run of that name with a checkpoint."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    if _RUN_ID.match(source):
-        try:
-            return mlflow.get_run(source).info.run_id
-        except MlflowException:
-            pass  # not a run id of this store: try it as a run name
-    where = f"experiment {experiment!r}" if experiment else "any experiment"
-    if experiment:
-        from capexp.tracking import experiment_id
-
-        exp = experiment_id(experiment, create=False)
-        if exp is None:
-            raise CapexpError(f"experiment {experiment!r}: no such experiment in {mlflow.get_tracking_uri()}.")
-        scope: dict[str, Any] = {"experiment_ids": [exp]}
-    else:
-        scope = {"search_all_experiments": True}
-    name = source.replace("'", "\\'")
-    runs = mlflow.search_runs(**scope, filter_string=f"attributes.run_name = '{name}'",
-                              order_by=["attributes.start_time DESC"], output_format="list")
-    with_checkpoint = [r.info.run_id for r in runs if _has_checkpoint(r.info.run_id)]
-    if not with_checkpoint:
-        found = f"{len(runs)} run(s) named {source!r} have no checkpoint" if runs else f"no run is named {source!r}"
-        raise CapexpError(
-            f"run {source!r}: {found} in {where} of {mlflow.get_tracking_uri()}. Pass a run id or a run name "
-            f"(see `capexp ui`), or point --tracking-uri at the store that holds it."
-        )
-    if len(with_checkpoint) > 1:
-        log.info("%d runs are named %r; using the latest, %s", len(with_checkpoint), source, with_checkpoint[0])
-    return with_checkpoint[0]
-
-
 def _registered_checkpoint(uri: str) -> Path:
     """The checkpoint folder inside the model a `models:/NAME@alias` (or `/VERSION`) URI names."""
     import mlflow
@@ -232,7 +171,7 @@ def _registered_checkpoint(uri: str) -> Path:
 
 def find_checkpoint(source: str | Path, *, experiment: str | None = None, tracking_uri: str | None = None) -> Checkpoint:
     """The checkpoint of a run id, a run name (in `experiment`, else any), a checkpoint folder or `models:/NAME@alias`."""
-    from capexp.tracking import use_store
+    from capexp.tracking import find_run, run_checkpoint, use_store
 
     text = str(source)
     if Path(text).is_dir():
@@ -249,23 +188,6 @@ def load_captioner(
 ) -> Captioner:
     """`find_checkpoint(...)`, loaded on `device` (None: CUDA when available, else CPU)."""
     return find_checkpoint(source, experiment=experiment, tracking_uri=tracking_uri).load(device)
-
-
-def experiment_runs(experiment: str, *, tracking_uri: str | None = None) -> list[str]:
-    """Ids of the runs in `experiment` that saved a checkpoint, oldest first."""
-    import mlflow
-
-    from capexp.tracking import experiment_id, use_store
-
-    use_store(tracking_uri)
-    exp = experiment_id(experiment, create=False)
-    if exp is None:
-        raise CapexpError(f"experiment {experiment!r}: no such experiment in {mlflow.get_tracking_uri()}.")
-    runs = mlflow.search_runs([exp], order_by=["attributes.start_time ASC"], output_format="list")
-    ids = [r.info.run_id for r in runs if _has_checkpoint(r.info.run_id)]
-    if not ids:
-        raise CapexpError(f"experiment {experiment!r}: none of its {len(runs)} runs saved a checkpoint.")
-    return ids
 
 
 def list_images(images_dir: Path) -> list[Path]:

@@ -21,7 +21,9 @@ from capexp import __version__
 from capexp.errors import CapexpError, TrainingDiverged, warn
 from capexp.spec import Spec, expand_path, flatten, missing_paths, spec_hash
 from capexp.tracking import (
+    ARTIFACT_CHECKPOINT,
     DEFAULT_EXPERIMENT,
+    PARAM_VOCABULARY_SIZE,
     TAG_DEVICE,
     TAG_ENCODER_SKIPPED,
     TAG_GIT,
@@ -213,7 +215,7 @@ def run_spec(
             kept = training_vocabulary(tokenizer, train_split.captions)
             tokenizer = restrict_vocabulary(decoder, tokenizer, kept)
             log.info("vocabulary cut to the %d tokens of the training captions", len(kept))
-        mlflow.log_param("vocabulary_size", len(tokenizer))
+        mlflow.log_param(PARAM_VOCABULARY_SIZE, len(tokenizer))
         model = build_model(spec, decoder, blocks, card.feature_dim)
         metric, mode = spec.training_config.best_metric, spec.training_config.mode
         checkpoint = workdir / "checkpoint"
@@ -263,7 +265,7 @@ def _finish(spec: Spec, workdir: Path, best: dict[str, Any], status: str, handle
         if best:
             mlflow.log_metrics(best)
         if (workdir / "checkpoint").is_dir():
-            mlflow.log_artifacts(str(workdir / "checkpoint"), artifact_path="checkpoint")
+            mlflow.log_artifacts(str(workdir / "checkpoint"), artifact_path=ARTIFACT_CHECKPOINT)
             _copy_to_seed_paths(spec, workdir)
     finally:
         log.removeHandler(handler)

@@ -123,9 +123,8 @@ def register_run(
     from mlflow.entities import LoggedModelOutput
 
     import capexp
-    from capexp.inference import find_run, run_checkpoint
     from capexp.spec import Spec
-    from capexp.tracking import TAG_VERSION, use_store
+    from capexp.tracking import TAG_VERSION, find_run, run_checkpoint, use_store
 
     if not name.strip() or "/" in name or "@" in name:
         raise CapexpError(f"--name {name!r}: a registered model name must be non-empty, without '/' or '@'.")

@@ -28,20 +28,40 @@ from typing import Any
 from capexp.errors import CapexpError, TrainingDiverged, warn
 from capexp.search_space import Categorical, GridSampler, HyperbandPruner, MedianPruner, SearchSpace, load_space
 from capexp.spec import Spec, flatten, load_spec, spec_hash
-from capexp.tracking import DEFAULT_EXPERIMENT, TAG_STUDY, experiment_id, param_value, use_store
+from capexp.spec import metric_mode
+from capexp.tracking import (
+    ATTR_BASE_HASH,
+    ATTR_ERROR,
+    ATTR_METRIC,
+    ATTR_RUN_ID,
+    ATTR_RUN_NAME,
+    ATTR_WORKER,
+    BEST_PREFIX,
+    DEFAULT_EXPERIMENT,
+    PARAM_DIRECTION,
+    PARAM_OBJECTIVE,
+    PARAM_PRUNER,
+    PARAM_SAMPLER,
+    PARAM_STUDY_BASE,
+    PARAM_STUDY_SPACE,
+    PARAM_STUDY_STORAGE,
+    SPACE_PREFIX,
+    STUDY_PARENT,
+    TAG_BEST_RUN_ID,
+    TAG_BEST_TRIAL,
+    TAG_NOTE,
+    TAG_STUDY,
+    TAG_STUDY_ROLE,
+    TAG_TRIAL,
+    experiment_id,
+    param_value,
+    use_store,
+)
 
 __all__ = ["TAG_TRIAL", "TAG_STUDY_ROLE", "StudySummary", "run_study", "open_storage", "default_base"]
 
 log = logging.getLogger("capexp")
 
-TAG_TRIAL = "capexp.trial"  # trial number, on each trial run
-TAG_STUDY_ROLE = "capexp.study_role"  # "parent" on a study's parent run
-_ATTR_WORKER = "capexp.worker"  # host:pid:start-time of the process running a trial
-_ATTR_RUN_ID = "mlflow_run_id"
-_ATTR_RUN_NAME = "capexp.run_name"  # an enqueued spec's id: its trial's run name
-_ATTR_METRIC = "capexp.objective_metric"
-_ATTR_BASE_HASH = "capexp.base_hash"
-_ATTR_ERROR = "capexp.error"  # why a trial failed (diverged, out of memory)
 _MAX_RETRY = 3  # a trial whose worker died or was interrupted is retried this often
 _MAX_FAILED_IN_A_ROW = 3  # a worker whose trials keep failing stops: the base itself is likely at fault
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -215,7 +235,7 @@ def _reap(study, storage, plan: _Plan) -> None:
     with _quiet_experimental():
         optuna.storages.fail_stale_trials(study)  # calls _on_stale for each; a no-op for journal files
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get(_ATTR_WORKER)
+        worker = trial.user_attrs.get(ATTR_WORKER)
         if not worker or not _is_dead(worker):
             continue
         try:
@@ -313,9 +333,9 @@ def _objective(plan: _Plan, storage, worker: str):
     better = max if plan.direction == "maximize" else min
 
     def objective(trial: optuna.Trial) -> float:
-        trial.set_user_attr(_ATTR_WORKER, worker)
+        trial.set_user_attr(ATTR_WORKER, worker)
         values = {key: param.suggest(trial, key) for key, param in plan.space.params.items()}
-        run_name = trial.user_attrs.get(_ATTR_RUN_NAME) or f"{plan.name}-{trial.number:03d}"
+        run_name = trial.user_attrs.get(ATTR_RUN_NAME) or f"{plan.name}-{trial.number:03d}"
         sets = [f"{key}={json.dumps(value)}" for key, value in values.items()]
         spec = load_spec(plan.snapshot, [*sets, f"id={json.dumps(run_name)}"])
         log.info("study %s: trial %d starts: %s", plan.name, trial.number, ", ".join(sets))
@@ -343,12 +363,12 @@ def _objective(plan: _Plan, storage, worker: str):
             raise
         except (TrainingDiverged, torch.cuda.OutOfMemoryError) as e:
             reason = str(e) if isinstance(e, TrainingDiverged) else f"out of memory: {e}"
-            trial.set_user_attr(_ATTR_ERROR, reason[:500])
+            trial.set_user_attr(ATTR_ERROR, reason[:500])
             warn(f"study {plan.name}: trial {trial.number} failed ({', '.join(sets)}): {reason}")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             return math.nan  # FAIL; the study samples other values
-        trial.set_user_attr(_ATTR_RUN_ID, result.run_id)
+        trial.set_user_attr(ATTR_RUN_ID, result.run_id)
         if result.pruned:
             log.info("study %s: trial %d pruned after epoch %d (%s %.4f)", plan.name, trial.number,
                      len(scores), plan.metric, scores[-1])
@@ -384,7 +404,7 @@ def _work(plan: _Plan, index: int) -> None:
             numbers = ", ".join(str(t.number) for t in failed)
             raise CapexpError(
                 f"study {plan.name}: trials {numbers} failed one after another (last: "
-                f"{failed[-1].user_attrs.get(_ATTR_ERROR, 'see its run')}). The base spec {plan.base} or the "
+                f"{failed[-1].user_attrs.get(ATTR_ERROR, 'see its run')}). The base spec {plan.base} or the "
                 f"search space is likely at fault; fix it and run the same command again to resume."
             )
         if enough(_counts(study)):
@@ -453,7 +473,7 @@ def _auto_objective(space: SearchSpace, spec: Spec) -> tuple[str, str]:
         metric = "cider" if spec.evaluation.coco_metrics and shutil.which("java") else "bertscore_f1"
     direction = space.objective.direction
     if direction == "auto":
-        direction = "minimize" if "loss" in metric else "maximize"
+        direction = "minimize" if metric_mode(metric) == "min" else "maximize"
     return metric, direction
 
 
@@ -483,7 +503,7 @@ def _enqueue(study, paths: Sequence[Path], raw: SearchSpace, space: SearchSpace,
                     f"--enqueue {path}: `{key}` is {json.dumps(flat.get(key))}, which the search space cannot "
                     f"take ({e}). Add the value to the space's `params.{key}` or leave this spec out."
                 ) from None
-        study.enqueue_trial(params, user_attrs={_ATTR_RUN_NAME: spec.id}, skip_if_exists=True)
+        study.enqueue_trial(params, user_attrs={ATTR_RUN_NAME: spec.id}, skip_if_exists=True)
 
 
 def _parent_run(uri: str, plan_name: str, exp_id: str, tags: dict[str, str], params: dict[str, str]) -> str:
@@ -492,7 +512,7 @@ def _parent_run(uri: str, plan_name: str, exp_id: str, tags: dict[str, str], par
     from mlflow.entities import Param
 
     client = MlflowClient(uri)
-    query = f"tags.`{TAG_STUDY}` = '{plan_name}' and tags.`{TAG_STUDY_ROLE}` = 'parent'"
+    query = f"tags.`{TAG_STUDY}` = '{plan_name}' and tags.`{TAG_STUDY_ROLE}` = '{STUDY_PARENT}'"
 
     def oldest() -> str | None:
         found = client.search_runs([exp_id], filter_string=query, max_results=1,
@@ -530,10 +550,10 @@ def _trials_table(study, space: SearchSpace) -> Any:
             "value": t.value,
             "epochs": len(t.intermediate_values),
             **{k: json.dumps(values[k]) if isinstance(values.get(k), (list, dict)) else values.get(k) for k in space.params},
-            "run_id": t.user_attrs.get(_ATTR_RUN_ID, ""),
-            "run_name": t.user_attrs.get(_ATTR_RUN_NAME, ""),
+            "run_id": t.user_attrs.get(ATTR_RUN_ID, ""),
+            "run_name": t.user_attrs.get(ATTR_RUN_NAME, ""),
             "retry_of": t.system_attrs.get("failed_trial", ""),
-            "error": t.user_attrs.get(_ATTR_ERROR, ""),
+            "error": t.user_attrs.get(ATTR_ERROR, ""),
             "seconds": t.duration.total_seconds() if t.duration else None,
         })
     return pd.DataFrame(rows)
@@ -588,10 +608,10 @@ def _summarize(study, plan: _Plan, status: str) -> StudySummary:
         best = study.best_trial
         params = _decoded(plan.space, best.params)
         summary.best_trial, summary.best_value, summary.best_params = best.number, best.value, params
-        summary.best_run_id = best.user_attrs.get(_ATTR_RUN_ID)
+        summary.best_run_id = best.user_attrs.get(ATTR_RUN_ID)
         metrics.append(Metric(f"best_{plan.metric}", float(best.value), now, 0))
-        tags += [RunTag("capexp.best_trial", str(best.number)), RunTag("capexp.best_run_id", summary.best_run_id or "")]
-        tags += [RunTag(f"best.{k}", param_value(v)) for k, v in params.items()]
+        tags += [RunTag(TAG_BEST_TRIAL, str(best.number)), RunTag(TAG_BEST_RUN_ID, summary.best_run_id or "")]
+        tags += [RunTag(f"{BEST_PREFIX}{k}", param_value(v)) for k, v in params.items()]
     client.log_batch(plan.parent_run_id, metrics=metrics, tags=tags)
     with tempfile.TemporaryDirectory(prefix="capexp-study-") as tmp:
         folder = Path(tmp)
@@ -650,15 +670,15 @@ def run_study(
 
     study = optuna.create_study(study_name=name, storage=open_storage(storage, name, heartbeat_interval),
                                 direction=direction, load_if_exists=True)
-    if study.direction.name.lower() != direction or study.user_attrs.get(_ATTR_METRIC, metric) != metric:
+    if study.direction.name.lower() != direction or study.user_attrs.get(ATTR_METRIC, metric) != metric:
         raise CapexpError(
             f"study {name} was created to {study.direction.name.lower()} "
-            f"{study.user_attrs.get(_ATTR_METRIC)!r}, but this run asks to {direction} {metric!r}. "
+            f"{study.user_attrs.get(ATTR_METRIC)!r}, but this run asks to {direction} {metric!r}. "
             f"Use a new --name for a new objective."
         )
-    if study.user_attrs.get(_ATTR_BASE_HASH, spec_hash(spec)) != spec_hash(spec):
+    if study.user_attrs.get(ATTR_BASE_HASH, spec_hash(spec)) != spec_hash(spec):
         warn(f"study {name}: the base spec ({base}) changed since the study began; old and new trials are not comparable.")
-    for key, value in ((_ATTR_METRIC, metric), (_ATTR_BASE_HASH, spec_hash(spec))):
+    for key, value in ((ATTR_METRIC, metric), (ATTR_BASE_HASH, spec_hash(spec))):
         if key not in study.user_attrs:
             study.set_user_attr(key, value)
     _enqueue(study, enqueue, raw, fitted, depth)
@@ -667,11 +687,11 @@ def run_study(
     exp_id = experiment_id(experiment)
     parent = _parent_run(
         uri, name, exp_id,
-        tags={TAG_STUDY: name, TAG_STUDY_ROLE: "parent", **({"mlflow.note.content": raw.notes} if raw.notes else {})},
-        params={"study.base": str(base), "study.space": origin, "study.storage": _storage_label(storage, name),
-                "objective.metric": metric, "objective.direction": direction,
-                "sampler": raw.sampler.name, "pruner": raw.pruner.name,
-                **{f"space.{k}": p.model_dump_json(exclude_none=True) for k, p in fitted.params.items()}},
+        tags={TAG_STUDY: name, TAG_STUDY_ROLE: STUDY_PARENT, **({TAG_NOTE: raw.notes} if raw.notes else {})},
+        params={PARAM_STUDY_BASE: str(base), PARAM_STUDY_SPACE: origin, PARAM_STUDY_STORAGE: _storage_label(storage, name),
+                PARAM_OBJECTIVE: metric, PARAM_DIRECTION: direction,
+                PARAM_SAMPLER: raw.sampler.name, PARAM_PRUNER: raw.pruner.name,
+                **{f"{SPACE_PREFIX}{k}": p.model_dump_json(exclude_none=True) for k, p in fitted.params.items()}},
     )
     # Trials run the base as it is now, even if its file is edited while the study runs.
     snapshot = Path(tempfile.mkdtemp(prefix="capexp-study-")) / f"{base.stem}.json"
