@@ -11,7 +11,6 @@ features, loads one model at a time, and writes the seed's CSV: `image_id, model
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from capexp.backbones import EncoderCard
-    from capexp.model import ClipCap
+    from capexp.decoding import DecodeOptions
+    from capexp.model import CheckpointMeta, ClipCap
     from capexp.spec import Spec
 
 __all__ = [
@@ -49,18 +49,17 @@ class Checkpoint:
     folder: Path  # model.safetensors + capexp.json
     spec: Spec
     card: EncoderCard
-    meta: dict[str, Any]  # capexp.json: epoch, metrics, feature_dim, ...
+    meta: CheckpointMeta  # capexp.json: epoch, metrics, feature_dim, ...
 
     def load(self, device: str | None = None) -> Captioner:
         """The model on `device` (None: CUDA when available, else CPU), in eval mode."""
         from capexp.backbones import decoder_blocks, load_decoder
-        from capexp.model import load_state
-        from capexp.train import build_model
+        from capexp.model import build_model, load_state
         from capexp.vocabulary import restrict_vocabulary
 
         decoder, tokenizer = load_decoder(self.spec.gpt2_config.model, self.spec.gpt2_config.tokenizer)
-        if self.meta.get("vocabulary"):
-            tokenizer = restrict_vocabulary(decoder, tokenizer, self.meta["vocabulary"])
+        if self.meta.vocabulary:
+            tokenizer = restrict_vocabulary(decoder, tokenizer, self.meta.vocabulary)
         model = build_model(self.spec, decoder, decoder_blocks(decoder), self.card.feature_dim)
         load_state(model, self.folder)
         dev = _device(device)
@@ -78,19 +77,20 @@ class Captioner:
     tokenizer: Any
     card: EncoderCard
     device: torch.device
-    meta: dict[str, Any] = field(default_factory=dict)  # capexp.json: epoch, metrics, ...
+    meta: CheckpointMeta  # capexp.json: epoch, metrics, ...
     _encoder: Any = field(default=None, repr=False)
+
+    def options(self, beam: int | None = None) -> DecodeOptions:
+        """The run's decoding (its `evaluation` section); `beam` overrides the beam size."""
+        from capexp.decoding import DecodeOptions
+
+        return DecodeOptions.from_spec(self.spec, beam=beam)
 
     def caption_features(self, features: torch.Tensor, *, beam: int | None = None, batch_size: int = 32) -> list[str]:
         """One caption per feature row, decoded as the run's `evaluation` section says (`beam` overrides)."""
-        from capexp.decoding import generate_captions
+        from capexp.decoding import decode
 
-        ev, cfg = self.spec.evaluation, self.spec.gpt2_config
-        return generate_captions(
-            self.model, self.tokenizer, features, beam_size=beam or ev.beam_size,
-            max_tokens=ev.max_caption_tokens or cfg.text_tokens_max_length, length_penalty=ev.length_penalty,
-            no_repeat_ngram_size=ev.no_repeat_ngram_size, batch_size=batch_size, device=self.device,
-        )
+        return decode(self.model, self.tokenizer, features, self.options(beam), batch_size=batch_size, device=self.device)
 
     def caption_images(self, images: list[Image.Image], *, beam: int | None = None, batch_size: int = 32) -> list[str]:
         """Captions of RGB images, encoded directly (no feature cache); the encoder loads on first use."""
@@ -127,25 +127,24 @@ def _device(device: str | None) -> torch.device:
 def read_checkpoint(folder: Path, *, origin: str | None = None) -> Checkpoint:
     """A checkpoint folder written by a run (`model.safetensors` + `capexp.json`); reads no weights."""
     from capexp.backbones import resolve_encoder
-    from capexp.spec import Spec
+    from capexp.model import CheckpointMeta, is_checkpoint
 
     origin = origin or str(folder)
-    meta_path = folder / "capexp.json"
-    if not meta_path.is_file() or not (folder / "model.safetensors").is_file():
+    if not is_checkpoint(folder):
         raise CapexpError(
             f"{origin}: {folder} is not a capexp checkpoint (it needs model.safetensors and capexp.json). "
             f"Pass a run id, a run name, a `models:/NAME@alias` URI or the `checkpoint` folder of a run."
         )
-    meta = json.loads(meta_path.read_text())
-    spec = Spec.model_validate(meta["spec"])
+    meta = CheckpointMeta.read(folder)
+    spec = meta.spec
     card = resolve_encoder(spec.clip_config.model, spec.clip_config.image_size, spec.clip_config.features)
-    if meta.get("feature_dim") not in (None, card.feature_dim):
+    if meta.feature_dim not in (None, card.feature_dim):
         raise CapexpError(
-            f"{origin}: the model was trained on {meta['feature_dim']}-dim features but encoder "
+            f"{origin}: the model was trained on {meta.feature_dim}-dim features but encoder "
             f"{spec.clip_config.model!r} now gives {card.feature_dim}. Install the capexp version that "
-            f"trained it ({meta.get('capexp_version', 'unknown')})."
+            f"trained it ({meta.capexp_version or 'unknown'})."
         )
-    if meta.get("encoder_cache_id") not in (None, card.cache_id):
+    if meta.encoder_cache_id not in (None, card.cache_id):
         warn(f"{origin}: encoder {spec.clip_config.model!r} differs from the one the run trained with "
              f"(other weights files or preprocessing); captions may differ from the run's.")
     return Checkpoint(spec.id, folder, spec, card, meta)

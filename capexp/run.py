@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +147,8 @@ def run_spec(
 
     from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
     from capexp.datasets import load_data
-    from capexp.model import save_checkpoint
-    from capexp.train import CaptionData, build_model, fit, pick_device
+    from capexp.model import CheckpointMeta, build_model, save_checkpoint
+    from capexp.train import CaptionData, fit, pick_device
     from capexp.vocabulary import restrict_vocabulary, training_vocabulary
 
     # Everything that can fail on bad input happens before a run exists.
@@ -219,8 +219,7 @@ def run_spec(
         model = build_model(spec, decoder, blocks, card.feature_dim)
         metric, mode = spec.training_config.best_metric, spec.training_config.mode
         checkpoint = workdir / "checkpoint"
-        meta_base = {"capexp_version": __version__, "spec": spec.model_dump(mode="json"),
-                     "feature_dim": card.feature_dim, "encoder_cache_id": card.cache_id, "vocabulary": kept}
+        meta = CheckpointMeta(__version__, spec, card.feature_dim, card.cache_id, kept)
 
         def after_epoch(result) -> bool:
             metrics = result.metrics
@@ -234,7 +233,7 @@ def run_spec(
             value = metrics[metric]
             if not best or (value < best[f"best_{metric}"] if mode == "min" else value > best[f"best_{metric}"]):
                 best.update({f"best_{metric}": value, "best_epoch": result.epoch})
-                save_checkpoint(model, checkpoint, {**meta_base, "epoch": result.epoch, "metrics": metrics})
+                save_checkpoint(model, checkpoint, replace(meta, epoch=result.epoch, metrics=metrics))
             write_captions(workdir / "val_captions.csv", val.image_ids, result.captions, val.references)
             _plot_curves(history, workdir / "curves.png")
             mlflow.log_artifact(str(workdir / "val_captions.csv"))
