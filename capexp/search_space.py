@@ -25,6 +25,7 @@ from pydantic import (
 
 from capexp import spec as specs
 from capexp.errors import CapexpError, warn
+from capexp.paths import project_file
 
 __all__ = [
     "FREEZE_KEY",
@@ -336,7 +337,7 @@ _TAGS = {"categorical", "int", "float", "tpe", "grid", "median", "hyperband", "n
 
 def default_space_path() -> Path:
     """`studies/default.json`: the seed's four knobs on grids holding the seed's values."""
-    return Path(__file__).resolve().parents[1] / "studies" / "default.json"
+    return project_file("studies", "default.json")
 
 
 def _explain(err: ValidationError, origin: str) -> CapexpError:
