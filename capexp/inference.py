@@ -242,10 +242,6 @@ def caption_folder(
     """
     import time
 
-    from tqdm.auto import tqdm
-
-    from capexp.features import encode_images
-
     if not checkpoints:
         raise CapexpError("no model to caption with: pass --run, --experiment or --model.")
     started = time.perf_counter()
@@ -255,35 +251,8 @@ def caption_folder(
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(checkpoints):
         groups.setdefault(c.card.cache_id, []).append(i)
-
-    # Encode first (each encoder with its own progress bar), then caption under one bar. An
-    # unreadable file is warned about (by encode_images) once: later encoders never see it.
-    encoded: dict[str, tuple[list[int], Any]] = {}  # cache_id -> (indices into refs, features)
-    todo = list(range(len(refs)))
-    skipped: list[tuple[str, str]] = []
-    for cache_id, members in groups.items():
-        enc = encode_images(checkpoints[members[0]].card, [refs[i] for i in todo], device=dev, batch_size=batch_size)
-        skipped += enc.skipped
-        todo = [todo[j] for j in enc.kept]
-        encoded[cache_id] = (todo, enc.features)
-    for cache_id, (kept, features) in encoded.items():  # keep only what every encoder read
-        if len(kept) != len(todo):
-            rows = [j for j, i in enumerate(kept) if i in set(todo)]
-            encoded[cache_id] = (todo, features[rows])
-
-    captions: list[list[str]] = [[] for _ in checkpoints]  # per model, in `todo` order
-    with tqdm(total=len(todo) * len(checkpoints), desc="captioning", unit="caption") as bar:
-        for cache_id, members in groups.items():
-            features = encoded[cache_id][1]
-            for i in members:
-                bar.set_postfix(model=names[i])
-                captioner = checkpoints[i].load(str(dev))
-                for start in range(0, len(todo), batch_size):
-                    batch = captioner.caption_features(features[start : start + batch_size], beam=beam,
-                                                       batch_size=batch_size)
-                    captions[i] += batch
-                    bar.update(len(batch))
-                del captioner  # one model in memory at a time
+    todo, encoded, skipped = _encode_per_encoder(checkpoints, groups, refs, dev, batch_size)
+    captions = _caption_per_model(checkpoints, groups, encoded, names, len(todo), dev, beam, batch_size)
 
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     with output_csv.open("w", newline="") as f:
@@ -293,3 +262,46 @@ def caption_folder(
             for name, texts in zip(names, captions):
                 w.writerow([refs[index].image_id, name, texts[row]])
     return FolderCaptions(output_csv, len(todo), names, skipped, time.perf_counter() - started)
+
+
+def _encode_per_encoder(checkpoints: list[Checkpoint], groups: dict[str, list[int]], refs: list[Any],
+                        dev: torch.device, batch_size: int) -> tuple[list[int], dict[str, Any], list[tuple[str, str]]]:
+    """Each distinct encoder over the images (its own progress bar): the indices into `refs` every
+    encoder could read, each encoder's features of those, and the unreadable files. An unreadable
+    file is warned about (by encode_images) once: later encoders never see it."""
+    from capexp.features import encode_images
+
+    encoded: dict[str, tuple[list[int], Any]] = {}  # cache_id -> (indices into refs, features)
+    todo = list(range(len(refs)))
+    skipped: list[tuple[str, str]] = []
+    for cache_id, members in groups.items():
+        enc = encode_images(checkpoints[members[0]].card, [refs[i] for i in todo], device=dev, batch_size=batch_size)
+        skipped += enc.skipped
+        todo = [todo[j] for j in enc.kept]
+        encoded[cache_id] = (todo, enc.features)
+    features: dict[str, Any] = {}
+    for cache_id, (kept, feats) in encoded.items():  # keep only what every encoder read
+        rows = [j for j, i in enumerate(kept) if i in set(todo)] if len(kept) != len(todo) else None
+        features[cache_id] = feats if rows is None else feats[rows]
+    return todo, features, skipped
+
+
+def _caption_per_model(checkpoints: list[Checkpoint], groups: dict[str, list[int]], features: dict[str, Any],
+                       names: list[str], n_images: int, dev: torch.device, beam: int | None,
+                       batch_size: int) -> list[list[str]]:
+    """Every model's captions of the encoded images (under one progress bar), one model in memory at a time."""
+    from tqdm.auto import tqdm
+
+    captions: list[list[str]] = [[] for _ in checkpoints]  # per model, in image order
+    with tqdm(total=n_images * len(checkpoints), desc="captioning", unit="caption") as bar:
+        for cache_id, members in groups.items():
+            for i in members:
+                bar.set_postfix(model=names[i])
+                captioner = checkpoints[i].load(str(dev))
+                for start in range(0, n_images, batch_size):
+                    batch = captioner.caption_features(features[cache_id][start : start + batch_size], beam=beam,
+                                                       batch_size=batch_size)
+                    captions[i] += batch
+                    bar.update(len(batch))
+                del captioner  # one model in memory at a time
+    return captions
