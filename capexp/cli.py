@@ -162,7 +162,7 @@ def evaluate(run: str, split: str, beam: int | None, length_penalty: float | Non
 @_URI
 def compare(runs: tuple[str, ...], experiment: str | None, study: str | None, fmt: str | None, output: Path | None,
             only_changed: bool, metric: str | None, ranking: bool, tracking_uri: str | None) -> None:
-    """Compare RUNS (names or ids) side by side, as in SEED.md's experimentation table."""
+    """Compare RUNS (names or ids) side by side, as in the seed study's experimentation table."""
     from capexp.compare import compare as compare_runs
 
     compare_runs(runs, experiment=experiment, study=study, fmt=fmt, output=output, only_changed=only_changed,

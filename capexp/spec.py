@@ -1,6 +1,6 @@
 """Experiment specs: JSON files validated by pydantic, with `extends` and `--set` overrides.
 
-A spec is the seed study's training config (SEED.md) plus `id`, `notes`, `seed`, a data
+A spec is the seed study's training config (experiments/seed_config.json) plus `id`, `notes`, `seed`, a data
 source, backbone names and evaluation options. Every key has a default, so the seed's file
 loads unchanged and a two-line spec that `extends` another is enough for a variation.
 """

@@ -86,7 +86,7 @@ class Cell:
 
 
 def _fmt_float(v: float) -> str:
-    """Floats as SEED writes them: 0.005, 0.4, 1e-4 (scientific below 1e-3 or from 1e6)."""
+    """Floats as the seed study's table writes them: 0.005, 0.4, 1e-4 (scientific below 1e-3 or from 1e6)."""
     if math.isnan(v) or math.isinf(v) or v == 0 or 1e-3 <= abs(v) < 1e6:
         return repr(v)
     mantissa, exponent = f"{v:.12e}".split("e")
@@ -95,7 +95,7 @@ def _fmt_float(v: float) -> str:
 
 
 def _fmt_value(v: Any) -> str:
-    """A param value as shown in a cell: JSON-like, lists as `[50, 50]`, floats as SEED's."""
+    """A param value as shown in a cell: JSON-like, lists as `[50, 50]`, floats as the seed study's table does."""
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -232,7 +232,7 @@ def build_comparison(
     sort_by_metric: bool = False,
     direction: str | None = None,
 ) -> Comparison:
-    """One column per run: SEED's hyperparameter rows plus every key that differs, Notes,
+    """One column per run: the seed study's hyperparameter rows plus every key that differs, Notes,
     then metric rows; the best run by `metric` (default: `objective` for study trials when
     logged, else `best_val_loss`; `direction` "minimize"/"maximize", default by the name) is
     starred. `sort_by_metric` orders runs best first, pruned and unfinished ones last."""
