@@ -193,15 +193,9 @@ def score(scores: Path, experiment: str, tracking_uri: str | None) -> None:
 def caption(images_dir: Path, runs: tuple[str, ...], experiment: str | None, models: tuple[str, ...], output: Path,
             beam: int | None, batch_size: int, device: str | None, tracking_uri: str | None) -> None:
     """Caption every image in IMAGES_DIR with every selected model into one CSV."""
-    from capexp.inference import caption_folder, find_checkpoint
-    from capexp.tracking import experiment_runs
+    from capexp.inference import caption_folder, select_checkpoints
 
-    sources = [*runs, *models]
-    if not sources and experiment:
-        sources = experiment_runs(experiment, tracking_uri=tracking_uri)
-    if not sources:
-        raise CapexpError("capexp caption needs models: give --run ID, --model URI, or --experiment NAME.")
-    checkpoints = [find_checkpoint(s, experiment=experiment, tracking_uri=tracking_uri) for s in sources]
+    checkpoints = select_checkpoints([*runs, *models], experiment=experiment, tracking_uri=tracking_uri)
     result = caption_folder(images_dir, checkpoints, output, beam=beam, batch_size=batch_size, device=device)
     click.echo(f"{result.images} images x {len(result.models)} models -> {result.output} "
                f"({result.seconds:.1f}s; {len(result.skipped)} unreadable files skipped)")

@@ -58,10 +58,10 @@ def evaluate_run(
     logged again (a new value) by each call. `device` None: CUDA when
     available, else CPU.
     """
-    from capexp.datasets import load_data
+    from capexp.datasets import check_inputs, load_data
     from capexp.decoding import DecodeOptions
+    from capexp.features import encode_split
     from capexp.inference import load_captioner
-    from capexp.run import check_inputs, encode_split
     from capexp.tracking import find_run, use_store
     from capexp.train import evaluate_epoch
 
@@ -99,7 +99,7 @@ def _log_to_run(run_id: str, split: str, metrics: dict[str, float], options: Dec
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from capexp.run import write_captions
+    from capexp.outputs import write_captions
     from capexp.tracking import TAG_EVAL_DECODING
 
     client = MlflowClient()

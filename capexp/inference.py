@@ -33,6 +33,7 @@ __all__ = [
     "FolderCaptions",
     "find_checkpoint",
     "load_captioner",
+    "select_checkpoints",
     "read_checkpoint",
     "list_images",
     "caption_folder",
@@ -187,6 +188,19 @@ def load_captioner(
 ) -> Captioner:
     """`find_checkpoint(...)`, loaded on `device` (None: CUDA when available, else CPU)."""
     return find_checkpoint(source, experiment=experiment, tracking_uri=tracking_uri).load(device)
+
+
+def select_checkpoints(sources: list[str], *, experiment: str | None = None,
+                       tracking_uri: str | None = None) -> list[Checkpoint]:
+    """The checkpoints of `sources` (run ids or names, `models:/` URIs, folders); none given: every run
+    with a checkpoint in `experiment`."""
+    from capexp.tracking import experiment_runs
+
+    if not sources and experiment:
+        sources = experiment_runs(experiment, tracking_uri=tracking_uri)
+    if not sources:
+        raise CapexpError("capexp caption needs models: give --run ID, --model URI, or --experiment NAME.")
+    return [find_checkpoint(s, experiment=experiment, tracking_uri=tracking_uri) for s in sources]
 
 
 def list_images(images_dir: Path) -> list[Path]:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from capexp import __version__
 from capexp.errors import CapexpError, TrainingDiverged, warn
-from capexp.spec import Spec, expand_path, flatten, missing_paths, spec_hash
+from capexp.outputs import plot_curves, write_captions
+from capexp.spec import Spec, expand_path, flatten, spec_hash
 from capexp.tracking import (
     ARTIFACT_CHECKPOINT,
     DEFAULT_EXPERIMENT,
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from capexp.model import CheckpointMeta, ClipCap
     from capexp.train import CaptionData, EpochResult
 
-__all__ = ["RunResult", "run_spec", "check_inputs", "encode_split", "write_captions"]
+__all__ = ["RunResult", "run_spec"]
 
 log = logging.getLogger("capexp")
 
@@ -65,59 +66,6 @@ def _git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def check_inputs(spec: Spec, origin: str) -> None:
-    missing = missing_paths(spec)
-    if missing:
-        named = "; ".join(f"`{key}` = {path}" for key, path in missing)
-        raise CapexpError(
-            f"{origin}: data not found: {named}. Fix the path in the spec, or override it with "
-            f"--set (for example --set data_paths.root=/path/to/flickr8k), or set CAPEXP_DATA."
-        )
-
-
-def _plot_curves(history: list[dict[str, float]], path: Path) -> None:
-    """Loss curves on the left, caption metrics on the right, one point per epoch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = list(range(1, len(history) + 1))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in ("train_loss", "val_loss"):
-        left.plot(epochs, [h[name] for h in history], marker="o", label=name)
-    left.set(xlabel="epoch", ylabel="loss", title="Loss")
-    for name in ("bertscore_precision", "bertscore_recall", "bertscore_f1", "bleu4", "meteor", "cider"):
-        if all(name in h for h in history):
-            right.plot(epochs, [h[name] for h in history], marker="o", label=name)
-    right.set(xlabel="epoch", title="Validation caption metrics")
-    for ax in (left, right):
-        ax.legend()
-        ax.grid(alpha=0.3)
-        ax.set_xticks(epochs)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def write_captions(path: Path, image_ids: list[str], captions: list[str], references: list[list[str]]) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image_id", "caption", "references"])
-        for image_id, caption, refs in zip(image_ids, captions, references):
-            w.writerow([image_id, caption, " | ".join(refs)])
-
-
-def encode_split(card, split, device, batch_size: int):
-    """Features of a split's images through the feature cache, and the split without unreadable images."""
-    from capexp.features import encode_images
-
-    enc = encode_images(card, split.images, device=device, batch_size=batch_size)
-    if enc.skipped:
-        split = split.drop(set(range(len(split.images))) - set(enc.kept))
-    return split, enc
 
 
 def _log_inputs(splits, spec: Spec) -> None:
@@ -152,7 +100,7 @@ def _prepare(spec: Spec, origin: str, experiment: str, tracking_uri: str | None)
     import torch
 
     from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
-    from capexp.datasets import load_data
+    from capexp.datasets import check_inputs, load_data
     from capexp.train import pick_device
 
     check_inputs(spec, origin)
@@ -188,6 +136,7 @@ def _encode_data(spec: Spec, origin: str, inputs: _Inputs, workdir: Path) -> tup
     """Both splits through the feature cache, unreadable images dropped and listed; the datasets logged."""
     import mlflow
 
+    from capexp.features import encode_split
     from capexp.train import CaptionData
 
     splits, batch = inputs.splits, spec.evaluation.batch_size
@@ -243,7 +192,7 @@ class _Recorder:
             self.best.update({f"best_{metric}": metrics[metric], "best_epoch": result.epoch})
             save_checkpoint(self.model, workdir / "checkpoint", replace(self.meta, epoch=result.epoch, metrics=metrics))
         write_captions(workdir / "val_captions.csv", self.val.image_ids, result.captions, self.val.references)
-        _plot_curves(self.history, workdir / "curves.png")
+        plot_curves(self.history, workdir / "curves.png")
         mlflow.log_artifact(str(workdir / "val_captions.csv"))
         mlflow.log_artifact(str(workdir / "curves.png"))
         return bool(self.on_epoch and self.on_epoch(result.epoch, metrics))
