@@ -159,6 +159,22 @@ def _encode_data(spec: Spec, origin: str, inputs: _Inputs, workdir: Path) -> tup
     return train, val
 
 
+def _vocabulary(spec: Spec, inputs: _Inputs, references: list[list[str]]) -> tuple[Any, list[int] | None]:
+    """The tokenizer, cut to the training captions' tokens when `gpt2_config.vocabulary` is "train"
+    (with the kept ids); its size is logged as a param."""
+    import mlflow
+
+    from capexp.vocabulary import restrict_vocabulary, training_vocabulary
+
+    tokenizer, kept = inputs.tokenizer, None
+    if spec.gpt2_config.vocabulary == "train":
+        kept = training_vocabulary(tokenizer, references)
+        tokenizer = restrict_vocabulary(inputs.decoder, tokenizer, kept)
+        log.info("vocabulary cut to the %d tokens of the training captions", len(kept))
+    mlflow.log_param(PARAM_VOCABULARY_SIZE, len(tokenizer))
+    return tokenizer, kept
+
+
 class _Recorder:
     """After each epoch: log its metrics, keep the best checkpoint, write captions and curves."""
 
@@ -218,7 +234,6 @@ def run_spec(
 
     from capexp.model import CheckpointMeta, build_model
     from capexp.train import fit
-    from capexp.vocabulary import restrict_vocabulary, training_vocabulary
 
     inputs = _prepare(spec, origin, experiment, tracking_uri)  # everything that can fail on bad input
     active = mlflow.start_run(
@@ -238,12 +253,7 @@ def run_spec(
         (workdir / "spec.json").write_text(spec.model_dump_json(indent=2))
         mlflow.log_artifact(str(workdir / "spec.json"))
         train, val = _encode_data(spec, origin, inputs, workdir)
-        tokenizer, kept = inputs.tokenizer, None
-        if spec.gpt2_config.vocabulary == "train":
-            kept = training_vocabulary(tokenizer, train.references)
-            tokenizer = restrict_vocabulary(inputs.decoder, tokenizer, kept)
-            log.info("vocabulary cut to the %d tokens of the training captions", len(kept))
-        mlflow.log_param(PARAM_VOCABULARY_SIZE, len(tokenizer))
+        tokenizer, kept = _vocabulary(spec, inputs, train.references)
         model = build_model(spec, inputs.decoder, inputs.blocks, inputs.card.feature_dim)
         meta = CheckpointMeta(__version__, spec, inputs.card.feature_dim, inputs.card.cache_id, kept)
         recorder = _Recorder(spec, origin, model, meta, val, workdir, on_epoch)

@@ -112,9 +112,7 @@ def run_study(
     label = storage_label(storage, name)
     parent = parent_run(uri, experiment_id(experiment), name, raw, fitted,
                         dict(base=str(base), space=origin, storage=label, metric=metric, direction=direction))
-    # Trials run the base as it is now, even if its file is edited while the study runs.
-    snapshot = Path(tempfile.mkdtemp(prefix="capexp-study-")) / f"{base.stem}.json"
-    snapshot.write_text(spec.model_dump_json(indent=2))
+    snapshot = _snapshot(spec, base)
     counts = trial_counts(study)
     plan = Plan(
         name=name, storage=storage, base=str(base), snapshot=str(snapshot), space=fitted, metric=metric,
@@ -137,6 +135,13 @@ def run_study(
         shutil.rmtree(snapshot.parent, ignore_errors=True)
         summary = summarize(study, plan, status)
     return summary
+
+
+def _snapshot(spec: Spec, base: Path) -> Path:
+    """The base as resolved now, in a temporary file: trials run it even if its file is edited meanwhile."""
+    snapshot = Path(tempfile.mkdtemp(prefix="capexp-study-")) / f"{base.stem}.json"
+    snapshot.write_text(spec.model_dump_json(indent=2))
+    return snapshot
 
 
 def _check_counts(name: str, trials: int, workers: int) -> None:
