@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from capexp.errors import CapexpError, warn
+from capexp.tracking import experiment_runs, find_run, run_checkpoint  # re-exported: runs as caption sources
 
 if TYPE_CHECKING:
     import torch
@@ -34,6 +35,9 @@ __all__ = [
     "find_checkpoint",
     "load_captioner",
     "select_checkpoints",
+    "find_run",
+    "run_checkpoint",
+    "experiment_runs",
     "read_checkpoint",
     "list_images",
     "caption_folder",
@@ -171,7 +175,7 @@ def _registered_checkpoint(uri: str) -> Path:
 
 def find_checkpoint(source: str | Path, *, experiment: str | None = None, tracking_uri: str | None = None) -> Checkpoint:
     """The checkpoint of a run id, a run name (in `experiment`, else any), a checkpoint folder or `models:/NAME@alias`."""
-    from capexp.tracking import find_run, run_checkpoint, use_store
+    from capexp.tracking import use_store
 
     text = str(source)
     if Path(text).is_dir():
@@ -194,8 +198,6 @@ def select_checkpoints(sources: list[str], *, experiment: str | None = None,
                        tracking_uri: str | None = None) -> list[Checkpoint]:
     """The checkpoints of `sources` (run ids or names, `models:/` URIs, folders); none given: every run
     with a checkpoint in `experiment`."""
-    from capexp.tracking import experiment_runs
-
     if not sources and experiment:
         sources = experiment_runs(experiment, tracking_uri=tracking_uri)
     if not sources:

@@ -12,10 +12,12 @@ import pytest
 from PIL import Image
 
 from capexp.errors import CapexpError
-from capexp.inference import caption_folder, find_checkpoint, list_images, load_captioner
+from capexp.inference import (
+    caption_folder, experiment_runs, find_checkpoint, find_run, list_images, load_captioner, run_checkpoint,
+)
 from capexp.run import run_spec
 from capexp.spec import load_spec
-from capexp.tracking import experiment_runs, find_run, run_checkpoint, use_store
+from capexp.tracking import use_store
 
 REPO = Path(__file__).resolve().parents[1]
 # 12 optimizer steps per run (3 epochs of 4): enough that captions are words, not an immediate EOS
