@@ -198,7 +198,7 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
     from capexp.features import encode_images
     from capexp.metrics import bertscore
     from capexp.spec import Spec
-    from capexp.train import build_model
+    from capexp.model import build_model
     from capexp.vocabulary import restrict_vocabulary, training_vocabulary
 
     if args.threads:

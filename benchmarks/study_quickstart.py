@@ -4,8 +4,8 @@ Runs the command in a fresh temporary folder (its own MLflow store, study journa
 cache) and prints one table: wall time, trials complete / pruned / failed, and images encoded
 versus served from the feature cache (summed over the trial runs' `images_encoded` and
 `images_cached` metrics), and how many images were encoded twice for one encoder and size
-(feature rows stored twice in the cache). Issue 3's target: within 10 minutes on 2 CPU cores, with at least a
-quarter of the trials pruned.
+(feature rows stored twice in the cache). What it checks: the study finishes within 10 minutes on
+2 CPU cores, with at least a quarter of the trials pruned.
 
     python benchmarks/study_quickstart.py [--trials 20] [--workers 1] [--set KEY=JSON ...] [--keep]
 """

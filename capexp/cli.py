@@ -95,12 +95,13 @@ def ui(tracking_uri: str | None, port: int) -> None:
     """Open the MLflow UI on the capexp store, bound to localhost."""
     import subprocess
 
-    from capexp.tracking import resolve_tracking_uri
+    from capexp.tracking import artifact_root, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    if uri.startswith("sqlite:///"):
-        cmd += ["--default-artifact-root", (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()]
+    root = artifact_root(uri)
+    if root is not None:
+        cmd += ["--default-artifact-root", root]
     click.echo(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C stops it.")
     raise SystemExit(subprocess.call(cmd))
 
@@ -161,7 +162,7 @@ def evaluate(run: str, split: str, beam: int | None, length_penalty: float | Non
 @_URI
 def compare(runs: tuple[str, ...], experiment: str | None, study: str | None, fmt: str | None, output: Path | None,
             only_changed: bool, metric: str | None, ranking: bool, tracking_uri: str | None) -> None:
-    """Compare RUNS (names or ids) side by side, as in SEED.md's experimentation table."""
+    """Compare RUNS (names or ids) side by side, as in the seed study's experimentation table."""
     from capexp.compare import compare as compare_runs
 
     compare_runs(runs, experiment=experiment, study=study, fmt=fmt, output=output, only_changed=only_changed,
@@ -192,14 +193,9 @@ def score(scores: Path, experiment: str, tracking_uri: str | None) -> None:
 def caption(images_dir: Path, runs: tuple[str, ...], experiment: str | None, models: tuple[str, ...], output: Path,
             beam: int | None, batch_size: int, device: str | None, tracking_uri: str | None) -> None:
     """Caption every image in IMAGES_DIR with every selected model into one CSV."""
-    from capexp.inference import caption_folder, experiment_runs, find_checkpoint
+    from capexp.inference import caption_folder, select_checkpoints
 
-    sources = [*runs, *models]
-    if not sources and experiment:
-        sources = experiment_runs(experiment, tracking_uri=tracking_uri)
-    if not sources:
-        raise CapexpError("capexp caption needs models: give --run ID, --model URI, or --experiment NAME.")
-    checkpoints = [find_checkpoint(s, experiment=experiment, tracking_uri=tracking_uri) for s in sources]
+    checkpoints = select_checkpoints([*runs, *models], experiment=experiment, tracking_uri=tracking_uri)
     result = caption_folder(images_dir, checkpoints, output, beam=beam, batch_size=batch_size, device=device)
     click.echo(f"{result.images} images x {len(result.models)} models -> {result.output} "
                f"({result.seconds:.1f}s; {len(result.skipped)} unreadable files skipped)")

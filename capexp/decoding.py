@@ -10,15 +10,48 @@ from __future__ import annotations
 import inspect
 import math
 from contextlib import nullcontext
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 from transformers.cache_utils import Cache
 
 from capexp.model import ClipCap
 
-__all__ = ["generate_captions"]
+if TYPE_CHECKING:
+    from capexp.spec import Spec
+
+__all__ = ["DecodeOptions", "decode", "generate_captions"]
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How captions are decoded; `from_spec` reads them from a spec's `evaluation` section."""
+
+    beam_size: int = 1  # 1: greedy
+    max_tokens: int = 20
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+
+    @classmethod
+    def from_spec(cls, spec: Spec, *, beam: int | None = None) -> DecodeOptions:
+        """The spec's decoding (`max_caption_tokens` None: `text_tokens_max_length`); `beam` overrides."""
+        ev = spec.evaluation
+        return cls(beam or ev.beam_size, ev.max_caption_tokens or spec.gpt2_config.text_tokens_max_length,
+                   ev.length_penalty, ev.no_repeat_ngram_size)
+
+    def describe(self) -> str:
+        return f"beam={self.beam_size} length_penalty={self.length_penalty} no_repeat_ngram_size={self.no_repeat_ngram_size}"
+
+
+def decode(model: ClipCap, tokenizer, features: torch.Tensor, options: DecodeOptions, *, batch_size: int = 64,
+           device: str | torch.device = "cpu") -> list[str]:
+    """`generate_captions` with its options as one `DecodeOptions`."""
+    return generate_captions(
+        model, tokenizer, features, beam_size=options.beam_size, max_tokens=options.max_tokens,
+        length_penalty=options.length_penalty, no_repeat_ngram_size=options.no_repeat_ngram_size,
+        batch_size=batch_size, device=device,
+    )
 
 
 @torch.inference_mode()
@@ -33,7 +66,6 @@ def generate_captions(
     no_repeat_ngram_size: int = 0,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
-    progress: bool = False,
 ) -> list[str]:
     """One caption per feature row, in order; greedy when `beam_size` is 1, beam search otherwise.
 
@@ -56,7 +88,7 @@ def generate_captions(
     model.eval()
     tokens: list[list[int]] = []
     try:
-        for start in tqdm(range(0, len(features), batch_size), desc="captioning", disable=not progress, leave=False):
+        for start in range(0, len(features), batch_size):
             batch = features[start : start + batch_size].to(device)
             with autocast:
                 prefix = model.prefix(batch)  # (B, k, D)

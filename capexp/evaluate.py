@@ -19,13 +19,11 @@ from capexp.errors import CapexpError
 
 if TYPE_CHECKING:
     from capexp.datasets import Split, Splits
+    from capexp.decoding import DecodeOptions
 
-__all__ = ["TAG_EVAL_DECODING", "evaluate_run"]
+__all__ = ["evaluate_run"]
 
 log = logging.getLogger("capexp")
-
-TAG_EVAL_DECODING = "capexp.{split}_decoding"  # how the logged <split>_* captions were decoded
-
 
 def _pick_split(splits: Splits, split: str, origin: str, source: str) -> Split:
     if split == "val":
@@ -60,25 +58,24 @@ def evaluate_run(
     logged again (a new value) by each call. `device` None: CUDA when
     available, else CPU.
     """
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    from capexp.datasets import load_data
-    from capexp.inference import find_run, load_captioner
-    from capexp.metrics import caption_metrics
-    from capexp.run import check_inputs, encode_split, write_captions
-    from capexp.tracking import use_store
+    from capexp.datasets import check_inputs, load_data
+    from capexp.decoding import DecodeOptions
+    from capexp.features import encode_split
+    from capexp.inference import load_captioner
+    from capexp.tracking import find_run, use_store
+    from capexp.train import evaluate_epoch
 
     if split not in ("test", "val"):
         raise CapexpError(f"--split must be 'test' or 'val', got {split!r}.")
     use_store(tracking_uri)
     run_id = find_run(run, experiment)
     captioner = load_captioner(run_id, device=device)
-    spec, origin = captioner.spec, f"run {run!r}"
+    origin = f"run {run!r}"
     updates = {"beam_size": beam, "length_penalty": length_penalty, "no_repeat_ngram_size": no_repeat_ngram_size}
-    ev = spec.evaluation.model_copy(update={k: v for k, v in updates.items() if v is not None})
+    ev = captioner.spec.evaluation.model_copy(update={k: v for k, v in updates.items() if v is not None})
     ev = type(ev).model_validate(ev.model_dump())  # a bad override (beam 0) fails here, with pydantic's message
-    captioner.spec = spec = spec.model_copy(update={"evaluation": ev})
+    spec = captioner.spec.model_copy(update={"evaluation": ev})
+    options = DecodeOptions.from_spec(spec)
 
     check_inputs(spec, origin)
     data = _pick_split(load_data(spec), split, origin, spec.data_paths.source)
@@ -86,20 +83,30 @@ def evaluate_run(
     data, enc = encode_split(captioner.card, data, captioner.device, ev.batch_size)
     if not data.images:
         raise CapexpError(f"{origin}: none of the {split} images could be read; nothing to evaluate.")
-    captions = captioner.caption_features(enc.features, batch_size=ev.batch_size)  # (N,) in split order
-    scores = caption_metrics(captions, data.captions, ev, device=str(captioner.device))
+    captions, scores = evaluate_epoch(captioner.model, captioner.tokenizer, enc.features, data.captions, options, ev,
+                                      captioner.device)  # captions (N,) in split order
     metrics = {f"{split}_{name}": value for name, value in scores.items()}
     metrics[f"{split}_images"] = float(len(captions))
-    decoding = f"beam={ev.beam_size} length_penalty={ev.length_penalty} no_repeat_ngram_size={ev.no_repeat_ngram_size}"
-    log.info("%s on %s (%d images, %s, %.0fs): %s", captioner.name, split, len(captions), decoding,
+    log.info("%s on %s (%d images, %s, %.0fs): %s", captioner.name, split, len(captions), options.describe(),
              time.perf_counter() - started, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    _log_to_run(run_id, split, metrics, options, [im.image_id for im in data.images], captions, data.captions)
+    return metrics
+
+
+def _log_to_run(run_id: str, split: str, metrics: dict[str, float], options: DecodeOptions, image_ids: list[str],
+                captions: list[str], references: list[list[str]]) -> None:
+    """The scores as new metric values, the decoding as a tag, the captions beside the training's files."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from capexp.outputs import write_captions
+    from capexp.tracking import TAG_EVAL_DECODING
 
     client = MlflowClient()
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
-    client.set_tag(run_id, TAG_EVAL_DECODING.format(split=split), decoding)
+    client.set_tag(run_id, TAG_EVAL_DECODING.format(split=split), options.describe())
     with tempfile.TemporaryDirectory(prefix="capexp-eval-") as tmp:
         path = Path(tmp) / f"{split}_captions.csv"
-        write_captions(path, [im.image_id for im in data.images], captions, data.captions)
+        write_captions(path, image_ids, captions, references)
         client.log_artifact(run_id, str(path), artifact_path="evaluation")  # beside, not over, training's files
-    return metrics

@@ -23,24 +23,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from capexp.errors import warn
+from capexp.paths import cache_root
 
 if TYPE_CHECKING:
     import torch
 
     from capexp.backbones import EncoderCard
-    from capexp.datasets import ImageRef
+    from capexp.datasets import ImageRef, Split
 
-__all__ = ["cache_root", "EncodedImages", "encode_images"]
+__all__ = ["cache_root", "EncodedImages", "encode_images", "encode_split"]
 
 log = logging.getLogger("capexp")
 
 _SHARD_IMAGES = 2048  # write a shard at least this often, so an interrupted encoding keeps its work
 _FP16_MAX = 6e4  # features beyond this are stored as float32
-
-
-def cache_root() -> Path:
-    """$CAPEXP_CACHE, else ~/.cache/capexp."""
-    return Path(os.environ.get("CAPEXP_CACHE") or "~/.cache/capexp").expanduser()
 
 
 @dataclass
@@ -103,6 +99,14 @@ def encode_images(
         n_cached=n_cached,
         n_encoded=len(images) - n_cached - len(skipped),
     )
+
+
+def encode_split(card: EncoderCard, split: Split, device: torch.device | str, batch_size: int) -> tuple[Split, EncodedImages]:
+    """Features of a split's images through the feature cache, and the split without unreadable images."""
+    enc = encode_images(card, split.images, device=device, batch_size=batch_size)
+    if enc.skipped:
+        split = split.drop(set(range(len(split.images))) - set(enc.kept))
+    return split, enc
 
 
 def _umask() -> int:

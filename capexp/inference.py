@@ -11,21 +11,21 @@ features, loads one model at a time, and writes the seed's CSV: `image_id, model
 from __future__ import annotations
 
 import csv
-import json
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from capexp.errors import CapexpError, warn
+from capexp.tracking import experiment_runs, find_run, run_checkpoint  # re-exported: runs as caption sources
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
     from capexp.backbones import EncoderCard
-    from capexp.model import ClipCap
+    from capexp.decoding import DecodeOptions
+    from capexp.model import CheckpointMeta, ClipCap
     from capexp.spec import Spec
 
 __all__ = [
@@ -34,17 +34,16 @@ __all__ = [
     "FolderCaptions",
     "find_checkpoint",
     "load_captioner",
-    "read_checkpoint",
+    "select_checkpoints",
     "find_run",
     "run_checkpoint",
     "experiment_runs",
+    "read_checkpoint",
     "list_images",
     "caption_folder",
 ]
 
 log = logging.getLogger("capexp")
-
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass
@@ -55,18 +54,17 @@ class Checkpoint:
     folder: Path  # model.safetensors + capexp.json
     spec: Spec
     card: EncoderCard
-    meta: dict[str, Any]  # capexp.json: epoch, metrics, feature_dim, ...
+    meta: CheckpointMeta  # capexp.json: epoch, metrics, feature_dim, ...
 
     def load(self, device: str | None = None) -> Captioner:
         """The model on `device` (None: CUDA when available, else CPU), in eval mode."""
         from capexp.backbones import decoder_blocks, load_decoder
-        from capexp.model import load_state
-        from capexp.train import build_model
+        from capexp.model import build_model, load_state
         from capexp.vocabulary import restrict_vocabulary
 
         decoder, tokenizer = load_decoder(self.spec.gpt2_config.model, self.spec.gpt2_config.tokenizer)
-        if self.meta.get("vocabulary"):
-            tokenizer = restrict_vocabulary(decoder, tokenizer, self.meta["vocabulary"])
+        if self.meta.vocabulary:
+            tokenizer = restrict_vocabulary(decoder, tokenizer, self.meta.vocabulary)
         model = build_model(self.spec, decoder, decoder_blocks(decoder), self.card.feature_dim)
         load_state(model, self.folder)
         dev = _device(device)
@@ -84,19 +82,20 @@ class Captioner:
     tokenizer: Any
     card: EncoderCard
     device: torch.device
-    meta: dict[str, Any] = field(default_factory=dict)  # capexp.json: epoch, metrics, ...
+    meta: CheckpointMeta  # capexp.json: epoch, metrics, ...
     _encoder: Any = field(default=None, repr=False)
+
+    def options(self, beam: int | None = None) -> DecodeOptions:
+        """The run's decoding (its `evaluation` section); `beam` overrides the beam size."""
+        from capexp.decoding import DecodeOptions
+
+        return DecodeOptions.from_spec(self.spec, beam=beam)
 
     def caption_features(self, features: torch.Tensor, *, beam: int | None = None, batch_size: int = 32) -> list[str]:
         """One caption per feature row, decoded as the run's `evaluation` section says (`beam` overrides)."""
-        from capexp.decoding import generate_captions
+        from capexp.decoding import decode
 
-        ev, cfg = self.spec.evaluation, self.spec.gpt2_config
-        return generate_captions(
-            self.model, self.tokenizer, features, beam_size=beam or ev.beam_size,
-            max_tokens=ev.max_caption_tokens or cfg.text_tokens_max_length, length_penalty=ev.length_penalty,
-            no_repeat_ngram_size=ev.no_repeat_ngram_size, batch_size=batch_size, device=self.device,
-        )
+        return decode(self.model, self.tokenizer, features, self.options(beam), batch_size=batch_size, device=self.device)
 
     def caption_images(self, images: list[Image.Image], *, beam: int | None = None, batch_size: int = 32) -> list[str]:
         """Captions of RGB images, encoded directly (no feature cache); the encoder loads on first use."""
@@ -133,83 +132,27 @@ def _device(device: str | None) -> torch.device:
 def read_checkpoint(folder: Path, *, origin: str | None = None) -> Checkpoint:
     """A checkpoint folder written by a run (`model.safetensors` + `capexp.json`); reads no weights."""
     from capexp.backbones import resolve_encoder
-    from capexp.spec import Spec
+    from capexp.model import CheckpointMeta, is_checkpoint
 
     origin = origin or str(folder)
-    meta_path = folder / "capexp.json"
-    if not meta_path.is_file() or not (folder / "model.safetensors").is_file():
+    if not is_checkpoint(folder):
         raise CapexpError(
             f"{origin}: {folder} is not a capexp checkpoint (it needs model.safetensors and capexp.json). "
             f"Pass a run id, a run name, a `models:/NAME@alias` URI or the `checkpoint` folder of a run."
         )
-    meta = json.loads(meta_path.read_text())
-    spec = Spec.model_validate(meta["spec"])
+    meta = CheckpointMeta.read(folder)
+    spec = meta.spec
     card = resolve_encoder(spec.clip_config.model, spec.clip_config.image_size, spec.clip_config.features)
-    if meta.get("feature_dim") not in (None, card.feature_dim):
+    if meta.feature_dim not in (None, card.feature_dim):
         raise CapexpError(
-            f"{origin}: the model was trained on {meta['feature_dim']}-dim features but encoder "
+            f"{origin}: the model was trained on {meta.feature_dim}-dim features but encoder "
             f"{spec.clip_config.model!r} now gives {card.feature_dim}. Install the capexp version that "
-            f"trained it ({meta.get('capexp_version', 'unknown')})."
+            f"trained it ({meta.capexp_version or 'unknown'})."
         )
-    if meta.get("encoder_cache_id") not in (None, card.cache_id):
+    if meta.encoder_cache_id not in (None, card.cache_id):
         warn(f"{origin}: encoder {spec.clip_config.model!r} differs from the one the run trained with "
              f"(other weights files or preprocessing); captions may differ from the run's.")
     return Checkpoint(spec.id, folder, spec, card, meta)
-
-
-def _has_checkpoint(run_id: str) -> bool:
-    from mlflow import MlflowClient
-
-    return any(a.path == "checkpoint/capexp.json" for a in MlflowClient().list_artifacts(run_id, "checkpoint"))
-
-
-def run_checkpoint(run_id: str, origin: str) -> Path:
-    """The local folder of run `run_id`'s `checkpoint` artifact (the store's own copy when local)."""
-    import mlflow
-
-    if not _has_checkpoint(run_id):
-        raise CapexpError(
-            f"{origin}: run {run_id} has no checkpoint (it ended before its first epoch finished). "
-            f"Pick a run that finished at least one epoch."
-        )
-    # a local store gives the artifact's own path; a remote one downloads to a temporary folder
-    root = mlflow.get_run(run_id).info.artifact_uri
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/checkpoint"))
-
-
-def find_run(source: str, experiment: str | None = None) -> str:
-    """The id of the run `source` names: a run id, else the latest run of that name with a checkpoint."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    if _RUN_ID.match(source):
-        try:
-            return mlflow.get_run(source).info.run_id
-        except MlflowException:
-            pass  # not a run id of this store: try it as a run name
-    where = f"experiment {experiment!r}" if experiment else "any experiment"
-    if experiment:
-        from capexp.tracking import experiment_id
-
-        exp = experiment_id(experiment, create=False)
-        if exp is None:
-            raise CapexpError(f"experiment {experiment!r}: no such experiment in {mlflow.get_tracking_uri()}.")
-        scope: dict[str, Any] = {"experiment_ids": [exp]}
-    else:
-        scope = {"search_all_experiments": True}
-    name = source.replace("'", "\\'")
-    runs = mlflow.search_runs(**scope, filter_string=f"attributes.run_name = '{name}'",
-                              order_by=["attributes.start_time DESC"], output_format="list")
-    with_checkpoint = [r.info.run_id for r in runs if _has_checkpoint(r.info.run_id)]
-    if not with_checkpoint:
-        found = f"{len(runs)} run(s) named {source!r} have no checkpoint" if runs else f"no run is named {source!r}"
-        raise CapexpError(
-            f"run {source!r}: {found} in {where} of {mlflow.get_tracking_uri()}. Pass a run id or a run name "
-            f"(see `capexp ui`), or point --tracking-uri at the store that holds it."
-        )
-    if len(with_checkpoint) > 1:
-        log.info("%d runs are named %r; using the latest, %s", len(with_checkpoint), source, with_checkpoint[0])
-    return with_checkpoint[0]
 
 
 def _registered_checkpoint(uri: str) -> Path:
@@ -251,21 +194,15 @@ def load_captioner(
     return find_checkpoint(source, experiment=experiment, tracking_uri=tracking_uri).load(device)
 
 
-def experiment_runs(experiment: str, *, tracking_uri: str | None = None) -> list[str]:
-    """Ids of the runs in `experiment` that saved a checkpoint, oldest first."""
-    import mlflow
-
-    from capexp.tracking import experiment_id, use_store
-
-    use_store(tracking_uri)
-    exp = experiment_id(experiment, create=False)
-    if exp is None:
-        raise CapexpError(f"experiment {experiment!r}: no such experiment in {mlflow.get_tracking_uri()}.")
-    runs = mlflow.search_runs([exp], order_by=["attributes.start_time ASC"], output_format="list")
-    ids = [r.info.run_id for r in runs if _has_checkpoint(r.info.run_id)]
-    if not ids:
-        raise CapexpError(f"experiment {experiment!r}: none of its {len(runs)} runs saved a checkpoint.")
-    return ids
+def select_checkpoints(sources: list[str], *, experiment: str | None = None,
+                       tracking_uri: str | None = None) -> list[Checkpoint]:
+    """The checkpoints of `sources` (run ids or names, `models:/` URIs, folders); none given: every run
+    with a checkpoint in `experiment`."""
+    if not sources and experiment:
+        sources = experiment_runs(experiment, tracking_uri=tracking_uri)
+    if not sources:
+        raise CapexpError("capexp caption needs models: give --run ID, --model URI, or --experiment NAME.")
+    return [find_checkpoint(s, experiment=experiment, tracking_uri=tracking_uri) for s in sources]
 
 
 def list_images(images_dir: Path) -> list[Path]:
@@ -321,10 +258,6 @@ def caption_folder(
     """
     import time
 
-    from tqdm.auto import tqdm
-
-    from capexp.features import encode_images
-
     if not checkpoints:
         raise CapexpError("no model to caption with: pass --run, --experiment or --model.")
     started = time.perf_counter()
@@ -334,35 +267,8 @@ def caption_folder(
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(checkpoints):
         groups.setdefault(c.card.cache_id, []).append(i)
-
-    # Encode first (each encoder with its own progress bar), then caption under one bar. An
-    # unreadable file is warned about (by encode_images) once: later encoders never see it.
-    encoded: dict[str, tuple[list[int], Any]] = {}  # cache_id -> (indices into refs, features)
-    todo = list(range(len(refs)))
-    skipped: list[tuple[str, str]] = []
-    for cache_id, members in groups.items():
-        enc = encode_images(checkpoints[members[0]].card, [refs[i] for i in todo], device=dev, batch_size=batch_size)
-        skipped += enc.skipped
-        todo = [todo[j] for j in enc.kept]
-        encoded[cache_id] = (todo, enc.features)
-    for cache_id, (kept, features) in encoded.items():  # keep only what every encoder read
-        if len(kept) != len(todo):
-            rows = [j for j, i in enumerate(kept) if i in set(todo)]
-            encoded[cache_id] = (todo, features[rows])
-
-    captions: list[list[str]] = [[] for _ in checkpoints]  # per model, in `todo` order
-    with tqdm(total=len(todo) * len(checkpoints), desc="captioning", unit="caption") as bar:
-        for cache_id, members in groups.items():
-            features = encoded[cache_id][1]
-            for i in members:
-                bar.set_postfix(model=names[i])
-                captioner = checkpoints[i].load(str(dev))
-                for start in range(0, len(todo), batch_size):
-                    batch = captioner.caption_features(features[start : start + batch_size], beam=beam,
-                                                       batch_size=batch_size)
-                    captions[i] += batch
-                    bar.update(len(batch))
-                del captioner  # one model in memory at a time
+    todo, encoded, skipped = _encode_per_encoder(checkpoints, groups, refs, dev, batch_size)
+    captions = _caption_per_model(checkpoints, groups, encoded, names, len(todo), dev, beam, batch_size)
 
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     with output_csv.open("w", newline="") as f:
@@ -372,3 +278,46 @@ def caption_folder(
             for name, texts in zip(names, captions):
                 w.writerow([refs[index].image_id, name, texts[row]])
     return FolderCaptions(output_csv, len(todo), names, skipped, time.perf_counter() - started)
+
+
+def _encode_per_encoder(checkpoints: list[Checkpoint], groups: dict[str, list[int]], refs: list[Any],
+                        dev: torch.device, batch_size: int) -> tuple[list[int], dict[str, Any], list[tuple[str, str]]]:
+    """Each distinct encoder over the images (its own progress bar): the indices into `refs` every
+    encoder could read, each encoder's features of those, and the unreadable files. An unreadable
+    file is warned about (by encode_images) once: later encoders never see it."""
+    from capexp.features import encode_images
+
+    encoded: dict[str, tuple[list[int], Any]] = {}  # cache_id -> (indices into refs, features)
+    todo = list(range(len(refs)))
+    skipped: list[tuple[str, str]] = []
+    for cache_id, members in groups.items():
+        enc = encode_images(checkpoints[members[0]].card, [refs[i] for i in todo], device=dev, batch_size=batch_size)
+        skipped += enc.skipped
+        todo = [todo[j] for j in enc.kept]
+        encoded[cache_id] = (todo, enc.features)
+    features: dict[str, Any] = {}
+    for cache_id, (kept, feats) in encoded.items():  # keep only what every encoder read
+        rows = [j for j, i in enumerate(kept) if i in set(todo)] if len(kept) != len(todo) else None
+        features[cache_id] = feats if rows is None else feats[rows]
+    return todo, features, skipped
+
+
+def _caption_per_model(checkpoints: list[Checkpoint], groups: dict[str, list[int]], features: dict[str, Any],
+                       names: list[str], n_images: int, dev: torch.device, beam: int | None,
+                       batch_size: int) -> list[list[str]]:
+    """Every model's captions of the encoded images (under one progress bar), one model in memory at a time."""
+    from tqdm.auto import tqdm
+
+    captions: list[list[str]] = [[] for _ in checkpoints]  # per model, in image order
+    with tqdm(total=n_images * len(checkpoints), desc="captioning", unit="caption") as bar:
+        for cache_id, members in groups.items():
+            for i in members:
+                bar.set_postfix(model=names[i])
+                captioner = checkpoints[i].load(str(dev))
+                for start in range(0, n_images, batch_size):
+                    batch = captioner.caption_features(features[cache_id][start : start + batch_size], beam=beam,
+                                                       batch_size=batch_size)
+                    captions[i] += batch
+                    bar.update(len(batch))
+                del captioner  # one model in memory at a time
+    return captions

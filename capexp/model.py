@@ -1,19 +1,29 @@
 """The ClipCap captioner: image features -> mapper -> k visual tokens -> causal LM decoder.
 
 Read top to bottom in the order a batch flows: the mappers, then `ClipCap.prefix` and
-`ClipCap.forward` (the loss on caption tokens only), then freezing and checkpoints.
+`ClipCap.forward` (the loss on caption tokens only), then `build_model` (as a spec says), and
+the checkpoint format: `model.safetensors` + `capexp.json` (`CheckpointMeta`), never pickle.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-__all__ = ["ClipCap", "MlpMapper", "TransformerMapper", "build_mapper", "freeze_blocks", "save_checkpoint", "load_state"]
+from capexp.tracking.names import CHECKPOINT_META, CHECKPOINT_WEIGHTS
+
+if TYPE_CHECKING:
+    from capexp.spec import Spec
+
+__all__ = [
+    "ClipCap", "MlpMapper", "TransformerMapper", "build_mapper", "freeze_blocks", "build_model",
+    "CheckpointMeta", "is_checkpoint", "save_checkpoint", "load_state",
+]
 
 
 class MlpMapper(nn.Module):
@@ -75,10 +85,6 @@ class ClipCap(nn.Module):
         self.decoder = decoder
         self.mapper = mapper
 
-    @property
-    def prefix_length(self) -> int:
-        return self.mapper.k
-
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.decoder.get_input_embeddings()(input_ids)  # (B, L, D)
 
@@ -115,13 +121,55 @@ def freeze_blocks(blocks: nn.ModuleList, n: int | None) -> int:
     return n
 
 
-def save_checkpoint(model: ClipCap, folder: Path, meta: dict[str, Any]) -> Path:
+def build_model(spec: Spec, decoder, blocks: nn.ModuleList, feature_dim: int) -> ClipCap:
+    """Mapper + decoder as the spec says, with the first `n_layers_to_freeze` blocks frozen."""
+    cfg = spec.gpt2_config
+    width = decoder.get_input_embeddings().embedding_dim
+    mapper = build_mapper(cfg.mapper, feature_dim, width, cfg.visual_tokens_length, cfg.mapper_layers)
+    freeze_blocks(blocks, cfg.n_layers_to_freeze)
+    return ClipCap(decoder, mapper)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+@dataclass
+class CheckpointMeta:
+    """`capexp.json`: what rebuilds a checkpoint's model and tells checkpoints apart."""
+
+    capexp_version: str | None  # None in a file that does not say
+    spec: Spec  # the run's spec
+    feature_dim: int | None  # the encoder's D when trained
+    encoder_cache_id: str | None  # the encoder card's cache_id when trained
+    vocabulary: list[int] | None  # kept token ids (`gpt2_config.vocabulary: train`), else None
+    epoch: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"capexp_version": self.capexp_version, "spec": self.spec.model_dump(mode="json"), "feature_dim": self.feature_dim,
+                "encoder_cache_id": self.encoder_cache_id, "vocabulary": self.vocabulary,
+                "epoch": self.epoch, "metrics": self.metrics}
+
+    @classmethod
+    def read(cls, folder: Path) -> CheckpointMeta:
+        from capexp.spec import Spec
+
+        data = json.loads((folder / CHECKPOINT_META).read_text())
+        return cls(data.get("capexp_version"), Spec.model_validate(data["spec"]), data.get("feature_dim"),
+                   data.get("encoder_cache_id"), data.get("vocabulary"), data.get("epoch"), data.get("metrics") or {})
+
+
+def is_checkpoint(folder: Path) -> bool:
+    """Whether `folder` holds a checkpoint (weights and `capexp.json`)."""
+    return (folder / CHECKPOINT_META).is_file() and (folder / CHECKPOINT_WEIGHTS).is_file()
+
+
+def save_checkpoint(model: ClipCap, folder: Path, meta: CheckpointMeta | dict[str, Any]) -> Path:
     """Write the model as `model.safetensors` + `capexp.json` (never pickle). Returns the folder."""
     from safetensors.torch import save_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(folder / "model.safetensors"))
-    (folder / "capexp.json").write_text(json.dumps(meta, indent=2, default=str))
+    save_model(model, str(folder / CHECKPOINT_WEIGHTS))
+    data = meta.to_json() if isinstance(meta, CheckpointMeta) else meta
+    (folder / CHECKPOINT_META).write_text(json.dumps(data, indent=2, default=str))
     return folder
 
 
@@ -129,5 +177,5 @@ def load_state(model: ClipCap, folder: Path) -> dict[str, Any]:
     """Load weights saved by `save_checkpoint` into `model`; returns the saved metadata."""
     from safetensors.torch import load_model
 
-    load_model(model, str(folder / "model.safetensors"))
-    return json.loads((folder / "capexp.json").read_text())
+    load_model(model, str(folder / CHECKPOINT_WEIGHTS))
+    return json.loads((folder / CHECKPOINT_META).read_text())

@@ -41,8 +41,9 @@ class CaptionModel(PythonModel):
 
     def load_context(self, context) -> None:
         from capexp.inference import read_checkpoint
+        from capexp.tracking import ARTIFACT_CHECKPOINT
 
-        self.captioner = read_checkpoint(Path(context.artifacts["checkpoint"])).load()
+        self.captioner = read_checkpoint(Path(context.artifacts[ARTIFACT_CHECKPOINT])).load()
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         images = [_image(value, row) for row, value in enumerate(model_input["image"])]

@@ -153,7 +153,7 @@ def import_scores(
     names and bad rows are returned."""
     from mlflow import MlflowClient
 
-    from capexp.compare import find_runs
+    from capexp.tracking import find_runs
 
     path = Path(path)
     rows, problems = read_scores(path)

@@ -25,6 +25,7 @@ from pydantic import (
 
 from capexp import spec as specs
 from capexp.errors import CapexpError, warn
+from capexp.paths import project_file
 
 __all__ = [
     "FREEZE_KEY",
@@ -87,7 +88,19 @@ class Categorical(_Strict):
         raise ValueError(f"{json.dumps(value)} is not one of the choices {json.dumps(self.choices)}")
 
 
-class IntRange(_Strict):
+class _Range(_Strict):
+    """`low` to `high` (fields of the subclass), checked once the model is built."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _Range:
+        _check_range(self.low, self.high, self.log, self._stepped())  # type: ignore[attr-defined]
+        return self
+
+    def _stepped(self) -> bool:
+        raise NotImplementedError
+
+
+class IntRange(_Range):
     """An integer from `low` to `high` inclusive."""
 
     type: Literal["int"]
@@ -96,10 +109,8 @@ class IntRange(_Strict):
     step: int = Field(1, ge=1)
     log: bool = False
 
-    @model_validator(mode="after")
-    def _ordered(self) -> IntRange:
-        _check_range(self.low, self.high, self.log, self.step != 1)
-        return self
+    def _stepped(self) -> bool:
+        return self.step != 1
 
     def suggest(self, trial: Any, name: str) -> int:
         return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
@@ -113,7 +124,7 @@ class IntRange(_Strict):
         return value
 
 
-class FloatRange(_Strict):
+class FloatRange(_Range):
     """A float from `low` to `high`; `log` samples on a log scale (learning rates)."""
 
     type: Literal["float"]
@@ -122,10 +133,8 @@ class FloatRange(_Strict):
     step: float | None = Field(None, gt=0)
     log: bool = False
 
-    @model_validator(mode="after")
-    def _ordered(self) -> FloatRange:
-        _check_range(self.low, self.high, self.log, self.step is not None)
-        return self
+    def _stepped(self) -> bool:
+        return self.step is not None
 
     def suggest(self, trial: Any, name: str) -> float:
         return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
@@ -336,7 +345,7 @@ _TAGS = {"categorical", "int", "float", "tpe", "grid", "median", "hyperband", "n
 
 def default_space_path() -> Path:
     """`studies/default.json`: the seed's four knobs on grids holding the seed's values."""
-    return Path(__file__).resolve().parents[1] / "studies" / "default.json"
+    return project_file("studies", "default.json")
 
 
 def _explain(err: ValidationError, origin: str) -> CapexpError:

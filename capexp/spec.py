@@ -1,6 +1,6 @@
 """Experiment specs: JSON files validated by pydantic, with `extends` and `--set` overrides.
 
-A spec is the seed study's training config (SEED.md) plus `id`, `notes`, `seed`, a data
+A spec is the seed study's training config (experiments/seed_config.json) plus `id`, `notes`, `seed`, a data
 source, backbone names and evaluation options. Every key has a default, so the seed's file
 loads unchanged and a two-line spec that `extends` another is enough for a variation.
 """
@@ -29,6 +29,7 @@ __all__ = [
     "parse_override",
     "missing_paths",
     "expand_path",
+    "metric_mode",
 ]
 
 
@@ -139,9 +140,7 @@ class TrainingConfig(_Section):
 
     @property
     def mode(self) -> Literal["min", "max"]:
-        if self.best_mode is not None:
-            return self.best_mode
-        return "min" if "loss" in self.best_metric else "max"
+        return self.best_mode or metric_mode(self.best_metric)
 
 
 class EvaluationConfig(_Section):
@@ -154,6 +153,13 @@ class EvaluationConfig(_Section):
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = Field(0, ge=0)
     max_caption_tokens: int | None = Field(None, ge=1)  # None: text_tokens_max_length
+
+
+def metric_mode(metric: str, direction: str | None = None) -> Literal["min", "max"]:
+    """"min" or "max": as `direction` ("minimize"/"maximize") says, else min for losses, max otherwise."""
+    if direction in ("minimize", "maximize"):
+        return "min" if direction == "minimize" else "max"
+    return "min" if "loss" in metric else "max"
 
 
 # ---------------------------------------------------------------------------- the spec

@@ -1,4 +1,8 @@
-"""The training loop: cached features and tokenized captions in, a trained ClipCap and per-epoch metrics out."""
+"""The training loop: cached features and tokenized captions in, a trained ClipCap and per-epoch metrics out.
+
+`fit` trains; after each epoch `evaluate_epoch` (also what `capexp evaluate` runs) captions the
+validation images and scores them.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,14 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from capexp.decoding import DecodeOptions, decode
 from capexp.errors import TrainingDiverged, warn
-from capexp.model import ClipCap, build_mapper, freeze_blocks
+from capexp.model import ClipCap
 
 if TYPE_CHECKING:
-    from capexp.spec import Spec
+    from capexp.spec import EvaluationConfig, Spec
 
-__all__ = ["CaptionData", "EpochResult", "pick_device", "tokenize", "build_model", "fit"]
+__all__ = ["CaptionData", "EpochResult", "pick_device", "tokenize", "evaluate_epoch", "fit"]
 
 log = logging.getLogger("capexp")
 
@@ -60,15 +65,6 @@ def tokenize(tokenizer, captions: list[str], max_tokens: int) -> tuple[torch.Ten
         ids[i, : len(tokens)] = torch.tensor(tokens)
         mask[i, : len(tokens)] = 1
     return ids, mask
-
-
-def build_model(spec: Spec, decoder, blocks: torch.nn.ModuleList, feature_dim: int) -> ClipCap:
-    """Mapper + decoder as the spec says, with the first `n_layers_to_freeze` blocks frozen."""
-    cfg = spec.gpt2_config
-    width = decoder.get_input_embeddings().embedding_dim
-    mapper = build_mapper(cfg.mapper, feature_dim, width, cfg.visual_tokens_length, cfg.mapper_layers)
-    freeze_blocks(blocks, cfg.n_layers_to_freeze)
-    return ClipCap(decoder, mapper)
 
 
 def _pairs(data: CaptionData, tokenizer, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -119,6 +115,68 @@ def _val_loss(model: ClipCap, features, image_index, ids, mask, batch_size: int,
     return total / max(count, 1)
 
 
+def evaluate_epoch(
+    model: ClipCap,
+    tokenizer,
+    features: torch.Tensor,
+    references: list[list[str]],
+    options: DecodeOptions,
+    ev: EvaluationConfig,
+    device: torch.device,
+) -> tuple[list[str], dict[str, float]]:
+    """Caption `features` (one row per image) as `options` say and score them against all `references`."""
+    from capexp.metrics import caption_metrics
+
+    captions = decode(model, tokenizer, features, options, batch_size=ev.batch_size, device=device)
+    return captions, caption_metrics(captions, references, ev, device=str(device))
+
+
+class _Batches:
+    """The training pairs, the optimizer and its schedule: one `epoch` call trains one epoch."""
+
+    def __init__(self, model: ClipCap, tokenizer, train: CaptionData, spec: Spec, device: torch.device) -> None:
+        cfg = self.cfg = spec.training_config
+        self.model, self.train, self.device = model, train, device
+        self.gen = torch.Generator().manual_seed(spec.seed)
+        self.index, self.ids, self.mask = _pairs(train, tokenizer, spec.gpt2_config.text_tokens_max_length)
+        n_rows = len(train.references) if cfg.one_caption_per_image else len(self.ids)
+        self.steps = math.ceil(n_rows / cfg.batch_size)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.scheduler = _schedule(self.optimizer, cfg.warmup_steps, self.steps * cfg.num_epochs, cfg.lr_schedule)
+
+    def epoch(self, epoch: int) -> float:
+        """Train one epoch; the mean training loss."""
+        cfg, model = self.cfg, self.model
+        model.train()
+        rows = _one_per_image(self.index, self.gen) if cfg.one_caption_per_image else torch.arange(len(self.ids))
+        rows = rows[torch.randperm(len(rows), generator=self.gen)]
+        total = 0.0
+        bar = tqdm(range(0, len(rows), cfg.batch_size), desc=f"epoch {epoch}/{cfg.num_epochs}", leave=False)
+        for start in bar:
+            batch = rows[start : start + cfg.batch_size]
+            with _autocast(self.device):
+                loss = model(self.train.features[self.index[batch]].to(self.device), self.ids[batch].to(self.device),
+                             self.mask[batch].to(self.device))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            value = loss.item()
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"the training loss became {value} at epoch {epoch}, step {start // cfg.batch_size + 1} of "
+                    f"{self.steps}, so the run stops. Lower `training_config.learning_rate` (now "
+                    f"{cfg.learning_rate:g}), set `training_config.grad_clip` (e.g. 1.0) or raise "
+                    f"`training_config.warmup_steps`. Epochs finished before keep their metrics and checkpoint."
+                )
+            total += value
+            bar.set_postfix(loss=f"{total / (start // cfg.batch_size + 1):.3f}")
+        return total / self.steps
+
+
 def fit(
     model: ClipCap,
     tokenizer,
@@ -129,65 +187,27 @@ def fit(
     on_epoch: Callable[[EpochResult], bool | None],
 ) -> list[EpochResult]:
     """Train for `num_epochs`; after each epoch evaluate and call `on_epoch` (True stops training)."""
-    from capexp.decoding import generate_captions
-    from capexp.metrics import caption_metrics
-
     cfg, ev = spec.training_config, spec.evaluation
-    max_tokens = spec.gpt2_config.text_tokens_max_length
-    gen = torch.Generator().manual_seed(spec.seed)
     model.to(device)
-
-    tr_index, tr_ids, tr_mask = _pairs(train, tokenizer, max_tokens)
-    va_index, va_ids, va_mask = _pairs(val, tokenizer, max_tokens)
-    n_rows = len(train.references) if cfg.one_caption_per_image else len(tr_ids)
-    steps_per_epoch = math.ceil(n_rows / cfg.batch_size)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = _schedule(optimizer, cfg.warmup_steps, steps_per_epoch * cfg.num_epochs, cfg.lr_schedule)
+    batches = _Batches(model, tokenizer, train, spec, device)
+    va_index, va_ids, va_mask = _pairs(val, tokenizer, spec.gpt2_config.text_tokens_max_length)
     n_caption = len(val.image_ids) if ev.max_images is None else min(ev.max_images, len(val.image_ids))
+    options = DecodeOptions.from_spec(spec)
     log.info(
         "training %d trainable / %d parameters on %s: %d images, %d captions, %d steps per epoch",
-        sum(p.numel() for p in params), sum(p.numel() for p in model.parameters()), device,
-        len(train.image_ids), len(tr_ids), steps_per_epoch,
+        sum(p.numel() for p in batches.params), sum(p.numel() for p in model.parameters()), device,
+        len(train.image_ids), len(batches.ids), batches.steps,
     )
 
     history: list[EpochResult] = []
     for epoch in range(1, cfg.num_epochs + 1):
         started = time.perf_counter()
-        model.train()
-        rows = _one_per_image(tr_index, gen) if cfg.one_caption_per_image else torch.arange(len(tr_ids))
-        rows = rows[torch.randperm(len(rows), generator=gen)]
-        total = 0.0
-        bar = tqdm(range(0, len(rows), cfg.batch_size), desc=f"epoch {epoch}/{cfg.num_epochs}", leave=False)
-        for start in bar:
-            batch = rows[start : start + cfg.batch_size]
-            with _autocast(device):
-                loss = model(train.features[tr_index[batch]].to(device), tr_ids[batch].to(device), tr_mask[batch].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"the training loss became {value} at epoch {epoch}, step {start // cfg.batch_size + 1} of "
-                    f"{steps_per_epoch}, so the run stops. Lower `training_config.learning_rate` (now "
-                    f"{cfg.learning_rate:g}), set `training_config.grad_clip` (e.g. 1.0) or raise "
-                    f"`training_config.warmup_steps`. Epochs finished before keep their metrics and checkpoint."
-                )
-            total += value
-            bar.set_postfix(loss=f"{total / (start // cfg.batch_size + 1):.3f}")
-        metrics = {"train_loss": total / steps_per_epoch}
+        metrics = {"train_loss": batches.epoch(epoch)}
         metrics["val_loss"] = _val_loss(model, val.features, va_index, va_ids, va_mask, ev.batch_size, device)
         model.eval()
-        captions = generate_captions(
-            model, tokenizer, val.features[:n_caption], beam_size=ev.beam_size,
-            max_tokens=ev.max_caption_tokens or max_tokens, length_penalty=ev.length_penalty,
-            no_repeat_ngram_size=ev.no_repeat_ngram_size, batch_size=ev.batch_size, device=device,
-        )
-        metrics |= caption_metrics(captions, val.references[:n_caption], ev, device=str(device))
+        captions, scores = evaluate_epoch(model, tokenizer, val.features[:n_caption], val.references[:n_caption],
+                                          options, ev, device)
+        metrics |= scores
         result = EpochResult(epoch, metrics, captions, seconds=time.perf_counter() - started)
         history.append(result)
         log.info("epoch %d: %s (%.1fs)", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), result.seconds)

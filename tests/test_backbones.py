@@ -204,7 +204,7 @@ def test_gpt2_tiny_is_seeded_with_the_real_gpt2_tokenizer() -> None:
 def test_tokenizer_without_eos_gets_one_and_the_embeddings_grow(tmp_path: Path) -> None:
     from transformers import GPT2TokenizerFast
 
-    from capexp.backbones import _gpt2_tokenizer_folder
+    from capexp.backbones.decoders import _gpt2_tokenizer_folder
 
     GPT2TokenizerFast.from_pretrained(_gpt2_tokenizer_folder(), eos_token=None, bos_token=None,
                                       unk_token=None).save_pretrained(tmp_path)

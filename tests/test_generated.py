@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from capexp.datasets import load_data
-from capexp.generated import COLOURS, GENERATOR_VERSION, SHAPES, load_generated
+from capexp.datasets.generated import COLOURS, GENERATOR_VERSION, SHAPES, load_generated
 from capexp.spec import GeneratedData, Spec, TrainingConfig
 
 _NUMBERS = {"two": 2, "three": 3}

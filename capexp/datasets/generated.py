@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-from capexp.datasets import ImageRef, Split, Splits
+from capexp.datasets.types import ImageRef, Split, Splits
 from capexp.spec import GeneratedData
 
 __all__ = ["GENERATOR_VERSION", "COLOURS", "SHAPES", "POSITIONS", "load_generated"]

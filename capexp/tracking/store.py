@@ -1,4 +1,4 @@
-"""The MLflow store: where runs live, and the names capexp gives params, tags and metrics."""
+"""The MLflow store: where runs live, the experiment they go in, and how a spec value is written as a param."""
 
 from __future__ import annotations
 
@@ -7,29 +7,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = [
-    "DEFAULT_EXPERIMENT",
-    "TAG_SPEC_HASH",
-    "TAG_VERSION",
-    "TAG_GIT",
-    "TAG_DEVICE",
-    "TAG_STUDY",
-    "TAG_PRUNED",
-    "TAG_ENCODER_SKIPPED",
-    "resolve_tracking_uri",
-    "use_store",
-    "experiment_id",
-    "param_value",
-]
+from capexp.tracking.names import DEFAULT_EXPERIMENT
 
-DEFAULT_EXPERIMENT = "capexp"
-TAG_SPEC_HASH = "capexp.spec_hash"
-TAG_VERSION = "capexp.version"
-TAG_GIT = "capexp.git_commit"
-TAG_DEVICE = "capexp.device"
-TAG_STUDY = "capexp.study"  # study name on a study's parent and trial runs
-TAG_PRUNED = "capexp.pruned"  # "true" on a trial stopped early by the pruner
-TAG_ENCODER_SKIPPED = "capexp.skipped_images"
+__all__ = ["resolve_tracking_uri", "artifact_root", "use_store", "experiment_id", "param_value"]
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -43,8 +23,8 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
-def _artifact_root(uri: str) -> str | None:
-    """Artifacts of a local SQLite store live beside it, under `artifacts/`."""
+def artifact_root(uri: str) -> str | None:
+    """Artifacts of a local SQLite store live beside it, under `artifacts/` (None: the store decides)."""
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
     return None
@@ -69,7 +49,7 @@ def experiment_id(name: str = DEFAULT_EXPERIMENT, *, create: bool = True) -> str
         return exp.experiment_id
     if not create:
         return None
-    root = _artifact_root(mlflow.get_tracking_uri())
+    root = artifact_root(mlflow.get_tracking_uri())
     location = f"{root}/{name}" if root else None
     return mlflow.create_experiment(name, artifact_location=location)
 

@@ -1,9 +1,7 @@
-"""Data sources: every spec `data_paths.source` becomes train/val(/test) splits of images and captions.
+"""Loaders of file-based sources (caption_list, coco, flickr8k, karpathy): spec section in, `Splits` out.
 
-An image is an `ImageRef`: a name users see, a content key for the feature cache, and a way to
-load its pixels (a file, or a renderer for generated images). A `Split` pairs images with all
-their reference captions. Images whose file is missing are left out with one warning per split,
-so a partial download (the COCO sample's 40 of 5,000 images) still runs.
+Images whose file is missing are left out with one warning per split, so a partial download
+(the COCO sample's 40 of 5,000 images) still runs.
 """
 
 from __future__ import annotations
@@ -11,109 +9,17 @@ from __future__ import annotations
 import json
 import os
 import random
-import stat
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from PIL import Image, ImageOps
-
+from capexp.datasets.types import ImageRef, Split, Splits
 from capexp.errors import CapexpError, warn
-from capexp.spec import CaptionListData, CocoData, Flickr8kData, KarpathyData, Spec, expand_path
+from capexp.spec import CaptionListData, CocoData, Flickr8kData, KarpathyData, expand_path
 
-if TYPE_CHECKING:
-    import pandas
-
-__all__ = ["ImageRef", "Split", "Splits", "load_data", "dataset_frame"]
+__all__ = ["load_caption_list", "load_coco", "load_flickr8k", "load_karpathy"]
 
 _HOLDOUT_SEED = 0  # COCO `val_fraction`: the same held-out images for every run of a study
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """One image: its shown name, its feature-cache key and where its pixels come from."""
-
-    image_id: str  # what users see: the file name
-    key: str  # content identity: changes whenever the pixels may change
-    path: Path | None = None  # the file, or None for generated images
-    render: Callable[[], Image.Image] | None = field(default=None, compare=False, repr=False)
-
-    @classmethod
-    def from_file(cls, path: Path, image_id: str | None = None) -> ImageRef:
-        """The image file at `path` (made absolute), keyed by path, size and mtime; OSError if no such file."""
-        path = Path(os.path.abspath(path))
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise IsADirectoryError(f"{path} is not a file")
-        return cls(image_id or path.name, f"{path}|{st.st_size}|{st.st_mtime_ns}", path)
-
-    def load(self) -> Image.Image:
-        """The image as RGB; raises OSError when the file is missing, unreadable or corrupt."""
-        if self.render is not None:
-            return self.render().convert("RGB")
-        if self.path is None:
-            raise ValueError(f"ImageRef {self.image_id!r} has neither a path nor a renderer")
-        with Image.open(self.path) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")
-
-
-@dataclass
-class Split:
-    """Images and, for each, all its reference captions (stripped, non-empty)."""
-
-    images: list[ImageRef]
-    captions: list[list[str]]
-
-    def __post_init__(self) -> None:
-        if len(self.images) != len(self.captions):
-            raise ValueError(f"{len(self.images)} images but {len(self.captions)} caption lists")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def subset(self, ratio: float, seed: int) -> Split:
-        """A reproducible sample of `ratio` of the images (at least one), in their original order."""
-        if not 0.0 < ratio <= 1.0:
-            raise ValueError(f"ratio must be in (0, 1], got {ratio}")
-        if ratio == 1.0 or not self.images:
-            return self
-        n = min(len(self), max(1, round(ratio * len(self))))
-        keep = sorted(random.Random(seed).sample(range(len(self)), n))
-        return Split([self.images[i] for i in keep], [self.captions[i] for i in keep])
-
-    def drop(self, indices: set[int]) -> Split:
-        """The split without the images at `indices` (for example, unreadable ones)."""
-        keep = [i for i in range(len(self)) if i not in indices]
-        return Split([self.images[i] for i in keep], [self.captions[i] for i in keep])
-
-
-@dataclass
-class Splits:
-    train: Split
-    val: Split
-    test: Split | None = None
-
-
-def load_data(spec: Spec) -> Splits:
-    """Load the spec's data source; `training_config.subset_ratio` samples train only (val stays fixed)."""
-    data = spec.data_paths
-    if data.source == "generated":
-        from capexp.generated import load_generated
-
-        splits = load_generated(data)
-    else:
-        splits = _LOADERS[data.source](data)
-    splits.train = splits.train.subset(spec.training_config.subset_ratio, spec.seed)
-    return splits
-
-
-def dataset_frame(split: Split) -> pandas.DataFrame:
-    """One row per reference caption, columns `image_id, caption` (for MLflow's `log_input`)."""
-    import pandas
-
-    rows = [(ref.image_id, c) for ref, caps in zip(split.images, split.captions) for c in caps]
-    return pandas.DataFrame(rows, columns=["image_id", "caption"])
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -218,7 +124,7 @@ def _caption_list_split(data: CaptionListData, key: str) -> Split:
     return _file_split(((names[p], p, caps) for p, caps in grouped.items()), f"{json_path} (`data_paths.{key}`)", folder)
 
 
-def _load_caption_list(data: CaptionListData) -> Splits:
+def load_caption_list(data: CaptionListData) -> Splits:
     return Splits(train=_caption_list_split(data, "train_captions_path"), val=_caption_list_split(data, "val_captions_path"))
 
 
@@ -241,7 +147,7 @@ def _coco_split(annotations: str, images: str, ann_key: str, img_key: str) -> Sp
     return _file_split(entries, f"{ann_path} (`data_paths.{ann_key}`)", f"{folder} (`data_paths.{img_key}`)")
 
 
-def _load_coco(data: CocoData) -> Splits:
+def load_coco(data: CocoData) -> Splits:
     train = _coco_split(data.train_annotations, data.train_images, "train_annotations", "train_images")
     same = _path(data.val_annotations) == _path(data.train_annotations)
     if data.val_fraction == 0.0:
@@ -257,7 +163,7 @@ def _load_coco(data: CocoData) -> Splits:
 _FLICKR_IMAGE_DIRS = ("Flicker8k_Dataset", "Flickr8k_Dataset")  # the official typo, and the fixed spelling
 
 
-def _load_flickr8k(data: Flickr8kData) -> Splits:
+def load_flickr8k(data: Flickr8kData) -> Splits:
     root = _path(data.root)
     text = root / "Flickr8k_text"
     token_file = text / "Flickr8k.token.txt"
@@ -288,7 +194,7 @@ def _load_flickr8k(data: Flickr8kData) -> Splits:
 
 
 # ---------------------------------------------------------------------------- karpathy
-def _load_karpathy(data: KarpathyData) -> Splits:
+def load_karpathy(data: KarpathyData) -> Splits:
     json_path = _path(data.dataset_json)
     root = _path(data.images_root)
     doc = _read_json(json_path, "dataset_json")
@@ -316,11 +222,3 @@ def _load_karpathy(data: KarpathyData) -> Splits:
     if test is None:
         raise CapexpError(f"{listing} has no `test` images; set `data_paths.val_split` to \"val\".")
     return Splits(train=train, val=test, test=test)
-
-
-_LOADERS: dict[str, Callable[[Any], Splits]] = {
-    "caption_list": _load_caption_list,
-    "coco": _load_coco,
-    "flickr8k": _load_flickr8k,
-    "karpathy": _load_karpathy,
-}

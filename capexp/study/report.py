@@ -1,0 +1,158 @@
+"""What a study's MLflow parent run holds: the best trial, `trials.csv` and the Optuna plots."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from capexp.search_space import SearchSpace
+from capexp.study.plan import Plan, StudySummary
+from capexp.study.storage import quiet_experimental, storage_label, trial_counts
+from capexp.tracking import (
+    ATTR_ERROR,
+    ATTR_RUN_ID,
+    ATTR_RUN_NAME,
+    BEST_PREFIX,
+    PARAM_DIRECTION,
+    PARAM_OBJECTIVE,
+    PARAM_PRUNER,
+    PARAM_SAMPLER,
+    PARAM_STUDY_BASE,
+    PARAM_STUDY_SPACE,
+    PARAM_STUDY_STORAGE,
+    SPACE_PREFIX,
+    STUDY_PARENT,
+    TAG_BEST_RUN_ID,
+    TAG_BEST_TRIAL,
+    TAG_NOTE,
+    TAG_STUDY,
+    TAG_STUDY_ROLE,
+    param_value,
+)
+
+
+def parent_run(uri: str, exp_id: str, name: str, raw: SearchSpace, fitted: SearchSpace, study: dict[str, str]) -> str:
+    """The study's parent run, found by its tags (a resume reuses it) or created with the study's
+    params: `study` names its base, space, storage, metric and direction."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    tags = {TAG_STUDY: name, TAG_STUDY_ROLE: STUDY_PARENT, **({TAG_NOTE: raw.notes} if raw.notes else {})}
+    params = {PARAM_STUDY_BASE: study["base"], PARAM_STUDY_SPACE: study["space"], PARAM_STUDY_STORAGE: study["storage"],
+              PARAM_OBJECTIVE: study["metric"], PARAM_DIRECTION: study["direction"],
+              PARAM_SAMPLER: raw.sampler.name, PARAM_PRUNER: raw.pruner.name,
+              **{f"{SPACE_PREFIX}{k}": p.model_dump_json(exclude_none=True) for k, p in fitted.params.items()}}
+    client = MlflowClient(uri)
+    query = f"tags.`{TAG_STUDY}` = '{name}' and tags.`{TAG_STUDY_ROLE}` = '{STUDY_PARENT}'"
+
+    def oldest() -> str | None:
+        found = client.search_runs([exp_id], filter_string=query, max_results=1,
+                                   order_by=["attributes.start_time ASC", "attributes.run_id ASC"])
+        return found[0].info.run_id if found else None
+
+    existing = oldest()
+    if existing is not None:
+        client.update_run(existing, status="RUNNING")
+        return existing
+    run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+    # Machines that start a new study at the same moment each made one: all keep the oldest.
+    keep = oldest()
+    assert keep is not None
+    if keep != run_id:
+        client.delete_run(run_id)
+    return keep
+
+
+def _decoded(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:
+    return {k: space.params[k].decode(v) for k, v in params.items() if k in space.params}
+
+
+def _trials_table(study, space: SearchSpace) -> Any:
+    import pandas as pd
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        values = _decoded(space, t.params)
+        rows.append({
+            "number": t.number,
+            "state": t.state.name,
+            "value": t.value,
+            "epochs": len(t.intermediate_values),
+            **{k: json.dumps(values[k]) if isinstance(values.get(k), (list, dict)) else values.get(k) for k in space.params},
+            "run_id": t.user_attrs.get(ATTR_RUN_ID, ""),
+            "run_name": t.user_attrs.get(ATTR_RUN_NAME, ""),
+            "retry_of": t.system_attrs.get("failed_trial", ""),
+            "error": t.user_attrs.get(ATTR_ERROR, ""),
+            "seconds": t.duration.total_seconds() if t.duration else None,
+        })
+    return pd.DataFrame(rows)
+
+
+def _plots(study, folder: Path) -> list[Path]:
+    """The four Optuna plots as PNGs (one with too few trials to show anything is drawn empty)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ovm
+
+    made = []
+    for name, plot in (("optimization_history", ovm.plot_optimization_history),
+                       ("param_importances", ovm.plot_param_importances),
+                       ("parallel_coordinate", ovm.plot_parallel_coordinate),
+                       ("intermediate_values", ovm.plot_intermediate_values)):
+        with quiet_experimental(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "identical low and high ylims" and the like
+            fig = plot(study).figure
+        fig.set_size_inches(9, 5)
+        fig.tight_layout()
+        path = folder / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        made.append(path)
+    return made
+
+
+def summarize(study, plan: Plan, status: str) -> StudySummary:
+    """Write the best trial, the trials table and the plots to the parent run; end it with
+    `status` unless that is RUNNING (other workers still run trials)."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
+    from optuna.trial import TrialState
+
+    client = MlflowClient(plan.tracking_uri)
+    counts = trial_counts(study)
+    summary = StudySummary(
+        name=plan.name, storage=storage_label(plan.storage, plan.name), parent_run_id=plan.parent_run_id,
+        metric=plan.metric, direction=plan.direction, trials=plan.trials,
+        complete=counts["COMPLETE"], pruned=counts["PRUNED"], failed=counts["FAIL"],
+    )
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"trials_{state}", counts[key], now, 0)
+               for key, state in (("COMPLETE", "complete"), ("PRUNED", "pruned"), ("FAIL", "failed"))]
+    tags = []
+    if counts["COMPLETE"]:
+        best = study.best_trial
+        params = _decoded(plan.space, best.params)
+        summary.best_trial, summary.best_value, summary.best_params = best.number, best.value, params
+        summary.best_run_id = best.user_attrs.get(ATTR_RUN_ID)
+        metrics.append(Metric(f"best_{plan.metric}", float(best.value), now, 0))
+        tags += [RunTag(TAG_BEST_TRIAL, str(best.number)), RunTag(TAG_BEST_RUN_ID, summary.best_run_id or "")]
+        tags += [RunTag(f"{BEST_PREFIX}{k}", param_value(v)) for k, v in params.items()]
+    client.log_batch(plan.parent_run_id, metrics=metrics, tags=tags)
+    with tempfile.TemporaryDirectory(prefix="capexp-study-") as tmp:
+        folder = Path(tmp)
+        _trials_table(study, plan.space).to_csv(folder / "trials.csv", index=False)
+        client.log_artifact(plan.parent_run_id, str(folder / "trials.csv"))
+        if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False)):
+            for path in _plots(study, folder):
+                client.log_artifact(plan.parent_run_id, str(path), artifact_path="plots")
+    if status != "RUNNING":
+        client.set_terminated(plan.parent_run_id, status)
+    return summary

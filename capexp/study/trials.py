@@ -1,0 +1,186 @@
+"""Running trials: the sampler and pruner, the objective (one `run_spec` per trial), and the worker processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+from capexp.errors import CapexpError, TrainingDiverged, warn
+from capexp.search_space import GridSampler, HyperbandPruner, MedianPruner
+from capexp.spec import load_spec
+from capexp.study.liveness import on_stale, reap, retry, worker_id
+from capexp.study.plan import Plan
+from capexp.study.storage import frozen, open_storage, quiet_experimental, trial_counts
+from capexp.tracking import ATTR_ERROR, ATTR_RUN_ID, ATTR_RUN_NAME, ATTR_WORKER, TAG_STUDY, TAG_TRIAL
+
+
+log = logging.getLogger("capexp")
+
+_MAX_FAILED_IN_A_ROW = 3  # a worker whose trials keep failing stops: the base itself is likely at fault
+
+
+def _sampler(plan: Plan, index: int):
+    import optuna
+
+    cfg = plan.space.sampler
+    seed = cfg.seed + 7919 * plan.seed_offset + index  # workers and resumes must not repeat each other
+    if isinstance(cfg, GridSampler):
+        grid = {key: p.encoded() for key, p in plan.space.params.items()}  # type: ignore[union-attr]
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    with quiet_experimental():
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials, constant_liar=True)
+
+
+def _pruner(plan: Plan):
+    import optuna
+
+    cfg = plan.space.pruner
+    if isinstance(cfg, MedianPruner):
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_steps)
+    if isinstance(cfg, HyperbandPruner):
+        return optuna.pruners.HyperbandPruner(
+            min_resource=cfg.min_resource, max_resource=plan.num_epochs, reduction_factor=cfg.reduction_factor
+        )
+    return optuna.pruners.NopPruner()
+
+
+def _objective(plan: Plan, storage, worker: str):
+    """The trial function: sample, run the spec with the sampled values, report every epoch.
+
+    Values that make training diverge or run out of memory fail just that trial (it returns NaN,
+    which Optuna records as FAIL) and the study goes on; any other error ends the worker.
+    """
+    import optuna
+    import torch
+
+    from capexp.run import run_spec
+
+    better = max if plan.direction == "maximize" else min
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr(ATTR_WORKER, worker)
+        values = {key: param.suggest(trial, key) for key, param in plan.space.params.items()}
+        run_name = trial.user_attrs.get(ATTR_RUN_NAME) or f"{plan.name}-{trial.number:03d}"
+        sets = [f"{key}={json.dumps(value)}" for key, value in values.items()]
+        spec = load_spec(plan.snapshot, [*sets, f"id={json.dumps(run_name)}"])
+        log.info("study %s: trial %d starts: %s", plan.name, trial.number, ", ".join(sets))
+        scores: list[float] = []
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+            if plan.metric not in metrics:
+                raise CapexpError(
+                    f"study {plan.name}: the objective metric is {plan.metric!r}, but trial {trial.number} "
+                    f"logs only {', '.join(sorted(metrics))}. Set `objective.metric` in the search-space file "
+                    f"to one of these and use a new --name."
+                )
+            scores.append(metrics[plan.metric])
+            trial.report(metrics[plan.metric], epoch)
+            return trial.should_prune()
+
+        tags = {TAG_STUDY: plan.name, TAG_TRIAL: str(trial.number)}
+        try:
+            result = run_spec(
+                spec, origin=f"{plan.base} (study {plan.name}, trial {trial.number})", experiment=plan.experiment,
+                tracking_uri=plan.tracking_uri, parent_run_id=plan.parent_run_id, tags=tags, on_epoch=on_epoch,
+            )
+        except KeyboardInterrupt:
+            retry(trial.study, frozen(storage, plan.name, trial.number))
+            raise
+        except (TrainingDiverged, torch.cuda.OutOfMemoryError) as e:
+            reason = str(e) if isinstance(e, TrainingDiverged) else f"out of memory: {e}"
+            trial.set_user_attr(ATTR_ERROR, reason[:500])
+            warn(f"study {plan.name}: trial {trial.number} failed ({', '.join(sets)}): {reason}")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return math.nan  # FAIL; the study samples other values
+        trial.set_user_attr(ATTR_RUN_ID, result.run_id)
+        if result.pruned:
+            log.info("study %s: trial %d pruned after epoch %d (%s %.4f)", plan.name, trial.number,
+                     len(scores), plan.metric, scores[-1])
+            raise optuna.TrialPruned(f"pruned after epoch {len(scores)}")
+        log.info("study %s: trial %d complete: %s %.4f", plan.name, trial.number, plan.metric, better(scores))
+        return better(scores)
+
+    return objective
+
+
+def work(plan: Plan, index: int) -> None:
+    """One worker: run trials until the study has `plan.trials` complete or pruned ones."""
+    import optuna
+
+    if plan.threads:
+        import torch
+
+        torch.set_num_threads(plan.threads)
+    storage = open_storage(plan.storage, plan.name, plan.heartbeat_interval, on_stale(plan))
+    study = optuna.load_study(study_name=plan.name, storage=storage, sampler=_sampler(plan, index), pruner=_pruner(plan))
+
+    def enough(counts: dict[str, int]) -> bool:
+        # Others' running trials count, so workers stop at N; two that finish a trial at the
+        # same moment may both start one more (at most workers - 1 trials past N).
+        return counts["COMPLETE"] + counts["PRUNED"] + counts["RUNNING"] >= plan.trials
+
+    failed: list[Any] = []  # this worker's trials that failed since its last good one
+
+    def after_trial(study: optuna.Study, trial: Any) -> None:
+        reap(study, storage, plan)
+        failed[:] = [*failed, trial] if trial.state == optuna.trial.TrialState.FAIL else []
+        if len(failed) >= _MAX_FAILED_IN_A_ROW:
+            numbers = ", ".join(str(t.number) for t in failed)
+            raise CapexpError(
+                f"study {plan.name}: trials {numbers} failed one after another (last: "
+                f"{failed[-1].user_attrs.get(ATTR_ERROR, 'see its run')}). The base spec {plan.base} or the "
+                f"search space is likely at fault; fix it and run the same command again to resume."
+            )
+        if enough(trial_counts(study)):
+            study.stop()
+
+    reap(study, storage, plan)
+    if enough(trial_counts(study)):
+        return
+    study.optimize(_objective(plan, storage, worker_id()), callbacks=[after_trial], gc_after_trial=True)
+
+
+def _worker_main(plan: Plan, index: int, errors: Any) -> None:
+    """Entry point of a spawned worker process; its error goes back to the parent as one line."""
+    logging.basicConfig(level=logging.WARNING, format=f"[worker {index}] %(levelname)s %(message)s")
+    logging.getLogger("capexp").setLevel(plan.log_level)
+    for noisy in ("mlflow", "alembic", "optuna", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        work(plan, index)
+    except CapexpError as e:
+        errors.put((index, str(e)))
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as e:  # noqa: BLE001 - the parent turns it into one message
+        log.exception("worker %d failed", index)
+        errors.put((index, f"{type(e).__name__}: {e}"))
+        raise SystemExit(1) from None
+
+
+def run_workers(plan: Plan, workers: int) -> list[str]:
+    """Run `workers` processes (spawned: they share only the storage and the MLflow store);
+    return what went wrong in each that failed."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_worker_main, args=(plan, i, errors), name=f"capexp-study-{i}") for i in range(workers)]
+    for proc in procs:
+        proc.start()
+    try:
+        for proc in procs:
+            proc.join()
+    except KeyboardInterrupt:
+        for proc in procs:
+            proc.join()
+        raise
+    reported = {}
+    while not errors.empty():
+        index, message = errors.get()
+        reported[index] = message
+    return [f"worker {i}: {reported.get(i, f'exited with code {p.exitcode}')}" for i, p in enumerate(procs) if p.exitcode]

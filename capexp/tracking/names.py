@@ -1,0 +1,64 @@
+"""Every name capexp gives things in MLflow and Optuna: run tags, params, artifacts, trial attributes.
+
+Other modules import these; none writes one of these strings itself, so renaming is one edit
+and a reader finds every name a run can carry in this one file.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_EXPERIMENT",
+    "TAG_SPEC_HASH", "TAG_VERSION", "TAG_GIT", "TAG_DEVICE", "TAG_ENCODER_SKIPPED", "TAG_PRUNED",
+    "TAG_STUDY", "TAG_TRIAL", "TAG_STUDY_ROLE", "STUDY_PARENT", "TAG_BEST_TRIAL", "TAG_BEST_RUN_ID", "BEST_PREFIX",
+    "TAG_EVAL_DECODING", "TAG_NOTE", "TAG_PARENT",
+    "PARAM_VOCABULARY_SIZE", "PARAM_OBJECTIVE", "PARAM_DIRECTION", "PARAM_STUDY_BASE", "PARAM_STUDY_SPACE",
+    "PARAM_STUDY_STORAGE", "PARAM_SAMPLER", "PARAM_PRUNER", "SPACE_PREFIX",
+    "ARTIFACT_CHECKPOINT", "CHECKPOINT_META", "CHECKPOINT_WEIGHTS",
+    "ATTR_WORKER", "ATTR_RUN_ID", "ATTR_RUN_NAME", "ATTR_METRIC", "ATTR_BASE_HASH", "ATTR_ERROR",
+]
+
+DEFAULT_EXPERIMENT = "capexp"
+
+# ---------------------------------------------------------------------------- run tags
+TAG_SPEC_HASH = "capexp.spec_hash"
+TAG_VERSION = "capexp.version"
+TAG_GIT = "capexp.git_commit"
+TAG_DEVICE = "capexp.device"
+TAG_ENCODER_SKIPPED = "capexp.skipped_images"
+TAG_PRUNED = "capexp.pruned"  # "true" on a trial stopped early by the pruner
+TAG_STUDY = "capexp.study"  # study name on a study's parent and trial runs
+TAG_TRIAL = "capexp.trial"  # trial number, on each trial run
+TAG_STUDY_ROLE = "capexp.study_role"  # STUDY_PARENT on a study's parent run
+STUDY_PARENT = "parent"
+TAG_BEST_TRIAL = "capexp.best_trial"  # on a study's parent run
+TAG_BEST_RUN_ID = "capexp.best_run_id"
+BEST_PREFIX = "best."  # best.<dotted key>: the best trial's values, as tags of the parent run
+TAG_EVAL_DECODING = "capexp.{split}_decoding"  # how the logged <split>_* captions were decoded
+TAG_NOTE = "mlflow.note.content"  # MLflow's own: the run description
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: set on child runs
+
+# ---------------------------------------------------------------------------- params
+# A run's params are its spec's dotted keys (capexp.spec.flatten) plus:
+PARAM_VOCABULARY_SIZE = "vocabulary_size"
+# A study's parent run: the metric the trials optimise and "minimize"/"maximize", where it came from
+PARAM_OBJECTIVE = "objective.metric"
+PARAM_DIRECTION = "objective.direction"
+PARAM_STUDY_BASE = "study.base"
+PARAM_STUDY_SPACE = "study.space"
+PARAM_STUDY_STORAGE = "study.storage"
+PARAM_SAMPLER = "sampler"
+PARAM_PRUNER = "pruner"
+SPACE_PREFIX = "space."  # space.<dotted key>: each searched parameter's definition
+
+# ---------------------------------------------------------------------------- artifacts
+ARTIFACT_CHECKPOINT = "checkpoint"  # the best checkpoint's folder in a run's artifacts
+CHECKPOINT_META = "capexp.json"  # in that folder, beside the weights
+CHECKPOINT_WEIGHTS = "model.safetensors"
+
+# ---------------------------------------------------------------------------- Optuna trial user attributes
+ATTR_WORKER = "capexp.worker"  # host:pid:start-time of the process running a trial
+ATTR_RUN_ID = "mlflow_run_id"
+ATTR_RUN_NAME = "capexp.run_name"  # an enqueued spec's id: its trial's run name
+ATTR_METRIC = "capexp.objective_metric"
+ATTR_BASE_HASH = "capexp.base_hash"
+ATTR_ERROR = "capexp.error"  # why a trial failed (diverged, out of memory)
