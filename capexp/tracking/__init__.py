@@ -13,6 +13,7 @@ from capexp.tracking.names import (
     CHECKPOINT_META,
     CHECKPOINT_WEIGHTS,
     DEFAULT_EXPERIMENT,
+    EXPERIMENT_KIND,
     PARAM_DIRECTION,
     PARAM_OBJECTIVE,
     PARAM_PRUNER,
@@ -28,6 +29,7 @@ from capexp.tracking.names import (
     TAG_DEVICE,
     TAG_ENCODER_SKIPPED,
     TAG_EVAL_DECODING,
+    TAG_EXPERIMENT_KIND,
     TAG_GIT,
     TAG_NOTE,
     TAG_PARENT,
@@ -52,7 +54,7 @@ from capexp.tracking.runs import (
 from capexp.tracking.store import artifact_root, experiment_id, param_value, resolve_tracking_uri, use_store
 
 __all__ = [
-    "DEFAULT_EXPERIMENT", "TAG_SPEC_HASH", "TAG_VERSION", "TAG_GIT", "TAG_DEVICE", "TAG_ENCODER_SKIPPED",
+    "DEFAULT_EXPERIMENT", "TAG_EXPERIMENT_KIND", "EXPERIMENT_KIND", "TAG_SPEC_HASH", "TAG_VERSION", "TAG_GIT", "TAG_DEVICE", "TAG_ENCODER_SKIPPED",
     "TAG_PRUNED", "TAG_STUDY", "TAG_TRIAL", "TAG_STUDY_ROLE", "STUDY_PARENT", "TAG_BEST_TRIAL",
     "TAG_BEST_RUN_ID", "BEST_PREFIX", "TAG_EVAL_DECODING", "TAG_NOTE", "TAG_PARENT", "PARAM_VOCABULARY_SIZE",
     "PARAM_OBJECTIVE", "PARAM_DIRECTION", "PARAM_STUDY_BASE", "PARAM_STUDY_SPACE", "PARAM_STUDY_STORAGE",
