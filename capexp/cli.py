@@ -23,6 +23,19 @@ _URI = click.option("--tracking-uri", default=None, help="MLflow store (default:
 _EXPERIMENT = click.option("--experiment", default="capexp", show_default=True, help="MLflow experiment name.")
 
 
+def _no_system_metrics(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    from capexp.tracking.system import disable_system_metrics
+
+    if value:
+        disable_system_metrics()  # in the environment, so study workers inherit it
+
+
+_NO_SYSTEM_METRICS = click.option(
+    "--no-system-metrics", is_flag=True, expose_value=False, callback=_no_system_metrics,
+    help="Do not sample CPU, memory and GPU use into system/* metrics during training.",
+)
+
+
 def _setup_logging(verbose: bool) -> None:
     from rich.logging import RichHandler
 
@@ -74,6 +87,7 @@ def validate(spec: Path, overrides: tuple[str, ...], strict: bool) -> None:
 @_SET
 @_EXPERIMENT
 @_URI
+@_NO_SYSTEM_METRICS
 def run(spec: Path, overrides: tuple[str, ...], experiment: str, tracking_uri: str | None) -> None:
     """Train the captioner SPEC describes and track it as an MLflow run."""
     from capexp.run import run_spec
@@ -118,6 +132,7 @@ def ui(tracking_uri: str | None, port: int) -> None:
 @_SET
 @_EXPERIMENT
 @_URI
+@_NO_SYSTEM_METRICS
 def study(base: Path | None, trials: int, name: str | None, space: Path | None, storage: str | None, workers: int,
           enqueue: tuple[Path, ...], overrides: tuple[str, ...], experiment: str, tracking_uri: str | None) -> None:
     """Optuna search over the base spec, every trial a child MLflow run; resumable and parallel."""

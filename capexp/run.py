@@ -34,6 +34,7 @@ from capexp.tracking import (
     param_value,
     use_store,
 )
+from capexp.tracking.system import system_metrics
 
 __all__ = ["RunResult", "run_spec", "check_inputs", "encode_split", "write_captions"]
 
@@ -177,7 +178,7 @@ def run_spec(
     }
     active = mlflow.start_run(
         experiment_id=exp_id, run_name=spec.id, parent_run_id=parent_run_id,
-        tags=run_tags, description=spec.notes or None,
+        tags=run_tags, description=spec.notes or None, log_system_metrics=system_metrics(),
     )
     run_id = active.info.run_id
     workdir = Path(tempfile.mkdtemp(prefix="capexp-run-"))
