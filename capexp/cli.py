@@ -195,6 +195,16 @@ def score(scores: Path, experiment: str, tracking_uri: str | None) -> None:
     click.echo(import_scores(scores, experiment=experiment, tracking_uri=tracking_uri).report())
 
 
+def _sources(runs: tuple[str, ...], models: tuple[str, ...], experiment: str | None, tracking_uri: str | None) -> list[str]:
+    """--run and --model values, else every run with a checkpoint in --experiment."""
+    from capexp.tracking import experiment_runs
+
+    sources = [*runs, *models]
+    if not sources and experiment:
+        sources = experiment_runs(experiment, tracking_uri=tracking_uri)
+    return sources
+
+
 @cli.command()
 @click.argument("images_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--run", "runs", multiple=True, help="A run id or name whose best checkpoint captions (repeatable).")
@@ -209,17 +219,48 @@ def caption(images_dir: Path, runs: tuple[str, ...], experiment: str | None, mod
             beam: int | None, batch_size: int, device: str | None, tracking_uri: str | None) -> None:
     """Caption every image in IMAGES_DIR with every selected model into one CSV."""
     from capexp.inference import caption_folder, find_checkpoint
-    from capexp.tracking import experiment_runs
 
-    sources = [*runs, *models]
-    if not sources and experiment:
-        sources = experiment_runs(experiment, tracking_uri=tracking_uri)
+    sources = _sources(runs, models, experiment, tracking_uri)
     if not sources:
         raise CapexpError("capexp caption needs models: give --run ID, --model URI, or --experiment NAME.")
     checkpoints = [find_checkpoint(s, experiment=experiment, tracking_uri=tracking_uri) for s in sources]
     result = caption_folder(images_dir, checkpoints, output, beam=beam, batch_size=batch_size, device=device)
     click.echo(f"{result.images} images x {len(result.models)} models -> {result.output} "
                f"({result.seconds:.1f}s; {len(result.skipped)} unreadable files skipped)")
+
+
+@cli.command()
+@click.argument("images")
+@click.option("--run", "runs", multiple=True, help="A run id or name whose best checkpoint captions (repeatable).")
+@click.option("--experiment", default=None, help="Every run with a checkpoint in this experiment (with --run: where names are looked up).")
+@click.option("--model", "models", multiple=True, help="A registered model URI (models:/NAME@alias) or a checkpoint folder (repeatable).")
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The HTML page to write.")
+@click.option("--sheet", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the scoring sheet (image_id, model_name, caption, score blank) for `capexp score`.")
+@click.option("--blind", is_flag=True, help="Shuffle each image's captions, hide model names (the sheet names runs by id).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --blind shuffle.")
+@click.option("--metric", type=click.Choice(["bertscore_f1", "bleu4"]), default="bertscore_f1", show_default=True,
+              help="Per-image score against the references (a split's images only).")
+@click.option("--max-images", type=int, default=100, show_default=True, help="The first N images of a split or folder.")
+@click.option("--no-log", is_flag=True, help="Do not log the page and the sheet to the runs as gallery/ artifacts.")
+@click.option("--beam", type=int, default=None, help="Beam size (default: each run's evaluation.beam_size).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@_URI
+def gallery(images: str, runs: tuple[str, ...], experiment: str | None, models: tuple[str, ...], output: Path,
+            sheet: Path | None, blind: bool, seed: int, metric: str, max_images: int, no_log: bool, beam: int | None,
+            batch_size: int, device: str | None, tracking_uri: str | None) -> None:
+    """Every model's caption of IMAGES (a folder, or train/val/test of the first run's data) on one HTML page."""
+    from capexp.gallery import make_gallery
+
+    sources = _sources(runs, models, experiment, tracking_uri)
+    made = make_gallery(images, sources, output, sheet=sheet, blind=blind, seed=seed, log_artifacts=not no_log,
+                        experiment=experiment, tracking_uri=tracking_uri, metric=metric, max_images=max_images,
+                        beam=beam, batch_size=batch_size, device=device)
+    g = made.gallery
+    click.echo(f"{len(g.images)} images x {len(g.models)} models -> {made.page}"
+               + (f" and {made.sheet}" if made.sheet else "")
+               + (f"; logged to {len(made.logged_to)} run(s) as gallery/" if made.logged_to else ""))
 
 
 @cli.command()
@@ -251,3 +292,7 @@ def main() -> None:
     """Console entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cli(prog_name="capexp")
+
+
+if __name__ == "__main__":
+    main()

@@ -25,7 +25,7 @@ from capexp.errors import CapexpError, warn
 if TYPE_CHECKING:
     from capexp.spec import EvaluationConfig
 
-__all__ = ["bertscore", "coco_metrics", "java_available", "caption_metrics"]
+__all__ = ["bertscore", "bertscore_per_caption", "bleu4_per_caption", "coco_metrics", "java_available", "caption_metrics"]
 
 log = logging.getLogger("capexp")
 
@@ -76,6 +76,23 @@ def bertscore(
     default all-MiniLM-L6-v2, a local folder or a hub id); `num_layers` overrides its layer.
     An empty prediction scores 0.
     """
+    rows = bertscore_per_caption(predictions, references, model=model, num_layers=num_layers, device=device,
+                                 batch_size=batch_size)
+    n = len(predictions)
+    return {name: sum(row[k] for row in rows) / n
+            for k, name in enumerate(("bertscore_precision", "bertscore_recall", "bertscore_f1"))}
+
+
+def bertscore_per_caption(
+    predictions: list[str],
+    references: list[list[str]],
+    *,
+    model: str = "all-MiniLM-L6-v2",
+    num_layers: int | None = None,
+    device: str = "cpu",
+    batch_size: int = 64,
+) -> list[tuple[float, float, float]]:
+    """BERTScore (P, R, F1) of each prediction against its best reference; (0, 0, 0) for an empty one."""
     from capexp.backbones import resolve_bertscore_model
 
     _check(predictions, references)
@@ -85,12 +102,35 @@ def bertscore(
     scored = [i for i, prediction in enumerate(predictions) if prediction.strip()]
     if len(scored) < len(predictions):
         log.info("%d of %d captions are empty; BERTScore counts them as 0", len(predictions) - len(scored), len(predictions))
-    totals = [0.0, 0.0, 0.0]
+    rows = [(0.0, 0.0, 0.0)] * len(predictions)
     if scored:
         p, r, f = scorer.score([predictions[i] for i in scored], [references[i] for i in scored], batch_size=batch_size)
-        totals = [p.sum().item(), r.sum().item(), f.sum().item()]
-    n = len(predictions)
-    return {"bertscore_precision": totals[0] / n, "bertscore_recall": totals[1] / n, "bertscore_f1": totals[2] / n}
+        for j, i in enumerate(scored):
+            rows[i] = (p[j].item(), r[j].item(), f[j].item())
+    return rows
+
+
+def bleu4_per_caption(predictions: list[str], references: list[list[str]]) -> list[float]:
+    """Sentence BLEU-4 of each prediction against all its references (pycocoevalcap's BLEU on
+    lowercased words, no Java needed); 0 for an empty prediction."""
+    import re
+
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    _check(predictions, references)
+
+    def words(text: str) -> str:
+        return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+    scored = [i for i, prediction in enumerate(predictions) if words(prediction)]
+    out = [0.0] * len(predictions)
+    if scored:
+        res = {i: [words(predictions[i])] for i in scored}
+        gts = {i: [words(r) for r in references[i]] for i in scored}
+        _, per_image = Bleu(4).compute_score(gts, res, verbose=0)
+        for i, value in zip(scored, per_image[3]):
+            out[i] = float(value)
+    return out
 
 
 # ---------------------------------------------------------------------------- COCO metrics

@@ -10,6 +10,7 @@ one-minute quickstart gets a dozen samples (MLflow's own default, 10 s, misses s
 
 from __future__ import annotations
 
+import logging
 import os
 
 __all__ = ["ENV_SYSTEM_METRICS", "SAMPLING_INTERVAL", "disable_system_metrics", "system_metrics"]
@@ -29,4 +30,5 @@ def system_metrics() -> bool:
     if os.environ.get(ENV_SYSTEM_METRICS, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     os.environ.setdefault(_INTERVAL_ENV, str(SAMPLING_INTERVAL))
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop INFO lines
     return True
