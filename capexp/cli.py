@@ -105,18 +105,17 @@ def run(spec: Path, overrides: tuple[str, ...], experiment: str, tracking_uri: s
 @cli.command()
 @_URI
 @click.option("--port", default=5000, show_default=True)
-def ui(tracking_uri: str | None, port: int) -> None:
-    """Open the MLflow UI on the capexp store, bound to localhost."""
+@click.option("--experiment", default="capexp", show_default=True, help="The experiment the printed link opens.")
+def ui(tracking_uri: str | None, port: int, experiment: str) -> None:
+    """Open the MLflow UI on the capexp store, bound to localhost, in its training view."""
     import subprocess
 
-    from capexp.tracking import artifact_root, resolve_tracking_uri
+    from capexp.tracking import resolve_tracking_uri
+    from capexp.tracking.ui import ui_command, ui_url
 
-    uri = resolve_tracking_uri(tracking_uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    root = artifact_root(uri)
-    if root is not None:
-        cmd += ["--default-artifact-root", root]
-    click.echo(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C stops it.")
+    cmd = ui_command(tracking_uri, "127.0.0.1", port)
+    click.echo(f"MLflow UI on {ui_url(tracking_uri, '127.0.0.1', port, experiment)} "
+               f"(store {resolve_tracking_uri(tracking_uri)}); Ctrl-C stops it.")
     raise SystemExit(subprocess.call(cmd))
 
 

@@ -45,7 +45,7 @@ class Model:
 class Gallery:
     """Captions of the same images by several models, with references and per-image scores when known."""
 
-    source: str  # the folder, or "val split of <spec id> (<data source>)"
+    source: str  # the folder, or "the val split of the <data source> data" (names no model: blind pages show it)
     models: list[Model]
     images: list[Any]  # capexp.datasets.ImageRef, in row order
     captions: list[list[str]]  # [image][model]
@@ -117,7 +117,7 @@ def _images(source: str, first: Checkpoint, max_images: int | None) -> tuple[str
             f"{origin}: its data source ({spec.data_paths.source}) has no test split. Pass val, or a folder of images."
         )
     keep = len(split.images) if max_images is None else min(max_images, len(split.images))
-    return f"{source} split of {spec.id} ({spec.data_paths.source})", split.images[:keep], split.captions[:keep]
+    return f"the {source} split of the {spec.data_paths.source} data", split.images[:keep], split.captions[:keep]
 
 
 def _score(metric: str, captions: list[list[str]], references: list[list[str]], first: Checkpoint,

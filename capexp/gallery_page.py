@@ -101,12 +101,17 @@ def _e(text: object) -> str:
 
 
 def _sort_options(gallery: Gallery, blind: bool) -> list[tuple[str, str]]:
-    """(select value `key:dir`, label); the first is the page's initial order."""
-    options = [("image:asc", "image name")]
+    """(select value `key:dir`, label), both directions of each key; the first is the page's initial order."""
+    keys = [("image", "image name", "A to Z", "Z to A")]
     if gallery.scores is not None and not blind:
         metric = gallery.metric
-        options += [("best:desc", f"best {metric}, highest first"), ("spread:desc", f"{metric} spread, widest first")]
-        options += [(f"m{i}:desc", f"{m.name} {metric}, highest first") for i, m in enumerate(gallery.models)]
+        keys += [("best", f"best {metric}", "lowest first", "highest first"),
+                 ("spread", f"{metric} spread", "narrowest first", "widest first")]
+        keys += [(f"m{i}", f"{m.name} {metric}", "lowest first", "highest first") for i, m in enumerate(gallery.models)]
+    options = []
+    for key, label, up, down in keys:
+        pair = [(f"{key}:asc", f"{label}, {up}"), (f"{key}:desc", f"{label}, {down}")]
+        options += pair if key == "image" else pair[::-1]
     return options
 
 
@@ -132,15 +137,16 @@ def render(gallery: Gallery, *, blind: bool = False, seed: int = 0, px: int = TH
         cells = [f'<td class="image"><img src="{thumbnail(ref.load(), px)}" alt="{_e(ref.image_id)}">'
                  f'<span class="id">{_e(ref.image_id)}</span></td>']
         scores = gallery.scores[r] if scored else None
-        best = max(scores) if scores else None
         if scores:
-            data |= {"best": f"{best:.6f}", "spread": f"{best - min(scores):.6f}"}
+            data |= {"best": f"{max(scores):.6f}", "spread": f"{max(scores) - min(scores):.6f}"}
+            shown = [round(x, 3) for x in scores]  # the best as shown: ties all starred, none when all are 0
+            best = max(shown)
         for m in orders[r]:
             klass = "caption"
             extra = ""
             if scores:
                 data[f"m{m}"] = f"{scores[m]:.6f}"
-                klass += " best" if scores[m] == best else ""
+                klass += " best" if shown[m] == best > 0 else ""
                 extra = f'<span class="score">{_e(gallery.metric)} {scores[m]:.3f}</span>'
             cells.append(f'<td class="{klass}">{_e(captions[m])}{extra}</td>')
         if gallery.references is not None:
