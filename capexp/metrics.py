@@ -61,23 +61,13 @@ def _scorer(model_type: str, num_layers: int | None, device: str) -> Any:
             hf_logging.enable_progress_bar()
 
 
-def bertscore(
-    predictions: list[str],
-    references: list[list[str]],
-    *,
-    model: str = "all-MiniLM-L6-v2",
-    num_layers: int | None = None,
-    device: str = "cpu",
-    batch_size: int = 64,
-) -> dict[str, float]:
+def bertscore(predictions: list[str], references: list[list[str]], **options: Any) -> dict[str, float]:
     """Mean BERTScore P/R/F1, each prediction against its best reference, without baseline rescaling.
 
-    `model` is a name resolved by `capexp.backbones.resolve_bertscore_model` (the offline
-    default all-MiniLM-L6-v2, a local folder or a hub id); `num_layers` overrides its layer.
+    `options` are `bertscore_per_caption`'s (`model`, `num_layers`, `device`, `batch_size`).
     An empty prediction scores 0.
     """
-    rows = bertscore_per_caption(predictions, references, model=model, num_layers=num_layers, device=device,
-                                 batch_size=batch_size)
+    rows = bertscore_per_caption(predictions, references, **options)
     n = len(predictions)
     return {name: sum(row[k] for row in rows) / n
             for k, name in enumerate(("bertscore_precision", "bertscore_recall", "bertscore_f1"))}
@@ -92,7 +82,11 @@ def bertscore_per_caption(
     device: str = "cpu",
     batch_size: int = 64,
 ) -> list[tuple[float, float, float]]:
-    """BERTScore (P, R, F1) of each prediction against its best reference; (0, 0, 0) for an empty one."""
+    """BERTScore (P, R, F1) of each prediction against its best reference; (0, 0, 0) for an empty one.
+
+    `model` is a name resolved by `capexp.backbones.resolve_bertscore_model` (the offline
+    default all-MiniLM-L6-v2, a local folder or a hub id); `num_layers` overrides its layer.
+    """
     from capexp.backbones import resolve_bertscore_model
 
     _check(predictions, references)

@@ -22,9 +22,7 @@ from capexp.cli import cli
 from capexp.compare import compare
 from capexp.errors import CapexpError
 from capexp.gallery import make_gallery
-from capexp.run import run_spec
 from capexp.scores import COLUMNS, import_scores
-from capexp.spec import load_spec
 from capexp.tracking import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, experiment_id, use_store
 from capexp.tracking.system import ENV_SYSTEM_METRICS, system_metrics
 from capexp.tracking.ui import ui_command, ui_url
@@ -41,17 +39,11 @@ needs_chromium = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str]]]:
+def runs(quickstart_runs) -> Iterator[tuple[str, list[str]]]:
     """Two tiny quickstart runs (seeds 0 and 1) with system metrics sampled five times a second: (store uri, run ids)."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("CAPEXP_CACHE", str(tmp_path_factory.getbasetemp() / "capexp-cache"))
-        mp.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # a tiny run lasts seconds
-        mp.delenv(ENV_SYSTEM_METRICS, raising=False)
-        ids = [run_spec(load_spec(REPO / "experiments" / "quickstart.json", [*TINY, f'id="{name}"', f"seed={i}"])).run_id
-               for i, name in enumerate(NAMES)]
-        yield uri, ids
+    env = {"MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.2", ENV_SYSTEM_METRICS: None}  # a tiny run lasts seconds
+    with quickstart_runs(NAMES, TINY, env) as made:
+        yield made
 
 
 @pytest.fixture

@@ -1,17 +1,12 @@
-"""`capexp gallery`: every model's caption of the same images on one self-contained HTML page,
-and the human-scoring sheet `capexp score` reads back.
+"""The gallery's content: which models, which images, every caption and, with references, per-image scores;
+and the scoring sheet `capexp score` reads back.
 
 The images are a folder (every image Pillow reads in it) or a split (`train`, `val`, `test`) of
-the first model's spec, whose references then give a per-image metric (BERTScore F1 or BLEU-4)
-with the best caption of each row marked. Captions come from `capexp.inference.caption_refs`
-(one encoding per encoder, through the feature cache). The page (`capexp.gallery_page`) embeds
-small JPEG thumbnails and plain JavaScript for sorting and filtering: it opens from disk, with
-no server and no network.
-
-The sheet is `image_id, model_name, caption, score` with the scores blank, one row per image
-and model. With `blind`, each image's captions are shuffled (seeded) and `model_name` is the
-run id, so a scorer cannot tell which model wrote what; `capexp score` resolves run ids. When
-the models are tracked runs, the page and the sheet are logged to each as `gallery/` artifacts.
+the first model's spec, whose references then give a per-image metric (BERTScore F1 or BLEU-4).
+Captions come from `capexp.inference.caption_refs` (one encoding per encoder, through the
+feature cache). The sheet is `image_id, model_name, caption, score` with the scores blank, one
+row per image and model; blind, each image's rows are shuffled (seeded) and `model_name` is the
+run id, so a scorer cannot tell which model wrote what; `capexp score` resolves run ids.
 """
 
 from __future__ import annotations
@@ -27,11 +22,10 @@ from capexp.errors import CapexpError, warn
 if TYPE_CHECKING:
     from capexp.inference import Checkpoint
 
-__all__ = ["METRICS", "SPLITS", "Model", "Gallery", "GalleryFiles", "build_gallery", "write_sheet", "make_gallery"]
+__all__ = ["METRICS", "SPLITS", "Model", "Gallery", "build_gallery", "write_sheet"]
 
 SPLITS = ("train", "val", "test")
 METRICS = ("bertscore_f1", "bleu4")
-ARTIFACT_GALLERY = "gallery"  # the folder of a run's artifacts that gets the page and the sheet
 
 
 @dataclass
@@ -64,16 +58,6 @@ class Gallery:
                 rng.shuffle(order)
             orders.append(order)
         return orders
-
-
-@dataclass
-class GalleryFiles:
-    """What `make_gallery` wrote and where it logged it."""
-
-    page: Path
-    sheet: Path | None
-    gallery: Gallery
-    logged_to: list[str]  # run ids that got the files as artifacts
 
 
 def _models(sources: list[str], experiment: str | None, tracking_uri: str | None) -> list[Model]:
@@ -202,42 +186,3 @@ def write_sheet(gallery: Gallery, path: Path, *, blind: bool = False, seed: int 
                 model = gallery.models[m]
                 w.writerow([ref.image_id, model.run_id if blind else model.name, captions[m], ""])
     return path
-
-
-def _log(files: list[Path], run_ids: list[str]) -> None:
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    for run_id in run_ids:
-        for file in files:
-            client.log_artifact(run_id, str(file), artifact_path=ARTIFACT_GALLERY)
-
-
-def make_gallery(
-    images: str | Path,
-    sources: list[str],
-    output: Path,
-    *,
-    sheet: Path | None = None,
-    blind: bool = False,
-    seed: int = 0,
-    log_artifacts: bool = True,
-    **build: Any,
-) -> GalleryFiles:
-    """`build_gallery(images, sources, **build)`, written as the page `output` (and the scoring
-    sheet `sheet`); both logged to every tracked run among the models unless `log_artifacts` is off."""
-    from capexp.gallery_page import render
-
-    if output.suffix.lower() not in (".html", ".htm"):
-        raise CapexpError(f"--output {output}: the gallery is an HTML page; name it something.html.")
-    gallery = build_gallery(images, sources, **build)
-    if blind and sheet is None:
-        warn("--blind without --sheet: the page is blind, but there is no sheet to score.")
-    written = [sheet] if sheet is not None else []
-    if sheet is not None:
-        write_sheet(gallery, sheet, blind=blind, seed=seed)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(render(gallery, blind=blind, seed=seed), encoding="utf-8")
-    run_ids = list(dict.fromkeys(m.run_id for m in gallery.models if m.run_id)) if log_artifacts else []
-    _log([output, *written], run_ids)
-    return GalleryFiles(output, sheet, gallery, run_ids)

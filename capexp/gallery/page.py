@@ -16,7 +16,7 @@ import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from capexp.gallery import Gallery
+    from capexp.gallery.build import Gallery
 
 __all__ = ["THUMBNAIL_PX", "render", "thumbnail"]
 
