@@ -66,7 +66,8 @@ try:  # capexp's code this benchmark drives, in one block (module moves are fixe
     from capexp.features import encode_images
     from capexp.metrics import caption_metrics
     from capexp.spec import Spec
-    from capexp.train import CaptionData, build_model, fit, pick_device
+    from capexp.model import build_model
+    from capexp.train import CaptionData, fit, pick_device
 except ImportError as _missing:  # pydantic (capexp.spec) or bert-score are not on the GPU image
     print(f"gpu_full_size.py: {_missing}; on the GPU machine install the wheelhouse first "
           "(benchmarks/gpu_wheelhouse.sh, then the command in benchmarks/README.md)", file=sys.stderr)

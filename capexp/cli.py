@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 import click
@@ -21,6 +20,19 @@ _SET = click.option(
 )
 _URI = click.option("--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else ./mlruns).")
 _EXPERIMENT = click.option("--experiment", default="capexp", show_default=True, help="MLflow experiment name.")
+
+
+def _no_system_metrics(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    from capexp.tracking.system import disable_system_metrics
+
+    if value:
+        disable_system_metrics()  # in the environment, so study workers inherit it
+
+
+_NO_SYSTEM_METRICS = click.option(
+    "--no-system-metrics", is_flag=True, expose_value=False, callback=_no_system_metrics,
+    help="Do not sample CPU, memory and GPU use into system/* metrics during training.",
+)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -74,6 +86,7 @@ def validate(spec: Path, overrides: tuple[str, ...], strict: bool) -> None:
 @_SET
 @_EXPERIMENT
 @_URI
+@_NO_SYSTEM_METRICS
 def run(spec: Path, overrides: tuple[str, ...], experiment: str, tracking_uri: str | None) -> None:
     """Train the captioner SPEC describes and track it as an MLflow run."""
     from capexp.run import run_spec
@@ -91,18 +104,17 @@ def run(spec: Path, overrides: tuple[str, ...], experiment: str, tracking_uri: s
 @cli.command()
 @_URI
 @click.option("--port", default=5000, show_default=True)
-def ui(tracking_uri: str | None, port: int) -> None:
-    """Open the MLflow UI on the capexp store, bound to localhost."""
+@click.option("--experiment", default="capexp", show_default=True, help="The experiment the printed link opens.")
+def ui(tracking_uri: str | None, port: int, experiment: str) -> None:
+    """Open the MLflow UI on the capexp store, bound to localhost, in its training view."""
     import subprocess
 
-    from capexp.tracking import artifact_root, resolve_tracking_uri
+    from capexp.tracking import resolve_tracking_uri
+    from capexp.tracking.ui import ui_command, ui_url
 
-    uri = resolve_tracking_uri(tracking_uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    root = artifact_root(uri)
-    if root is not None:
-        cmd += ["--default-artifact-root", root]
-    click.echo(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C stops it.")
+    cmd = ui_command(tracking_uri, "127.0.0.1", port)
+    click.echo(f"MLflow UI on {ui_url(tracking_uri, '127.0.0.1', port, experiment)} "
+               f"(store {resolve_tracking_uri(tracking_uri)}); Ctrl-C stops it.")
     raise SystemExit(subprocess.call(cmd))
 
 
@@ -118,6 +130,7 @@ def ui(tracking_uri: str | None, port: int) -> None:
 @_SET
 @_EXPERIMENT
 @_URI
+@_NO_SYSTEM_METRICS
 def study(base: Path | None, trials: int, name: str | None, space: Path | None, storage: str | None, workers: int,
           enqueue: tuple[Path, ...], overrides: tuple[str, ...], experiment: str, tracking_uri: str | None) -> None:
     """Optuna search over the base spec, every trial a child MLflow run; resumable and parallel."""
@@ -180,6 +193,16 @@ def score(scores: Path, experiment: str, tracking_uri: str | None) -> None:
     click.echo(import_scores(scores, experiment=experiment, tracking_uri=tracking_uri).report())
 
 
+def _sources(runs: tuple[str, ...], models: tuple[str, ...], experiment: str | None, tracking_uri: str | None) -> list[str]:
+    """--run and --model values, else every run with a checkpoint in --experiment."""
+    from capexp.tracking import experiment_runs
+
+    sources = [*runs, *models]
+    if not sources and experiment:
+        sources = experiment_runs(experiment, tracking_uri=tracking_uri)
+    return sources
+
+
 @cli.command()
 @click.argument("images_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--run", "runs", multiple=True, help="A run id or name whose best checkpoint captions (repeatable).")
@@ -199,6 +222,40 @@ def caption(images_dir: Path, runs: tuple[str, ...], experiment: str | None, mod
     result = caption_folder(images_dir, checkpoints, output, beam=beam, batch_size=batch_size, device=device)
     click.echo(f"{result.images} images x {len(result.models)} models -> {result.output} "
                f"({result.seconds:.1f}s; {len(result.skipped)} unreadable files skipped)")
+
+
+@cli.command()
+@click.argument("images")
+@click.option("--run", "runs", multiple=True, help="A run id or name whose best checkpoint captions (repeatable).")
+@click.option("--experiment", default=None, help="Every run with a checkpoint in this experiment (with --run: where names are looked up).")
+@click.option("--model", "models", multiple=True, help="A registered model URI (models:/NAME@alias) or a checkpoint folder (repeatable).")
+@click.option("--output", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The HTML page to write.")
+@click.option("--sheet", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the scoring sheet (image_id, model_name, caption, score blank) for `capexp score`.")
+@click.option("--blind", is_flag=True, help="Shuffle each image's captions, hide model names (the sheet names runs by id).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --blind shuffle.")
+@click.option("--metric", type=click.Choice(["bertscore_f1", "bleu4"]), default="bertscore_f1", show_default=True,
+              help="Per-image score against the references (a split's images only).")
+@click.option("--max-images", type=int, default=100, show_default=True, help="The first N images of a split or folder.")
+@click.option("--no-log", is_flag=True, help="Do not log the page and the sheet to the runs as gallery/ artifacts.")
+@click.option("--beam", type=int, default=None, help="Beam size (default: each run's evaluation.beam_size).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
+@_URI
+def gallery(images: str, runs: tuple[str, ...], experiment: str | None, models: tuple[str, ...], output: Path,
+            sheet: Path | None, blind: bool, seed: int, metric: str, max_images: int, no_log: bool, beam: int | None,
+            batch_size: int, device: str | None, tracking_uri: str | None) -> None:
+    """Every model's caption of IMAGES (a folder, or train/val/test of the first run's data) on one HTML page."""
+    from capexp.gallery import make_gallery
+
+    sources = _sources(runs, models, experiment, tracking_uri)
+    made = make_gallery(images, sources, output, sheet=sheet, blind=blind, seed=seed, log_artifacts=not no_log,
+                        experiment=experiment, tracking_uri=tracking_uri, metric=metric, max_images=max_images,
+                        beam=beam, batch_size=batch_size, device=device)
+    g = made.gallery
+    click.echo(f"{len(g.images)} images x {len(g.models)} models -> {made.page}"
+               + (f" and {made.sheet}" if made.sheet else "")
+               + (f"; logged to {len(made.logged_to)} run(s) as gallery/" if made.logged_to else ""))
 
 
 @cli.command()
@@ -250,3 +307,7 @@ def main() -> None:
     """Console entry point."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cli(prog_name="capexp")
+
+
+if __name__ == "__main__":
+    main()

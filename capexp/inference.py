@@ -40,6 +40,10 @@ __all__ = [
     "experiment_runs",
     "read_checkpoint",
     "list_images",
+    "image_refs",
+    "unique_names",
+    "ImageCaptions",
+    "caption_refs",
     "caption_folder",
 ]
 
@@ -220,7 +224,7 @@ def list_images(images_dir: Path) -> list[Path]:
     return files
 
 
-def _image_refs(files: list[Path]) -> list[Any]:
+def image_refs(files: list[Path]) -> list[Any]:
     from capexp.datasets import ImageRef
 
     refs = []
@@ -230,13 +234,51 @@ def _image_refs(files: list[Path]) -> list[Any]:
     return refs
 
 
-def _unique_names(checkpoints: list[Checkpoint]) -> list[str]:
+def unique_names(checkpoints: list[Checkpoint]) -> list[str]:
     """Run names, with `#2`, `#3`... added where two checkpoints share one."""
     names = [c.name for c in checkpoints]
     out = []
     for i, name in enumerate(names):
         out.append(name if names.count(name) == 1 else f"{name}#{names[:i].count(name) + 1}")
     return out
+
+
+@dataclass
+class ImageCaptions:
+    """What `caption_refs` made: the images it could read and every model's caption of each."""
+
+    images: list[Any]  # the ImageRefs captioned, in the order given
+    models: list[str]  # model_name of each captioner (run names, `#2`... where two share one)
+    captions: list[list[str]]  # per model, one caption per image in `images`
+    skipped: list[tuple[str, str]]  # (image_id, reason) of unreadable images
+
+
+def caption_refs(
+    refs: list[Any],
+    checkpoints: list[Checkpoint],
+    *,
+    beam: int | None = None,
+    batch_size: int = 32,
+    device: str | None = None,
+) -> ImageCaptions:
+    """Caption images (`capexp.datasets.ImageRef`s) with every checkpoint.
+
+    Each distinct encoder (`card.cache_id`) runs once over the images through the feature cache,
+    so a second call (say, with a newly trained run) encodes nothing; models are loaded one at a
+    time. Images that cannot be read are skipped (encode_images warns once). `beam` None: each
+    run's own `evaluation.beam_size`. `device` None: CUDA when available, else CPU.
+    """
+
+    if not checkpoints:
+        raise CapexpError("no model to caption with: pass --run, --experiment or --model.")
+    dev = _device(device)
+    names = unique_names(checkpoints)
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(checkpoints):
+        groups.setdefault(c.card.cache_id, []).append(i)
+    todo, encoded, skipped = _encode_per_encoder(checkpoints, groups, refs, dev, batch_size)
+    captions = _caption_per_model(checkpoints, groups, encoded, names, len(todo), dev, beam, batch_size)
+    return ImageCaptions([refs[i] for i in todo], names, captions, skipped)
 
 
 def caption_folder(
@@ -250,34 +292,23 @@ def caption_folder(
 ) -> FolderCaptions:
     """Caption every image in `images_dir` with every checkpoint; write `image_id, model_name, caption`.
 
-    Rows are grouped by image (sorted file names), then by model in the given order. Each
-    distinct encoder (`card.cache_id`) runs once over the folder through the feature cache, so
-    a second call (say, with a newly trained run) encodes nothing; models are loaded one at a
-    time. Files that cannot be read are skipped and listed in one warning. `beam` None: each
-    run's own `evaluation.beam_size`. `device` None: CUDA when available, else CPU.
+    Rows are grouped by image (sorted file names), then by model in the given order; the
+    captions come from `caption_refs` (one encoding per encoder, through the feature cache).
+    Files that cannot be read are skipped and listed in one warning.
     """
     import time
 
-    if not checkpoints:
-        raise CapexpError("no model to caption with: pass --run, --experiment or --model.")
     started = time.perf_counter()
-    dev = _device(device)
-    refs = _image_refs(list_images(images_dir))
-    names = _unique_names(checkpoints)
-    groups: dict[str, list[int]] = {}
-    for i, c in enumerate(checkpoints):
-        groups.setdefault(c.card.cache_id, []).append(i)
-    todo, encoded, skipped = _encode_per_encoder(checkpoints, groups, refs, dev, batch_size)
-    captions = _caption_per_model(checkpoints, groups, encoded, names, len(todo), dev, beam, batch_size)
-
+    made = caption_refs(image_refs(list_images(images_dir)), checkpoints, beam=beam, batch_size=batch_size,
+                        device=device)
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     with output_csv.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image_id", "model_name", "caption"])
-        for row, index in enumerate(todo):
-            for name, texts in zip(names, captions):
-                w.writerow([refs[index].image_id, name, texts[row]])
-    return FolderCaptions(output_csv, len(todo), names, skipped, time.perf_counter() - started)
+        for row, ref in enumerate(made.images):
+            for name, texts in zip(made.models, made.captions):
+                w.writerow([ref.image_id, name, texts[row]])
+    return FolderCaptions(output_csv, len(made.images), made.models, made.skipped, time.perf_counter() - started)
 
 
 def _encode_per_encoder(checkpoints: list[Checkpoint], groups: dict[str, list[int]], refs: list[Any],

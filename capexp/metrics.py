@@ -25,7 +25,7 @@ from capexp.errors import CapexpError, warn
 if TYPE_CHECKING:
     from capexp.spec import EvaluationConfig
 
-__all__ = ["bertscore", "coco_metrics", "java_available", "caption_metrics"]
+__all__ = ["bertscore", "bertscore_per_caption", "bleu4_per_caption", "coco_metrics", "java_available", "caption_metrics"]
 
 log = logging.getLogger("capexp")
 
@@ -61,7 +61,19 @@ def _scorer(model_type: str, num_layers: int | None, device: str) -> Any:
             hf_logging.enable_progress_bar()
 
 
-def bertscore(
+def bertscore(predictions: list[str], references: list[list[str]], **options: Any) -> dict[str, float]:
+    """Mean BERTScore P/R/F1, each prediction against its best reference, without baseline rescaling.
+
+    `options` are `bertscore_per_caption`'s (`model`, `num_layers`, `device`, `batch_size`).
+    An empty prediction scores 0.
+    """
+    rows = bertscore_per_caption(predictions, references, **options)
+    n = len(predictions)
+    return {name: sum(row[k] for row in rows) / n
+            for k, name in enumerate(("bertscore_precision", "bertscore_recall", "bertscore_f1"))}
+
+
+def bertscore_per_caption(
     predictions: list[str],
     references: list[list[str]],
     *,
@@ -69,12 +81,11 @@ def bertscore(
     num_layers: int | None = None,
     device: str = "cpu",
     batch_size: int = 64,
-) -> dict[str, float]:
-    """Mean BERTScore P/R/F1, each prediction against its best reference, without baseline rescaling.
+) -> list[tuple[float, float, float]]:
+    """BERTScore (P, R, F1) of each prediction against its best reference; (0, 0, 0) for an empty one.
 
     `model` is a name resolved by `capexp.backbones.resolve_bertscore_model` (the offline
     default all-MiniLM-L6-v2, a local folder or a hub id); `num_layers` overrides its layer.
-    An empty prediction scores 0.
     """
     from capexp.backbones import resolve_bertscore_model
 
@@ -85,12 +96,35 @@ def bertscore(
     scored = [i for i, prediction in enumerate(predictions) if prediction.strip()]
     if len(scored) < len(predictions):
         log.info("%d of %d captions are empty; BERTScore counts them as 0", len(predictions) - len(scored), len(predictions))
-    totals = [0.0, 0.0, 0.0]
+    rows = [(0.0, 0.0, 0.0)] * len(predictions)
     if scored:
         p, r, f = scorer.score([predictions[i] for i in scored], [references[i] for i in scored], batch_size=batch_size)
-        totals = [p.sum().item(), r.sum().item(), f.sum().item()]
-    n = len(predictions)
-    return {"bertscore_precision": totals[0] / n, "bertscore_recall": totals[1] / n, "bertscore_f1": totals[2] / n}
+        for j, i in enumerate(scored):
+            rows[i] = (p[j].item(), r[j].item(), f[j].item())
+    return rows
+
+
+def bleu4_per_caption(predictions: list[str], references: list[list[str]]) -> list[float]:
+    """Sentence BLEU-4 of each prediction against all its references (pycocoevalcap's BLEU on
+    lowercased words, no Java needed); 0 for an empty prediction."""
+    import re
+
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    _check(predictions, references)
+
+    def words(text: str) -> str:
+        return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+    scored = [i for i, prediction in enumerate(predictions) if words(prediction)]
+    out = [0.0] * len(predictions)
+    if scored:
+        res = {i: [words(predictions[i])] for i in scored}
+        gts = {i: [words(r) for r in references[i]] for i in scored}
+        _, per_image = Bleu(4).compute_score(gts, res, verbose=0)
+        for i, value in zip(scored, per_image[3]):
+            out[i] = float(value)
+    return out
 
 
 # ---------------------------------------------------------------------------- COCO metrics

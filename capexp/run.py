@@ -35,6 +35,7 @@ from capexp.tracking import (
     param_value,
     use_store,
 )
+from capexp.tracking.system import system_metrics
 
 if TYPE_CHECKING:
     import torch
@@ -238,7 +239,7 @@ def run_spec(
     inputs = _prepare(spec, origin, experiment, tracking_uri)  # everything that can fail on bad input
     active = mlflow.start_run(
         experiment_id=inputs.experiment_id, run_name=spec.id, parent_run_id=parent_run_id,
-        tags=_run_tags(spec, inputs.device, tags), description=spec.notes or None,
+        tags=_run_tags(spec, inputs.device, tags), description=spec.notes or None, log_system_metrics=system_metrics(),
     )
     run_id = active.info.run_id
     workdir = Path(tempfile.mkdtemp(prefix="capexp-run-"))

@@ -101,11 +101,15 @@ def read_scores(path: str | Path) -> tuple[list[ScoreRow], list[str]]:
         )
     rows: list[ScoreRow] = []
     problems: list[str] = []
+    blank: list[int] = []  # rows with a caption to score and no score yet
     seen: dict[tuple[str, str], int] = {}
     try:
         for record in reader:
             line = reader.line_num
             values = {c: (record.get(c) or "").strip() for c in COLUMNS}
+            if values["image_id"] and values["model_name"] and not values["score"]:
+                blank.append(line)
+                continue
             empty = [c for c in ("image_id", "model_name", "score") if not values[c]]
             if empty:
                 problems.append(f"row {line}: empty {', '.join(empty)}")
@@ -126,6 +130,12 @@ def read_scores(path: str | Path) -> tuple[list[ScoreRow], list[str]]:
         raise CapexpError(
             f"{path}, row {reader.line_num}: not valid CSV ({e}). Fix that row; the file needs {fix}."
         ) from None
+    if blank:
+        shown = ", ".join(map(str, blank[:20])) + (f" and {len(blank) - 20} more" if len(blank) > 20 else "")
+        raise CapexpError(
+            f"{path}: {len(blank)} row(s) have no score yet: rows {shown}. Fill each with 0, 1 or 2 "
+            f"(or delete the rows nobody scored) and run `capexp score` again; nothing was imported."
+        )
     if not rows:
         first = f" The first problem: {problems[0]}." if problems else ""
         raise CapexpError(f"{path} has no valid score rows.{first} The file needs {fix}.")

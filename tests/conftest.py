@@ -7,9 +7,10 @@ fail instead under `CI=true` (or `CAPEXP_REQUIRE_DATA=1`), so CI never skips the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,26 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, _migrated_stor
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test session gets its own feature cache, never the user's."""
     monkeypatch.setenv("CAPEXP_CACHE", str(tmp_path_factory.getbasetemp() / "capexp-cache"))
+
+
+@pytest.fixture(scope="session")
+def quickstart_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable:
+    """`with quickstart_runs(names, overrides, env) as (uri, ids)`: one tiny quickstart run per name
+    (the i-th with seed i, `overrides` as --set values, `env` set meanwhile) in a fresh SQLite store."""
+
+    @contextlib.contextmanager
+    def make(names: list[str], overrides: list[str], env: dict[str, str | None] | None = None) -> Iterator[tuple[str, list[str]]]:
+        from capexp.run import run_spec
+        from capexp.spec import load_spec
+
+        uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_URI", uri)
+            mp.setenv("CAPEXP_CACHE", str(tmp_path_factory.getbasetemp() / "capexp-cache"))
+            for key, value in (env or {}).items():
+                mp.delenv(key, raising=False) if value is None else mp.setenv(key, value)
+            ids = [run_spec(load_spec(REPO / "experiments" / "quickstart.json", [*overrides, f'id="{name}"', f"seed={i}"])).run_id
+                   for i, name in enumerate(names)]
+            yield uri, ids
+
+    return make

@@ -11,14 +11,9 @@ import pytest
 from PIL import Image
 
 from capexp.errors import CapexpError
-from capexp.inference import (
-    caption_folder, experiment_runs, find_checkpoint, find_run, list_images, load_captioner, run_checkpoint,
-)
-from capexp.run import run_spec
-from capexp.spec import load_spec
-from capexp.tracking import use_store
+from capexp.inference import caption_folder, find_checkpoint, list_images, load_captioner
+from capexp.tracking import experiment_runs, find_run, run_checkpoint, use_store
 
-REPO = Path(__file__).resolve().parents[1]
 # 12 optimizer steps per run (3 epochs of 4): enough that captions are words, not an immediate EOS
 TINY = ["training_config.num_epochs=3", "data_paths.num_train=64", "training_config.batch_size=16",
         "training_config.one_caption_per_image=true", "data_paths.num_val=4", "evaluation.coco_metrics=false"]
@@ -26,15 +21,10 @@ NAMES = ["tiny-a", "tiny-b", "tiny-c"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str]]]:
+def runs(quickstart_runs) -> Iterator[tuple[str, list[str]]]:
     """Three tiny quickstart runs (different seeds) in one SQLite store: (store uri, run ids)."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("CAPEXP_CACHE", str(tmp_path_factory.getbasetemp() / "capexp-cache"))
-        ids = [run_spec(load_spec(REPO / "experiments" / "quickstart.json", [*TINY, f'id="{name}"', f"seed={i}"])).run_id
-               for i, name in enumerate(NAMES)]
-        yield uri, ids
+    with quickstart_runs(NAMES, TINY) as made:
+        yield made
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ and a reader finds every name a run can carry in this one file.
 from __future__ import annotations
 
 __all__ = [
-    "DEFAULT_EXPERIMENT",
+    "DEFAULT_EXPERIMENT", "TAG_EXPERIMENT_KIND", "EXPERIMENT_KIND",
     "TAG_SPEC_HASH", "TAG_VERSION", "TAG_GIT", "TAG_DEVICE", "TAG_ENCODER_SKIPPED", "TAG_PRUNED",
     "TAG_STUDY", "TAG_TRIAL", "TAG_STUDY_ROLE", "STUDY_PARENT", "TAG_BEST_TRIAL", "TAG_BEST_RUN_ID", "BEST_PREFIX",
     "TAG_EVAL_DECODING", "TAG_NOTE", "TAG_PARENT",
@@ -18,6 +18,12 @@ __all__ = [
 ]
 
 DEFAULT_EXPERIMENT = "capexp"
+
+# ---------------------------------------------------------------------------- experiment tags
+# MLflow's own: the UI opens an experiment in its training view (runs table, charts) for this kind,
+# in its GenAI view (traces, evaluation runs) when the tag is absent or "genai_development"
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # ---------------------------------------------------------------------------- run tags
 TAG_SPEC_HASH = "capexp.spec_hash"

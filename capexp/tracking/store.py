@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from capexp.tracking.names import DEFAULT_EXPERIMENT
+from capexp.tracking.names import DEFAULT_EXPERIMENT, EXPERIMENT_KIND, TAG_EXPERIMENT_KIND
 
 __all__ = ["resolve_tracking_uri", "artifact_root", "use_store", "experiment_id", "param_value"]
 
@@ -41,17 +41,24 @@ def use_store(uri: str | None = None) -> str:
 
 
 def experiment_id(name: str = DEFAULT_EXPERIMENT, *, create: bool = True) -> str | None:
-    """The id of experiment `name` in the current store, created (beside the store) if missing."""
+    """The id of experiment `name` in the current store, created (beside the store) if missing.
+
+    With `create` (capexp is about to log to it), the experiment is marked as model training
+    (`mlflow.experimentKind`), so the MLflow UI opens it on its runs table and charts; an
+    existing experiment without that tag gets it, one with another kind keeps its own.
+    """
     import mlflow
 
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
+        if create and TAG_EXPERIMENT_KIND not in exp.tags:
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return exp.experiment_id
     if not create:
         return None
     root = artifact_root(mlflow.get_tracking_uri())
     location = f"{root}/{name}" if root else None
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(name, artifact_location=location, tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
 
 
 def param_value(value: Any) -> str:
