@@ -64,6 +64,9 @@ def check_inputs(spec: Spec, origin: str) -> None:
             f"{origin}: data not found: {named}. Fix the path in the spec, or override it with "
             f"--set (for example --set data_paths.root=/path/to/flickr8k), or set CAPEXP_DATA."
         )
+    from capexp.checks import check_spec
+
+    check_spec(spec, origin)
 
 
 def _plot_curves(history: list[dict[str, float]], path: Path) -> None:
@@ -144,6 +147,7 @@ def run_spec(
     import torch
 
     from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
+    from capexp.checks import check_decoder_fit
     from capexp.datasets import load_data
     from capexp.model import save_checkpoint
     from capexp.train import CaptionData, build_model, fit, pick_device
@@ -164,6 +168,7 @@ def run_spec(
             f"{origin}: `gpt2_config.n_layers_to_freeze` is {freeze} but {spec.gpt2_config.model} has "
             f"{len(blocks)} blocks. Use a value from 0 to {len(blocks)}."
         )
+    check_decoder_fit(spec, origin, decoder.config.to_dict())  # a hub id validate could not see
     device = pick_device(spec.training_config.enable_GPU)
 
     run_tags = {

@@ -33,7 +33,7 @@ __all__ = [
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------- backbones
@@ -225,7 +225,8 @@ def parse_override(text: str) -> tuple[str, Any]:
 def _read_json(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if not path.is_file():
         via = f" (extended by {chain[-1]})" if chain else ""
-        raise CapexpError(f"Spec file {path}{via} does not exist. Check the path and run again.")
+        what = "is a directory, not a JSON file" if path.is_dir() else "does not exist"
+        raise CapexpError(f"Spec file {path}{via} {what}. Check the path and run again.")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from capexp.checks import check_decoder_fit, check_spec
 from capexp.errors import CapexpError, TrainingDiverged, warn
 from capexp.search_space import Categorical, GridSampler, HyperbandPruner, MedianPruner, SearchSpace, load_space
 from capexp.spec import Spec, flatten, load_spec, spec_hash
@@ -463,7 +464,7 @@ def _check_values(space: SearchSpace, base: Path, overrides: Sequence[str], orig
         values = param.choices if isinstance(param, Categorical) else [param.low, param.high]
         for value in values:
             try:
-                load_spec(base, [*overrides, f"{key}={json.dumps(value)}"])
+                check_decoder_fit(load_spec(base, [*overrides, f"{key}={json.dumps(value)}"]), str(base))
             except CapexpError as e:
                 raise CapexpError(f"{origin}: `params.{key}` value {json.dumps(value)} does not fit the base spec: {e}") from None
 
@@ -637,6 +638,7 @@ def run_study(
         raise CapexpError(f"--trials and --workers must be >= 1, got {trials} and {workers}.")
     origin = str(space) if space is not None else "studies/default.json"
     spec = load_spec(base, overrides)
+    check_spec(spec, str(base))
     raw = load_space(space)
     depth = _decoder_depth(spec)
     fitted = raw.fit_to_depth(depth, origin)
