@@ -70,7 +70,11 @@ def decoder_config(name: str) -> dict[str, Any] | None:
         return dict(_SMOLLM2)
     folder = Path(name).expanduser()
     path: Any = folder / "config.json"
-    if not folder.is_dir():
+    try:
+        is_dir = folder.is_dir()
+    except (OSError, ValueError):  # not a possible path; loading the decoder says what is wrong
+        return None
+    if not is_dir:
         try:
             from huggingface_hub import try_to_load_from_cache
 
