@@ -134,18 +134,14 @@ def _check(folder: Path, n: int) -> dict[str, Any]:
     for state in ("RUNNING", "WAITING"):
         if state in states:
             problems.append(f"{states.count(state)} trials left {state}")
-    by_number = {t.number: t for t in trials}
 
-    def origin(t) -> int:
-        while "failed_trial" in t.system_attrs:
-            t = by_number[t.system_attrs["failed_trial"]]
-        return t.number
-
-    origins = [origin(t) for t in finished]
+    # Optuna's retry of trial X carries `failed_trial` (the first trial of the chain) and
+    # `retry_history` (every trial of the chain, X last)
+    origins = [t.system_attrs.get("failed_trial", t.number) for t in finished]
     if len(origins) != len(set(origins)):
         problems.append(f"duplicated trials: finished trials share originals {sorted(origins)}")
     for t in failed:
-        retries = [r for r in trials if r.system_attrs.get("failed_trial") == t.number]
+        retries = [r for r in trials if r.system_attrs.get("retry_history", [None])[-1] == t.number]
         if len(retries) != 1:
             problems.append(f"trial {t.number} (FAIL) has {len(retries)} retries, not 1")
         elif retries[0].params != t.params:
