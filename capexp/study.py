@@ -227,6 +227,25 @@ def _reap(study, storage, plan: _Plan) -> None:
         log.warning("study %s: trial %d's worker (%s) died; the trial is failed and queued to run again.",
                     plan.name, trial.number, worker)
         _on_stale(plan)(study, _frozen(storage, plan.name, trial.number))
+    _end_orphan_runs(study, plan)
+
+
+def _end_orphan_runs(study, plan: _Plan) -> None:
+    """End KILLED the RUNNING runs of FAIL trials: a process killed while it reaped a dead worker's trial
+    (after failing it, before ending its run) leaves such a run behind."""
+    from mlflow import MlflowClient
+    from optuna.trial import TrialState
+
+    failed = {str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    client = MlflowClient(plan.tracking_uri)
+    exp = client.get_experiment_by_name(plan.experiment) if failed else None
+    if exp is None:
+        return
+    query = (f"tags.`{TAG_STUDY}` = '{plan.name}' and tags.`mlflow.parentRunId` = '{plan.parent_run_id}' "
+             f"and attributes.status = 'RUNNING'")
+    for run in client.search_runs([exp.experiment_id], filter_string=query):
+        if run.data.tags.get(TAG_TRIAL) in failed:
+            client.set_terminated(run.info.run_id, "KILLED")
 
 
 def _on_stale(plan: _Plan) -> Callable[[Any, Any], None]:
