@@ -70,9 +70,11 @@ def cli(verbose: bool) -> None:
 @click.option("--strict", is_flag=True, help="Also fail (exit 2) when a data file the spec names is missing.")
 def validate(spec: Path, overrides: tuple[str, ...], strict: bool) -> None:
     """Print the resolved SPEC (after `extends` and --set) as JSON."""
+    from capexp.checks import check_spec
     from capexp.spec import load_spec, missing_paths
 
     resolved = load_spec(spec, overrides)
+    check_spec(resolved, str(spec) + (" with --set " + " ".join(overrides) if overrides else ""))
     click.echo(resolved.model_dump_json(indent=2))
     for key, path in missing_paths(resolved):
         message = f"{spec}: `{key}` = {path} does not exist (needed by `capexp run`)."

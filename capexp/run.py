@@ -101,10 +101,12 @@ def _prepare(spec: Spec, origin: str, experiment: str, tracking_uri: str | None)
     import torch
 
     from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
+    from capexp.checks import check_decoder_fit, check_spec
     from capexp.datasets import check_inputs, load_data
     from capexp.train import pick_device
 
     check_inputs(spec, origin)
+    check_spec(spec, origin)
     use_store(tracking_uri)
     exp_id = experiment_id(experiment)
     splits = load_data(spec)
@@ -118,6 +120,7 @@ def _prepare(spec: Spec, origin: str, experiment: str, tracking_uri: str | None)
             f"{origin}: `gpt2_config.n_layers_to_freeze` is {freeze} but {spec.gpt2_config.model} has "
             f"{len(blocks)} blocks. Use a value from 0 to {len(blocks)}."
         )
+    check_decoder_fit(spec, origin, decoder.config.to_dict())  # a hub id that validate could not see
     return _Inputs(exp_id, splits, card, decoder, tokenizer, blocks, pick_device(spec.training_config.enable_GPU))
 
 

@@ -34,7 +34,7 @@ __all__ = [
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------------------- backbones
@@ -225,19 +225,31 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = json.loads(raw)
     except json.JSONDecodeError:
         value = raw
+    except RecursionError:
+        raise CapexpError(f"--set {text[:80]!r}: the value nests too deeply. Write a flatter JSON value.") from None
     return key.strip(), value
 
 
 def _read_json(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
-    if not path.is_file():
-        via = f" (extended by {chain[-1]})" if chain else ""
-        raise CapexpError(f"Spec file {path}{via} does not exist. Check the path and run again.")
+    via = f" (extended by {chain[-1]})" if chain else ""
+    try:
+        is_file = path.is_file()
+    except OSError as e:  # a name too long for the file system, and the like
+        raise CapexpError(f"Spec file {str(path)[:200]}{via} cannot be opened ({e.strerror}). Check the path.") from None
+    if not is_file:
+        what = "is a directory, not a JSON file" if path.is_dir() else "does not exist"
+        raise CapexpError(f"Spec file {path}{via} {what}. Check the path and run again.")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CapexpError(
             f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. Fix the file."
         ) from None
+    except UnicodeDecodeError as e:
+        raise CapexpError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}). Save it as UTF-8 JSON.") from None
+    except (RecursionError, OSError) as e:
+        why = "nests too deeply" if isinstance(e, RecursionError) else f"cannot be read ({e.strerror or e})"
+        raise CapexpError(f"{path} {why}. Fix the file.") from None
     if not isinstance(data, dict):
         raise CapexpError(f"{path} must hold a JSON object at the top, not {type(data).__name__}.")
     return data
@@ -248,7 +260,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in over.items():
         old = out.get(key)
-        same_kind = not (isinstance(value, dict) and "source" in value and value.get("source") != (old or {}).get("source"))
+        same_kind = not (isinstance(value, dict) and "source" in value and value.get("source") != (old if isinstance(old, dict) else {}).get("source"))
         if isinstance(value, dict) and isinstance(old, dict) and same_kind:
             out[key] = _merge(old, value)
         else:
@@ -264,8 +276,8 @@ def _resolve(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     parent = data.pop("extends", None)
     if parent is None:
         return data
-    if not isinstance(parent, str):
-        raise CapexpError(f"{path}: `extends` must be a file name (a string), got {parent!r}.")
+    if not isinstance(parent, str) or not parent or "\x00" in parent:
+        raise CapexpError(f"{path}: `extends` must be a file name (a string), got {json.dumps(parent)[:200]}.")
     return _merge(_resolve(path.parent / parent, (*chain, path)), data)
 
 
@@ -369,6 +381,10 @@ def missing_paths(spec: Spec) -> list[tuple[str, Path]]:
         if name == "source" or not isinstance(value, str) or name.endswith("split"):
             continue
         p = expand_path(value)
-        if not p.exists():
+        try:
+            exists = p.exists()
+        except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+            exists = False
+        if not exists:
             out.append((f"data_paths.{name}", p))
     return out

@@ -77,6 +77,25 @@ def reap(study, storage, plan: Plan) -> None:
         log.warning("study %s: trial %d's worker (%s) died; the trial is failed and queued to run again.",
                     plan.name, trial.number, worker)
         on_stale(plan)(study, frozen(storage, plan.name, trial.number))
+    _end_orphan_runs(study, plan)
+
+
+def _end_orphan_runs(study, plan: Plan) -> None:
+    """End KILLED the RUNNING runs of FAIL trials: a process killed while it reaped a dead worker's trial
+    (after failing it, before ending its run) leaves such a run behind."""
+    from mlflow import MlflowClient
+    from optuna.trial import TrialState
+
+    failed = {str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+    client = MlflowClient(plan.tracking_uri)
+    exp = client.get_experiment_by_name(plan.experiment) if failed else None
+    if exp is None:
+        return
+    query = (f"tags.`{TAG_STUDY}` = '{plan.name}' and tags.`{TAG_PARENT}` = '{plan.parent_run_id}' "
+             f"and attributes.status = 'RUNNING'")
+    for run in client.search_runs([exp.experiment_id], filter_string=query):
+        if run.data.tags.get(TAG_TRIAL) in failed:
+            client.set_terminated(run.info.run_id, "KILLED")
 
 
 def on_stale(plan: Plan) -> Callable[[Any, Any], None]:

@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from capexp.checks import check_decoder_fit, check_spec
 from capexp.errors import CapexpError, warn
 from capexp.paths import project_file
 from capexp.search_space import Categorical, GridSampler, SearchSpace, load_space
@@ -48,7 +49,7 @@ def _check_values(space: SearchSpace, base: Path, overrides: Sequence[str], orig
         values = param.choices if isinstance(param, Categorical) else [param.low, param.high]
         for value in values:
             try:
-                load_spec(base, [*overrides, f"{key}={json.dumps(value)}"])
+                check_decoder_fit(load_spec(base, [*overrides, f"{key}={json.dumps(value)}"]), str(base))
             except CapexpError as e:
                 raise CapexpError(f"{origin}: `params.{key}` value {json.dumps(value)} does not fit the base spec: {e}") from None
 
@@ -99,6 +100,7 @@ def run_study(
     _check_counts(name, trials, workers)
     origin = str(space) if space is not None else "studies/default.json"
     spec = load_spec(base, overrides)
+    check_spec(spec, str(base))
     raw = load_space(space)
     depth = decoder_depth(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
     fitted = raw.fit_to_depth(depth, origin)
