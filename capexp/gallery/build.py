@@ -81,7 +81,7 @@ def _images(source: str, first: Checkpoint, max_images: int | None) -> tuple[str
     """(description, images, references or None) for a folder or a split of `first`'s spec."""
     from capexp.datasets import load_data
     from capexp.inference import image_refs, list_images
-    from capexp.run import check_inputs
+    from capexp.datasets import check_inputs
 
     folder = Path(source)
     if folder.is_dir():
