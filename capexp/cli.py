@@ -195,16 +195,6 @@ def score(scores: Path, experiment: str, tracking_uri: str | None) -> None:
     click.echo(import_scores(scores, experiment=experiment, tracking_uri=tracking_uri).report())
 
 
-def _sources(runs: tuple[str, ...], models: tuple[str, ...], experiment: str | None, tracking_uri: str | None) -> list[str]:
-    """--run and --model values, else every run with a checkpoint in --experiment."""
-    from capexp.tracking import experiment_runs
-
-    sources = [*runs, *models]
-    if not sources and experiment:
-        sources = experiment_runs(experiment, tracking_uri=tracking_uri)
-    return sources
-
-
 @cli.command()
 @click.argument("images_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--run", "runs", multiple=True, help="A run id or name whose best checkpoint captions (repeatable).")
@@ -249,8 +239,9 @@ def gallery(images: str, runs: tuple[str, ...], experiment: str | None, models: 
             batch_size: int, device: str | None, tracking_uri: str | None) -> None:
     """Every model's caption of IMAGES (a folder, or train/val/test of the first run's data) on one HTML page."""
     from capexp.gallery import make_gallery
+    from capexp.inference import model_sources
 
-    sources = _sources(runs, models, experiment, tracking_uri)
+    sources = model_sources([*runs, *models], experiment=experiment, tracking_uri=tracking_uri)
     made = make_gallery(images, sources, output, sheet=sheet, blind=blind, seed=seed, log_artifacts=not no_log,
                         experiment=experiment, tracking_uri=tracking_uri, metric=metric, max_images=max_images,
                         beam=beam, batch_size=batch_size, device=device)

@@ -198,12 +198,18 @@ def load_captioner(
     return find_checkpoint(source, experiment=experiment, tracking_uri=tracking_uri).load(device)
 
 
+def model_sources(sources: list[str], *, experiment: str | None = None, tracking_uri: str | None = None) -> list[str]:
+    """`sources` as given (run ids or names, `models:/` URIs, folders); none given: every run with a
+    checkpoint in `experiment`."""
+    if not sources and experiment:
+        return experiment_runs(experiment, tracking_uri=tracking_uri)
+    return list(sources)
+
+
 def select_checkpoints(sources: list[str], *, experiment: str | None = None,
                        tracking_uri: str | None = None) -> list[Checkpoint]:
-    """The checkpoints of `sources` (run ids or names, `models:/` URIs, folders); none given: every run
-    with a checkpoint in `experiment`."""
-    if not sources and experiment:
-        sources = experiment_runs(experiment, tracking_uri=tracking_uri)
+    """The checkpoints of `model_sources(sources, ...)`."""
+    sources = model_sources(sources, experiment=experiment, tracking_uri=tracking_uri)
     if not sources:
         raise CapexpError("capexp caption needs models: give --run ID, --model URI, or --experiment NAME.")
     return [find_checkpoint(s, experiment=experiment, tracking_uri=tracking_uri) for s in sources]
