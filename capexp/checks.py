@@ -28,14 +28,21 @@ _LAYER_KEYS = ("n_layer", "num_hidden_layers", "num_layers", "n_layers")
 
 
 def logged_metrics(spec: Spec) -> tuple[str, ...]:
-    """The per-epoch metrics a run of `spec` logs (COCO ones only when Java is on PATH)."""
+    """The metrics a run of `spec` logs after each epoch (COCO ones only when Java is on PATH; `train_loss`
+    after cross-entropy epochs, `scst_reward` and `scst_baseline` after self-critical ones)."""
     coco = COCO_METRICS if spec.evaluation.coco_metrics and shutil.which("java") else ()
-    return ALWAYS_LOGGED + coco
+    scst = ("scst_reward", "scst_baseline") if spec.training_config.scst else ()
+    return ALWAYS_LOGGED + coco + scst
 
 
 def check_best_metric(spec: Spec, origin: str) -> None:
     """`training_config.best_metric` must be a metric the run logs every epoch."""
     metric = spec.training_config.best_metric
+    if metric == "train_loss" and spec.training_config.scst:
+        raise CapexpError(
+            f"{origin}: `training_config.best_metric` is 'train_loss', which self-critical epochs do not log "
+            f"(`training_config.scst` is set). Pick val_loss or a caption metric such as cider."
+        )
     if metric in ALWAYS_LOGGED:
         return
     if metric in COCO_METRICS:

@@ -1,4 +1,4 @@
-"""Captions from image features: batched greedy and beam search over the decoder's KV cache.
+"""Captions from image features: batched greedy, beam search and sampling over the decoder's KV cache.
 
 One code path for training-time validation, `capexp evaluate` and inference. Both methods feed
 the k visual tokens once as `inputs_embeds`, then one token per step with `past_key_values`.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from capexp.model import ClipCap
 if TYPE_CHECKING:
     from capexp.spec import Spec
 
-__all__ = ["DecodeOptions", "decode", "generate_captions"]
+__all__ = ["DecodeOptions", "decode", "generate_captions", "sample_tokens", "greedy_tokens"]
 
 
 @dataclass(frozen=True)
@@ -134,18 +135,17 @@ def _ban_repeated_ngrams(scores: torch.Tensor, history: torch.Tensor, n: int) ->
     scores[rows, windows[rows, cols, -1]] = -math.inf
 
 
-def _greedy(decoder, prefix: torch.Tensor, eos: int, max_tokens: int, ngram: int) -> list[list[int]]:
-    """Argmax decoding of a batch (EOS-padded); rows leave the batch and the cache once they emit EOS."""
+def _left_to_right(decoder, prefix: torch.Tensor, eos: int, max_tokens: int,
+                   choose: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """One token per step for each row of `prefix` (R, k, D), picked by `choose(logits (R', V), history (R', t))`:
+    tokens (R, max_tokens), EOS-padded. Rows leave the batch and the cache once they emit EOS."""
     out = decoder(inputs_embeds=prefix, use_cache=True, logits_to_keep=1)
-    cache, logits = _cache_of(out), out.logits[:, -1]  # (R, V) for the R rows still running
+    cache, logits = _cache_of(out), out.logits[:, -1]  # (R', V) for the R' rows still running
     with_cache = _with_cache(decoder, cache)  # the cache object is updated in place from here on
-    tokens = torch.full((prefix.shape[0], max_tokens), eos, dtype=torch.long, device=prefix.device)  # (B, max_tokens)
-    rows = torch.arange(prefix.shape[0], device=prefix.device)  # (R,) batch index of each running row
+    tokens = torch.full((prefix.shape[0], max_tokens), eos, dtype=torch.long, device=prefix.device)
+    rows = torch.arange(prefix.shape[0], device=prefix.device)  # (R',) batch index of each running row
     for t in range(max_tokens):
-        if ngram:
-            logits = logits.float()
-            _ban_repeated_ngrams(logits, tokens[rows, :t], ngram)
-        step = logits.argmax(dim=-1)  # (R,)
+        step = choose(logits, tokens[rows, :t])  # (R',)
         tokens[rows, t] = step
         running = step != eos
         if t == max_tokens - 1 or not bool(running.any()):
@@ -155,7 +155,37 @@ def _greedy(decoder, prefix: torch.Tensor, eos: int, max_tokens: int, ngram: int
             cache.batch_select_indices(keep)
             rows, step = rows[keep], step[keep]
         logits = decoder(input_ids=step[:, None], **with_cache).logits[:, -1]
-    return tokens.tolist()
+    return tokens
+
+
+def _greedy(decoder, prefix: torch.Tensor, eos: int, max_tokens: int, ngram: int) -> list[list[int]]:
+    """Argmax decoding of a batch (EOS-padded), never repeating an n-gram of size `ngram` (0: no limit)."""
+
+    def argmax(logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        if ngram:
+            logits = logits.float()
+            _ban_repeated_ngrams(logits, history, ngram)
+        return logits.argmax(dim=-1)
+
+    return _left_to_right(decoder, prefix, eos, max_tokens, argmax).tolist()
+
+
+@torch.no_grad()
+def sample_tokens(decoder, prefix: torch.Tensor, eos: int, max_tokens: int, generator: torch.Generator) -> torch.Tensor:
+    """One caption sampled from the decoder's distribution per row of `prefix` (R, k, D): tokens
+    (R, max_tokens), EOS-padded. `generator` (a CPU generator) makes the samples reproducible."""
+
+    def draw(logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        probs = torch.softmax(logits.float(), dim=-1).cpu()
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
+
+    return _left_to_right(decoder, prefix, eos, max_tokens, draw)
+
+
+@torch.no_grad()
+def greedy_tokens(decoder, prefix: torch.Tensor, eos: int, max_tokens: int) -> torch.Tensor:
+    """The greedy caption of each row of `prefix` (R, k, D): tokens (R, max_tokens), EOS-padded."""
+    return torch.tensor(_greedy(decoder, prefix, eos, max_tokens, 0), dtype=torch.long, device=prefix.device)
 
 
 def _beam_search(

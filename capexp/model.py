@@ -92,22 +92,34 @@ class ClipCap(nn.Module):
         """Visual tokens for a batch of image features."""
         return self.mapper(features)  # (B, k, D)
 
-    def forward(self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over caption tokens only: prefix and padding are masked out.
-
-        `input_ids` (B, L) hold the caption followed by EOS, right-padded; `attention_mask` (B, L)
-        is 1 on caption and EOS tokens.
-        """
-        prefix = self.prefix(features)  # (B, k, D)
+    def _caption_hidden(self, prefix: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Decoder states (B, L, D) at the positions that predict caption tokens 0..L-1."""
         tokens = self.embed_tokens(input_ids)  # (B, L, D)
         embeds = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)  # (B, k+L, D)
         mask = torch.cat([attention_mask.new_ones(prefix.shape[:2]), attention_mask], dim=1)  # (B, k+L)
         hidden = self.decoder.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (B, k+L, D)
         k = prefix.shape[1]
-        hidden = hidden[:, k - 1 : -1]  # (B, L, D): position k+i-1 predicts caption token i
+        return hidden[:, k - 1 : -1]  # position k+i-1 predicts caption token i
+
+    def forward(self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                label_smoothing: float = 0.0) -> torch.Tensor:
+        """Mean cross-entropy over caption tokens only: prefix and padding are masked out.
+
+        `input_ids` (B, L) hold the caption followed by EOS, right-padded; `attention_mask` (B, L)
+        is 1 on caption and EOS tokens.
+        """
+        hidden = self._caption_hidden(self.prefix(features), input_ids, attention_mask)  # (B, L, D)
         keep = attention_mask.bool()  # the LM head runs on caption and EOS positions only
         logits = self.decoder.get_output_embeddings()(hidden[keep])  # (n_tokens, V)
-        return nn.functional.cross_entropy(logits.float(), input_ids[keep])
+        return nn.functional.cross_entropy(logits.float(), input_ids[keep], label_smoothing=label_smoothing)
+
+    def token_logprobs(self, prefix: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """log p (B, L) of each caption token given the visual tokens `prefix` (B, k, D) and the tokens
+        before it; 0 where `attention_mask` is 0."""
+        hidden = self._caption_hidden(prefix, input_ids, attention_mask)
+        logits = self.decoder.get_output_embeddings()(hidden).float()  # (B, L, V)
+        picked = logits.gather(-1, input_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)  # (B, L)
+        return picked * attention_mask
 
 
 def freeze_blocks(blocks: nn.ModuleList, n: int | None) -> int:

@@ -26,12 +26,14 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
 
     epochs = list(range(1, len(history) + 1))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for name in ("train_loss", "val_loss"):
-        left.plot(epochs, [h[name] for h in history], marker="o", label=name)
+    for name in ("train_loss", "val_loss"):  # self-critical epochs have no train_loss
+        points = [(e, h[name]) for e, h in zip(epochs, history) if name in h]
+        left.plot(*zip(*points), marker="o", label=name)
     left.set(xlabel="epoch", ylabel="loss", title="Loss")
-    for name in ("bertscore_precision", "bertscore_recall", "bertscore_f1", "bleu4", "meteor", "cider"):
-        if all(name in h for h in history):
-            right.plot(epochs, [h[name] for h in history], marker="o", label=name)
+    for name in ("bertscore_precision", "bertscore_recall", "bertscore_f1", "bleu4", "meteor", "cider", "scst_reward"):
+        points = [(e, h[name]) for e, h in zip(epochs, history) if name in h]
+        if points:
+            right.plot(*zip(*points), marker="o", label=name)
     right.set(xlabel="epoch", title="Validation caption metrics")
     for ax in (left, right):
         ax.legend()

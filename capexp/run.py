@@ -263,7 +263,7 @@ def run_spec(
         recorder = _Recorder(spec, origin, model, meta, val, workdir, on_epoch)
         best = recorder.best
         results = fit(model, tokenizer, train, val, spec, inputs.device, recorder)
-        pruned = len(results) < spec.training_config.num_epochs
+        pruned = len(results) < spec.training_config.total_epochs
         if pruned:
             mlflow.set_tag(TAG_PRUNED, "true")
         status = "FINISHED"

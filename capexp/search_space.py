@@ -203,7 +203,7 @@ class MedianPruner(_Strict):
 
 
 class HyperbandPruner(_Strict):
-    """Successive halving in several brackets; the maximum resource is the base's `num_epochs`."""
+    """Successive halving in several brackets; the maximum resource is the base's epochs (`training_config.total_epochs`)."""
 
     name: Literal["hyperband"]
     min_resource: int = Field(1, ge=1)  # epochs every trial runs

@@ -122,6 +122,17 @@ DataSpec = Annotated[
 
 
 # ---------------------------------------------------------------------------- training
+class ScstConfig(_Section):
+    """Self-critical sequence training (Rennie et al. 2017), after the cross-entropy epochs: sample
+    captions, reward each by its CIDEr-D against the image's training references, minus a baseline."""
+
+    epochs: int = Field(1, ge=1)
+    samples: int = Field(5, ge=2)  # captions sampled per image and step
+    learning_rate: float = Field(1e-5, gt=0.0)  # constant
+    baseline: Literal["mean", "greedy"] = "mean"  # the other samples' mean reward, or the greedy caption's
+    batch_size: int = Field(32, ge=1)  # images per step
+
+
 class TrainingConfig(_Section):
     subset_ratio: float = Field(1.0, gt=0.0, le=1.0)  # share of training images, sampled from `seed`
     batch_size: int = Field(64, ge=1)
@@ -132,11 +143,18 @@ class TrainingConfig(_Section):
     warmup_steps: int = Field(0, ge=0)
     grad_clip: float | None = Field(1.0, gt=0.0)  # max gradient norm; None disables
     one_caption_per_image: bool = False  # each epoch samples one reference per image
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # cross-entropy label smoothing
+    scst: ScstConfig | None = None  # self-critical epochs after the `num_epochs` cross-entropy ones
     best_metric: str = "val_loss"  # the checkpoint kept is best by this metric
     best_mode: Literal["min", "max"] | None = None  # None: min for losses, max otherwise
     enable_GPU: bool = False  # CUDA with bf16 autocast when available
     trained_model_path: str | None = None  # also copy the best checkpoint here (safetensors + JSON)
     monitoring_plots_path: str | None = None  # also copy the curves PNG here
+
+    @property
+    def total_epochs(self) -> int:
+        """Cross-entropy epochs plus self-critical ones."""
+        return self.num_epochs + (self.scst.epochs if self.scst else 0)
 
     @property
     def mode(self) -> Literal["min", "max"]:

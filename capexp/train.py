@@ -157,7 +157,7 @@ class _Batches:
             batch = rows[start : start + cfg.batch_size]
             with _autocast(self.device):
                 loss = model(self.train.features[self.index[batch]].to(self.device), self.ids[batch].to(self.device),
-                             self.mask[batch].to(self.device))
+                             self.mask[batch].to(self.device), cfg.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
@@ -186,7 +186,8 @@ def fit(
     device: torch.device,
     on_epoch: Callable[[EpochResult], bool | None],
 ) -> list[EpochResult]:
-    """Train for `num_epochs`; after each epoch evaluate and call `on_epoch` (True stops training)."""
+    """Train `num_epochs` of cross-entropy, then `scst.epochs` self-critical ones when the spec has them;
+    after each epoch evaluate and call `on_epoch` (True stops training)."""
     cfg, ev = spec.training_config, spec.evaluation
     model.to(device)
     batches = _Batches(model, tokenizer, train, spec, device)
@@ -199,10 +200,8 @@ def fit(
         len(train.image_ids), len(batches.ids), batches.steps,
     )
 
-    history: list[EpochResult] = []
-    for epoch in range(1, cfg.num_epochs + 1):
-        started = time.perf_counter()
-        metrics = {"train_loss": batches.epoch(epoch)}
+    def finish_epoch(epoch: int, metrics: dict[str, float], started: float) -> bool:
+        """Validate, record and report one epoch; True when the caller asks to stop."""
         metrics["val_loss"] = _val_loss(model, val.features, va_index, va_ids, va_mask, ev.batch_size, device)
         model.eval()
         captions, scores = evaluate_epoch(model, tokenizer, val.features[:n_caption], val.references[:n_caption],
@@ -213,5 +212,22 @@ def fit(
         log.info("epoch %d: %s (%.1fs)", epoch, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()), result.seconds)
         if on_epoch(result):
             log.info("stopping after epoch %d (asked by the caller)", epoch)
-            break
+            return True
+        return False
+
+    history: list[EpochResult] = []
+    total = cfg.total_epochs
+    for epoch in range(1, cfg.num_epochs + 1):
+        started = time.perf_counter()
+        if finish_epoch(epoch, {"train_loss": batches.epoch(epoch)}, started):
+            return history
+    if cfg.scst:
+        from capexp.scst import SelfCritical
+
+        scst = SelfCritical(model, tokenizer, train.features, train.references, cfg.scst, max_tokens=options.max_tokens,
+                            weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, seed=spec.seed, device=device)
+        for epoch in range(cfg.num_epochs + 1, total + 1):
+            started = time.perf_counter()
+            if finish_epoch(epoch, scst.epoch(f"self-critical epoch {epoch}/{total}"), started):
+                break
     return history

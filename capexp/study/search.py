@@ -118,7 +118,7 @@ def run_study(
     counts = trial_counts(study)
     plan = Plan(
         name=name, storage=storage, base=str(base), snapshot=str(snapshot), space=fitted, metric=metric,
-        direction=direction, num_epochs=spec.training_config.num_epochs, trials=trials, experiment=experiment,
+        direction=direction, num_epochs=spec.training_config.total_epochs, trials=trials, experiment=experiment,
         tracking_uri=uri, parent_run_id=parent, heartbeat_interval=heartbeat_interval,
         seed_offset=sum(counts.values()), threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0,
         log_level=logging.getLogger("capexp").getEffectiveLevel(),

@@ -1,0 +1,94 @@
+"""Self-critical training: a few steps raise the reward of sampled captions; specs and runs that use it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
+from capexp.cli import cli
+from capexp.datasets import load_data
+from capexp.decoding import sample_tokens
+from capexp.features import encode_images
+from capexp.model import build_model
+from capexp.paths import project_file
+from capexp.scst import SelfCritical, _caption_mask
+from capexp.spec import ScstConfig, load_spec
+from capexp.train import CaptionData, _Batches
+from capexp.vocabulary import restrict_vocabulary, training_vocabulary
+
+QUICKSTART = project_file("experiments", "quickstart.json")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _mean_sampled_reward(scst: SelfCritical, images: torch.Tensor, samples: int = 4) -> float:
+    """Mean CIDEr-D of `samples` captions per image, drawn with a fixed generator (the same draw each call)."""
+    model = scst.model
+    with torch.no_grad():
+        prefix = model.prefix(scst.features[images]).repeat_interleave(samples, dim=0)
+        tokens = sample_tokens(model.decoder, prefix, scst.eos, scst.max_tokens, torch.Generator().manual_seed(7))
+    return float(scst.rewards(tokens, images.repeat_interleave(samples)).mean())
+
+
+def test_a_few_self_critical_steps_raise_the_mean_sampled_reward_on_quickstart_images() -> None:
+    spec = load_spec(QUICKSTART, ["data_paths.num_train=256", "training_config.num_epochs=2", "training_config.warmup_steps=0"])
+    torch.manual_seed(spec.seed)
+    splits = load_data(spec)
+    card = resolve_encoder(spec.clip_config.model, spec.clip_config.image_size, spec.clip_config.features)
+    train = CaptionData([im.image_id for im in splits.train.images],
+                        encode_images(card, splits.train.images, progress=False).features, splits.train.captions)
+    decoder, tokenizer = load_decoder(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
+    tokenizer = restrict_vocabulary(decoder, tokenizer, training_vocabulary(tokenizer, train.references))
+    model = build_model(spec, decoder, decoder_blocks(decoder), card.feature_dim)
+    batches = _Batches(model, tokenizer, train, spec, torch.device("cpu"))
+    for epoch in (1, 2):  # a partly trained captioner: its samples still vary
+        batches.epoch(epoch)
+
+    cfg = ScstConfig(samples=5, learning_rate=5e-4, batch_size=32)
+    scst = SelfCritical(model, tokenizer, train.features, train.references, cfg, max_tokens=12, weight_decay=0.0,
+                        grad_clip=1.0, seed=0, device=torch.device("cpu"))
+    model.eval()
+    images = torch.arange(64)
+    before = _mean_sampled_reward(scst, images)
+    rewards = [scst.step(torch.arange(start, start + 32))[0] for start in range(0, 256, 32) for _ in range(2)]
+    after = _mean_sampled_reward(scst, images)
+    assert after > before * 1.1, (before, after, rewards)
+
+
+def test_caption_mask_covers_tokens_up_to_the_first_eos() -> None:
+    eos = 0
+    tokens = torch.tensor([[5, 6, 0, 0], [5, 0, 7, 0], [5, 6, 7, 8]])
+    assert _caption_mask(tokens, eos).tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+
+
+def test_a_run_with_self_critical_epochs_logs_reward_and_baseline(tracking_uri: str) -> None:
+    args = ["run", str(QUICKSTART), "--set", "data_paths.num_train=48", "--set", "data_paths.num_val=12",
+            "--set", "training_config.num_epochs=1", "--set", "training_config.batch_size=16",
+            "--set", "evaluation.max_images=12", "--set", "id=scst",
+            "--set", 'training_config.scst={"epochs": 2, "baseline": "greedy", "batch_size": 16}']
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("capexp").experiment_id])[0]
+    reward = client.get_metric_history(run.info.run_id, "scst_reward")
+    assert [m.step for m in reward] == [2, 3]  # after the cross-entropy epoch
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1]
+    assert "training_config.scst.baseline" in run.data.params
+    assert run.data.tags.get("capexp.pruned") is None
+
+
+def test_train_loss_cannot_pick_the_checkpoint_of_a_self_critical_run() -> None:
+    result = CliRunner().invoke(cli, ["validate", str(QUICKSTART), "--set", 'training_config.scst={"epochs": 1}',
+                                      "--set", "training_config.best_metric=train_loss"])
+    assert result.exit_code == 2
+    assert "self-critical epochs do not log" in result.output
