@@ -129,18 +129,43 @@ def ui(tracking_uri: str | None, port: int, experiment: str) -> None:
 @click.option("--storage", default=None, help="Optuna storage: default studies/NAME.journal; a PostgreSQL URL for several machines.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes on this machine.")
 @click.option("--enqueue", type=click.Path(path_type=Path), multiple=True, help="A spec to try first (repeatable).")
+@click.option("--best-spec", is_flag=True,
+              help="Run nothing: print the best trial's spec at full budget (--spec, default the study's base) as JSON.")
 @_SET
 @_EXPERIMENT
 @_URI
 @_NO_SYSTEM_METRICS
 def study(base: Path | None, trials: int, name: str | None, space: Path | None, storage: str | None, workers: int,
-          enqueue: tuple[Path, ...], overrides: tuple[str, ...], experiment: str, tracking_uri: str | None) -> None:
+          enqueue: tuple[Path, ...], best_spec: bool, overrides: tuple[str, ...], experiment: str,
+          tracking_uri: str | None) -> None:
     """Optuna search over the base spec, every trial a child MLflow run; resumable and parallel."""
     from capexp.study import run_study
 
+    if best_spec:
+        from capexp.study.best import best_spec as best
+
+        if name is None:
+            raise CapexpError("--best-spec needs the study's --name.")
+        click.echo(best(name, base=base, space=space, storage=storage, overrides=overrides).model_dump_json(indent=2))
+        return
     summary = run_study(base, trials=trials, name=name, space=space, storage=storage, workers=workers,
                         experiment=experiment, enqueue=enqueue, tracking_uri=tracking_uri, overrides=overrides)
     click.echo(summary.report())
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--storage", default=None, help="As `capexp study` had it (default: studies/NAME.journal).")
+@click.option("--port", default=8080, show_default=True)
+def dashboard(name: str, storage: str | None, port: int) -> None:
+    """Serve optuna-dashboard on study NAME (its journal file or database), bound to 127.0.0.1."""
+    from optuna_dashboard import run_server
+
+    from capexp.study.storage import existing_storage
+
+    opened = existing_storage(storage, name)
+    click.echo(f"Optuna dashboard of study {name} on http://127.0.0.1:{port}/dashboard ; Ctrl-C stops it.")
+    run_server(opened, host="127.0.0.1", port=port)
 
 
 @cli.command()

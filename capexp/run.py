@@ -226,11 +226,13 @@ def run_spec(
     tracking_uri: str | None = None,
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
+    params: dict[str, str] | None = None,
     on_epoch: Callable[[int, dict[str, float]], bool | None] | None = None,
 ) -> RunResult:
     """Train the spec's captioner and track it as one MLflow run.
 
-    `origin` names the spec in messages (its file). `on_epoch(epoch, metrics)` is called after
+    `origin` names the spec in messages (its file); `params` are logged beside the spec's own.
+    `on_epoch(epoch, metrics)` is called after
     each epoch's metrics are logged; returning True stops training early (a pruned trial), and
     the run ends FINISHED with the tag `capexp.pruned=true`.
     """
@@ -253,7 +255,7 @@ def run_spec(
     status = "FAILED"
     try:
         log.info("run %s (%s) in experiment %r, store %s", spec.id, run_id, experiment, mlflow.get_tracking_uri())
-        mlflow.log_params({k: param_value(v) for k, v in flatten(spec).items() if k not in ("id", "notes")})
+        mlflow.log_params({k: param_value(v) for k, v in flatten(spec).items() if k not in ("id", "notes")} | (params or {}))
         (workdir / "spec.json").write_text(spec.model_dump_json(indent=2))
         mlflow.log_artifact(str(workdir / "spec.json"))
         train, val = _encode_data(spec, origin, inputs, workdir)

@@ -261,6 +261,7 @@ class SearchSpace(_Strict):
     """What a study searches: `params` by dotted spec key, plus objective, sampler and pruner."""
 
     notes: str = ""  # why the space is what it is; becomes the study's parent-run description
+    budget: dict[str, JsonValue] = {}  # spec values every trial runs with (fewer epochs, ...); not in --best-spec
     objective: Objective = Objective()
     sampler: Sampler = TpeSampler()
     pruner: Pruner = MedianPruner()
@@ -282,6 +283,18 @@ class SearchSpace(_Strict):
             if key == FREEZE_KEY and isinstance(param, FloatRange):
                 raise ValueError(f"`{key}` counts blocks: give `choices` or an int range, not a float range")
         return v
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - spec_keys())
+        if unknown:
+            raise ValueError(f"{', '.join(unknown)}: not spec keys; use dotted keys such as `training_config.num_epochs`")
+        return v
+
+    def budget_overrides(self) -> list[str]:
+        """`budget` as `--set` overrides."""
+        return [f"{key}={json.dumps(value)}" for key, value in self.budget.items()]
 
     @model_validator(mode="after")
     def _grid_needs_choices(self) -> SearchSpace:
@@ -359,7 +372,7 @@ def _explain(err: ValidationError, origin: str) -> CapexpError:
             message = e["msg"].removeprefix("Value error, ")
             sentences.append(f"`{shown}`: {message[0].lower()}{message[1:]} (got {json.dumps(e.get('input'), default=str)}).")
     return CapexpError(
-        f"{origin}: " + " ".join(sentences) + " Valid top-level keys: objective, sampler, pruner, params; "
+        f"{origin}: " + " ".join(sentences) + " Valid top-level keys: notes, objective, sampler, pruner, budget, params; "
         "see studies/default.json for an example. Fix the file and run again."
     )
 

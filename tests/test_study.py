@@ -24,6 +24,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from click.testing import CliRunner
+
+from capexp.cli import cli
+from capexp.spec import flatten, load_spec
 from capexp.study import TAG_STUDY_ROLE, TAG_TRIAL, open_storage, run_study
 from capexp.tracking import TAG_PRUNED, TAG_STUDY
 
@@ -99,6 +103,12 @@ def test_study_is_a_parent_run_with_trial_children_pruned_ones_marked(
     assert pruned == {"2", "3"}
     assert all(c.info.status == "FINISHED" for c in children)
     assert {c.data.params["training_config.learning_rate"] for c in children} == {"0.001", "1e-09"}
+    # the trial number as a param (an axis for MLflow's charts) and Optuna's state as a tag, on every child
+    assert sorted(c.data.params["optuna.trial_number"] for c in children) == ["0", "1", "2", "3"]
+    assert {c.data.params["optuna.trial_number"]: c.data.tags["optuna.state"] for c in children} == {
+        "0": "COMPLETE", "1": "COMPLETE", "2": "PRUNED", "3": "PRUNED"}
+    description = parent.data.tags["mlflow.note.content"]
+    assert str(BASE) in description and str(space) in description and "minimize val_loss" in description
     assert parent.data.tags["capexp.best_trial"] == str(summary.best_trial)
     assert parent.data.tags["capexp.best_run_id"] in {c.info.run_id for c in children}
     assert parent.data.metrics["best_val_loss"] == pytest.approx(summary.best_value)
@@ -298,3 +308,68 @@ def test_a_worker_whose_trials_keep_failing_stops_with_the_reason(tmp_path: Path
     assert _states(_trials(storage, "allbad")) == ["FAIL"] * 3  # it stopped instead of trying forever
     parent, children = _runs(tracking_uri, "allbad")
     assert parent.info.status == "FAILED" and [c.info.status for c in children] == ["FAILED"] * 3
+
+
+def test_progress_lines_name_each_trial_and_stay_readable_at_80_columns(
+    tmp_path: Path, tracking_uri: str, space: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    storage = str(tmp_path / "p.journal")
+    run_study(BASE, trials=3, name="progress", space=space, storage=storage, overrides=TINY)
+    err = capfd.readouterr().err
+    trials = _trials(storage, "progress")
+    lines = [line for line in err.splitlines() if line.startswith("trial ")]
+    assert len(lines) == 3, err
+    text = err[err.index(lines[0]):]
+    assert all(len(line) <= 80 for line in text.splitlines())
+    for trial, line in zip(trials, lines):
+        block = text[text.index(line):].split("\ntrial ")[0].replace("\n    ", " ")
+        assert block.startswith(f"trial {trial.number} ")
+        if trial.state == TrialState.COMPLETE:
+            assert f"val_loss {trial.value:.4f}" in block
+        else:
+            assert f"pruned at epoch {len(trial.intermediate_values)}" in block
+        lr = trial.params["training_config.learning_rate"]
+        assert f"lr={'1e-09' if lr < 1e-6 else '0.001'}" in block and f"k={trial.params['gpt2_config.visual_tokens_length']}" in block
+        assert f"/3 done" in block
+    best = min((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert f"best #{best.number} {best.value:.4f}" in text.split("\ntrial ")[-1]
+    assert "min left" in lines[0]  # an estimate while trials remain
+    assert "Trial 0 finished with value" not in err  # Optuna's own line is not printed beside ours
+
+
+def test_best_spec_is_the_best_trial_at_full_budget_and_runs(tmp_path: Path, tracking_uri: str) -> None:
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({**SPACE, "budget": {"training_config.num_epochs": 1}}))
+    storage = str(tmp_path / "b.journal")
+    summary = run_study(BASE, trials=2, name="best", space=space, storage=storage, overrides=TINY)
+    result = CliRunner().invoke(cli, ["study", "--name", "best", "--storage", storage, "--best-spec",
+                                      *[a for s in TINY for a in ("--set", s)]])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "best.json"
+    path.write_text(result.output)
+    spec = load_spec(path)
+    flat = flatten(spec)
+    assert {k: flat[k] for k in summary.best_params} == summary.best_params
+    assert spec.training_config.num_epochs == 2  # the base's own budget (TINY), not the space's 1
+    assert f"Best trial {summary.best_trial} of study best" in spec.notes
+    run = CliRunner().invoke(cli, ["run", str(path)])
+    assert run.exit_code == 0, run.output
+
+
+def test_optuna_dashboard_reads_the_study_journal(tmp_path: Path, tracking_uri: str, space: Path) -> None:
+    from optuna_dashboard import wsgi
+    from optuna_dashboard._storage_url import get_storage  # what `optuna-dashboard FILE` runs
+
+    storage = str(tmp_path / "d.journal")
+    run_study(BASE, trials=1, name="dash", space=space, storage=storage, overrides=ONE_EPOCH)
+    app = wsgi(get_storage(storage))
+    status: list[str] = []
+    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies", "QUERY_STRING": "", "SERVER_NAME": "x",
+                         "SERVER_PORT": "80", "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http"},
+                        lambda s, headers, exc_info=None: status.append(s)))
+    assert status == ["200 OK"]
+    studies = json.loads(body)["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["dash"]
+    missing = CliRunner().invoke(cli, ["dashboard", "nosuch", "--storage", str(tmp_path / "nosuch.journal")])
+    assert missing.exit_code == 2 and "no study journal" in missing.output

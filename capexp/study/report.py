@@ -40,7 +40,9 @@ def parent_run(uri: str, exp_id: str, name: str, raw: SearchSpace, fitted: Searc
     from mlflow import MlflowClient
     from mlflow.entities import Param
 
-    tags = {TAG_STUDY: name, TAG_STUDY_ROLE: STUDY_PARENT, **({TAG_NOTE: raw.notes} if raw.notes else {})}
+    what = (f"Optuna study {name}: base spec {study['base']}, search space {study['space']} "
+            f"({', '.join(fitted.params)}), objective: {study['direction']} {study['metric']} on the validation split.")
+    tags = {TAG_STUDY: name, TAG_STUDY_ROLE: STUDY_PARENT, TAG_NOTE: f"{what}\n\n{raw.notes}".strip()}
     params = {PARAM_STUDY_BASE: study["base"], PARAM_STUDY_SPACE: study["space"], PARAM_STUDY_STORAGE: study["storage"],
               PARAM_OBJECTIVE: study["metric"], PARAM_DIRECTION: study["direction"],
               PARAM_SAMPLER: raw.sampler.name, PARAM_PRUNER: raw.pruner.name,

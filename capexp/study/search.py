@@ -21,7 +21,9 @@ from capexp.study.plan import Plan, StudySummary
 from capexp.study.report import parent_run, summarize
 from capexp.study.storage import grid_points_run, open_storage, storage_label, trial_counts
 from capexp.study.trials import run_workers, work
-from capexp.tracking import ATTR_BASE_HASH, ATTR_METRIC, ATTR_RUN_NAME, DEFAULT_EXPERIMENT, experiment_id, use_store
+from capexp.tracking import (
+    ATTR_BASE, ATTR_BASE_HASH, ATTR_METRIC, ATTR_RUN_NAME, ATTR_SPACE, DEFAULT_EXPERIMENT, experiment_id, use_store,
+)
 
 log = logging.getLogger("capexp")
 
@@ -99,15 +101,16 @@ def run_study(
     name = name or base.stem
     _check_counts(name, trials, workers)
     origin = str(space) if space is not None else "studies/default.json"
+    raw = load_space(space)
+    overrides = [*overrides, *raw.budget_overrides()]  # every trial runs on the space's budget
     spec = load_spec(base, overrides)
     check_spec(spec, str(base))
-    raw = load_space(space)
     depth = decoder_depth(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
     fitted = raw.fit_to_depth(depth, origin)
     _check_values(fitted, base, overrides, origin)
     metric, direction = _auto_objective(fitted, spec)
     trials = _grid_trials(fitted, trials, origin)
-    study = _open_study(name, storage, heartbeat_interval, metric, direction, spec, base)
+    study = _open_study(name, storage, heartbeat_interval, metric, direction, spec, base, origin)
     _enqueue(study, enqueue, raw, fitted, depth)
 
     uri = use_store(tracking_uri)
@@ -120,7 +123,7 @@ def run_study(
         name=name, storage=storage, base=str(base), snapshot=str(snapshot), space=fitted, metric=metric,
         direction=direction, num_epochs=spec.training_config.total_epochs, trials=trials, experiment=experiment,
         tracking_uri=uri, parent_run_id=parent, heartbeat_interval=heartbeat_interval,
-        seed_offset=sum(counts.values()), threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0,
+        seed_offset=sum(counts.values()), workers=workers, threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0,
         log_level=logging.getLogger("capexp").getEffectiveLevel(),
     )
     done = counts["COMPLETE"] + counts["PRUNED"]
@@ -164,11 +167,12 @@ def _grid_trials(fitted: SearchSpace, trials: int, origin: str) -> int:
 
 
 def _open_study(name: str, storage: str | None, heartbeat_interval: int, metric: str, direction: str, spec: Spec,
-                base: Path):
+                base: Path, space: str):
     """The study of that name, created or resumed; a resume must keep the objective (and is warned
     when the base spec changed)."""
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # capexp prints its own line per trial
     study = optuna.create_study(study_name=name, storage=open_storage(storage, name, heartbeat_interval),
                                 direction=direction, load_if_exists=True)
     if study.direction.name.lower() != direction or study.user_attrs.get(ATTR_METRIC, metric) != metric:
@@ -179,7 +183,7 @@ def _open_study(name: str, storage: str | None, heartbeat_interval: int, metric:
         )
     if study.user_attrs.get(ATTR_BASE_HASH, spec_hash(spec)) != spec_hash(spec):
         warn(f"study {name}: the base spec ({base}) changed since the study began; old and new trials are not comparable.")
-    for key, value in ((ATTR_METRIC, metric), (ATTR_BASE_HASH, spec_hash(spec))):
+    for key, value in ((ATTR_METRIC, metric), (ATTR_BASE_HASH, spec_hash(spec)), (ATTR_BASE, str(base)), (ATTR_SPACE, space)):
         if key not in study.user_attrs:
             study.set_user_attr(key, value)
     return study

@@ -70,6 +70,19 @@ def open_storage(storage: str | None, name: str, heartbeat_interval: int = 60, o
         ) from None
 
 
+def existing_storage(storage: str | None, name: str):
+    """The storage of study `name`, which must exist already (as `open_storage` takes `storage`)."""
+    import optuna
+
+    path = _journal_path(storage, name)
+    if path is not None and not path.is_file():
+        raise CapexpError(f"There is no study journal {path}. Check the study name, or pass --storage as `capexp study` had it.")
+    opened = open_storage(storage, name)
+    if name not in optuna.get_all_study_names(opened):
+        raise CapexpError(f"{storage_label(storage, name)} holds no study {name!r}. Check the name (or --storage).")
+    return opened
+
+
 def storage_label(storage: str | None, name: str) -> str:
     path = _journal_path(storage, name)
     return str(path.resolve()) if path is not None else _masked(storage or "")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 from capexp.errors import CapexpError, TrainingDiverged, warn
@@ -12,8 +15,11 @@ from capexp.search_space import GridSampler, HyperbandPruner, MedianPruner
 from capexp.spec import load_spec
 from capexp.study.liveness import on_stale, reap, retry, worker_id
 from capexp.study.plan import Plan
+from capexp.study.progress import trial_line
 from capexp.study.storage import frozen, open_storage, quiet_experimental, trial_counts
-from capexp.tracking import ATTR_ERROR, ATTR_RUN_ID, ATTR_RUN_NAME, ATTR_WORKER, TAG_STUDY, TAG_TRIAL
+from capexp.tracking import (
+    ATTR_ERROR, ATTR_RUN_ID, ATTR_RUN_NAME, ATTR_WORKER, PARAM_TRIAL_NUMBER, TAG_OPTUNA_STATE, TAG_STUDY, TAG_TRIAL,
+)
 
 
 log = logging.getLogger("capexp")
@@ -65,7 +71,7 @@ def _objective(plan: Plan, storage, worker: str):
         run_name = trial.user_attrs.get(ATTR_RUN_NAME) or f"{plan.name}-{trial.number:03d}"
         sets = [f"{key}={json.dumps(value)}" for key, value in values.items()]
         spec = load_spec(plan.snapshot, [*sets, f"id={json.dumps(run_name)}"])
-        log.info("study %s: trial %d starts: %s", plan.name, trial.number, ", ".join(sets))
+        log.debug("study %s: trial %d starts: %s", plan.name, trial.number, ", ".join(sets))
         scores: list[float] = []
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
@@ -83,7 +89,8 @@ def _objective(plan: Plan, storage, worker: str):
         try:
             result = run_spec(
                 spec, origin=f"{plan.base} (study {plan.name}, trial {trial.number})", experiment=plan.experiment,
-                tracking_uri=plan.tracking_uri, parent_run_id=plan.parent_run_id, tags=tags, on_epoch=on_epoch,
+                tracking_uri=plan.tracking_uri, parent_run_id=plan.parent_run_id, tags=tags,
+                params={PARAM_TRIAL_NUMBER: str(trial.number)}, on_epoch=on_epoch,
             )
         except KeyboardInterrupt:
             retry(trial.study, frozen(storage, plan.name, trial.number))
@@ -91,23 +98,60 @@ def _objective(plan: Plan, storage, worker: str):
         except (TrainingDiverged, torch.cuda.OutOfMemoryError) as e:
             reason = str(e) if isinstance(e, TrainingDiverged) else f"out of memory: {e}"
             trial.set_user_attr(ATTR_ERROR, reason[:500])
+            _tag_state(plan, trial.number, "FAIL")
             warn(f"study {plan.name}: trial {trial.number} failed ({', '.join(sets)}): {reason}")
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             return math.nan  # FAIL; the study samples other values
+        except Exception:
+            _tag_state(plan, trial.number, "FAIL")
+            raise
         trial.set_user_attr(ATTR_RUN_ID, result.run_id)
+        _tag_state(plan, trial.number, "PRUNED" if result.pruned else "COMPLETE", result.run_id)
         if result.pruned:
-            log.info("study %s: trial %d pruned after epoch %d (%s %.4f)", plan.name, trial.number,
-                     len(scores), plan.metric, scores[-1])
             raise optuna.TrialPruned(f"pruned after epoch {len(scores)}")
-        log.info("study %s: trial %d complete: %s %.4f", plan.name, trial.number, plan.metric, better(scores))
         return better(scores)
 
     return objective
 
 
+def _tag_state(plan: Plan, number: int, state: str, run_id: str | None = None) -> None:
+    """Tag trial `number`'s MLflow run (found by its study and trial tags when `run_id` is None) with its Optuna state."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(plan.tracking_uri)
+    if run_id is None:
+        runs = client.search_runs([client.get_experiment_by_name(plan.experiment).experiment_id],
+                                  f"tags.`{TAG_STUDY}` = '{plan.name}' and tags.`{TAG_TRIAL}` = '{number}'")
+        run_id = runs[0].info.run_id if runs else None
+    if run_id is not None:
+        client.set_tag(run_id, TAG_OPTUNA_STATE, state)
+
+
+@contextlib.contextmanager
+def _console_warnings_only(plan: Plan) -> Iterator[None]:
+    """Trial runs log to their run.log as usual, but the console shows only warnings and the progress
+    lines (everything with -v)."""
+    handlers = [h for h in logging.getLogger().handlers if type(h).__name__ == "RichHandler"
+                or type(h) is logging.StreamHandler]
+    levels = [h.level for h in handlers]
+    if plan.log_level > logging.DEBUG:
+        for handler in handlers:
+            handler.setLevel(max(handler.level, logging.WARNING))
+    try:
+        yield
+    finally:
+        for handler, level in zip(handlers, levels):
+            handler.setLevel(level)
+
+
 def work(plan: Plan, index: int) -> None:
     """One worker: run trials until the study has `plan.trials` complete or pruned ones."""
+    with _console_warnings_only(plan):
+        _work(plan, index)
+
+
+def _work(plan: Plan, index: int) -> None:
     import optuna
 
     if plan.threads:
@@ -125,6 +169,7 @@ def work(plan: Plan, index: int) -> None:
     failed: list[Any] = []  # this worker's trials that failed since its last good one
 
     def after_trial(study: optuna.Study, trial: Any) -> None:
+        print(trial_line(study, trial, plan, plan.workers), file=sys.stderr, flush=True)
         reap(study, storage, plan)
         failed[:] = [*failed, trial] if trial.state == optuna.trial.TrialState.FAIL else []
         if len(failed) >= _MAX_FAILED_IN_A_ROW:

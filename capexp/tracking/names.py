@@ -10,11 +10,11 @@ __all__ = [
     "DEFAULT_EXPERIMENT", "TAG_EXPERIMENT_KIND", "EXPERIMENT_KIND",
     "TAG_SPEC_HASH", "TAG_VERSION", "TAG_GIT", "TAG_DEVICE", "TAG_ENCODER_SKIPPED", "TAG_PRUNED",
     "TAG_STUDY", "TAG_TRIAL", "TAG_STUDY_ROLE", "STUDY_PARENT", "TAG_BEST_TRIAL", "TAG_BEST_RUN_ID", "BEST_PREFIX",
-    "TAG_EVAL_DECODING", "TAG_NOTE", "TAG_PARENT",
+    "TAG_EVAL_DECODING", "TAG_NOTE", "TAG_PARENT", "TAG_OPTUNA_STATE", "PARAM_TRIAL_NUMBER",
     "PARAM_VOCABULARY_SIZE", "PARAM_OBJECTIVE", "PARAM_DIRECTION", "PARAM_STUDY_BASE", "PARAM_STUDY_SPACE",
     "PARAM_STUDY_STORAGE", "PARAM_SAMPLER", "PARAM_PRUNER", "SPACE_PREFIX",
     "ARTIFACT_CHECKPOINT", "CHECKPOINT_META", "CHECKPOINT_WEIGHTS",
-    "ATTR_WORKER", "ATTR_RUN_ID", "ATTR_RUN_NAME", "ATTR_METRIC", "ATTR_BASE_HASH", "ATTR_ERROR",
+    "ATTR_WORKER", "ATTR_RUN_ID", "ATTR_RUN_NAME", "ATTR_METRIC", "ATTR_BASE_HASH", "ATTR_BASE", "ATTR_SPACE", "ATTR_ERROR",
 ]
 
 DEFAULT_EXPERIMENT = "capexp"
@@ -34,6 +34,7 @@ TAG_ENCODER_SKIPPED = "capexp.skipped_images"
 TAG_PRUNED = "capexp.pruned"  # "true" on a trial stopped early by the pruner
 TAG_STUDY = "capexp.study"  # study name on a study's parent and trial runs
 TAG_TRIAL = "capexp.trial"  # trial number, on each trial run
+TAG_OPTUNA_STATE = "optuna.state"  # COMPLETE, PRUNED or FAIL, on each trial run
 TAG_STUDY_ROLE = "capexp.study_role"  # STUDY_PARENT on a study's parent run
 STUDY_PARENT = "parent"
 TAG_BEST_TRIAL = "capexp.best_trial"  # on a study's parent run
@@ -46,6 +47,7 @@ TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: set on child runs
 # ---------------------------------------------------------------------------- params
 # A run's params are its spec's dotted keys (capexp.spec.flatten) plus:
 PARAM_VOCABULARY_SIZE = "vocabulary_size"
+PARAM_TRIAL_NUMBER = "optuna.trial_number"  # a param, so MLflow's charts can use it as an axis
 # A study's parent run: the metric the trials optimise and "minimize"/"maximize", where it came from
 PARAM_OBJECTIVE = "objective.metric"
 PARAM_DIRECTION = "objective.direction"
@@ -67,4 +69,6 @@ ATTR_RUN_ID = "mlflow_run_id"
 ATTR_RUN_NAME = "capexp.run_name"  # an enqueued spec's id: its trial's run name
 ATTR_METRIC = "capexp.objective_metric"
 ATTR_BASE_HASH = "capexp.base_hash"
+ATTR_BASE = "capexp.base"  # the base spec file the study was created with
+ATTR_SPACE = "capexp.space"  # its search-space file
 ATTR_ERROR = "capexp.error"  # why a trial failed (diverged, out of memory)

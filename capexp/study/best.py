@@ -1,0 +1,45 @@
+"""From a study to a final model: the best trial's values applied to a full-budget spec."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from capexp.errors import CapexpError
+from capexp.search_space import load_space
+from capexp.spec import Spec, load_spec
+from capexp.study.storage import existing_storage
+from capexp.tracking import ATTR_BASE, ATTR_METRIC, ATTR_RUN_ID, ATTR_SPACE
+
+__all__ = ["best_spec"]
+
+
+def best_spec(name: str, *, base: Path | None = None, space: Path | None = None, storage: str | None = None,
+              overrides: Sequence[str] = ()) -> Spec:
+    """The spec of study `name`'s best trial at full budget: `base` (default: the study's own base
+    spec file) with the trial's values and `overrides`, without the search space's `budget`."""
+    import optuna
+
+    from capexp.backbones import decoder_depth
+
+    study = optuna.load_study(study_name=name, storage=existing_storage(storage, name))
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise CapexpError(f"study {name} has no complete trial yet. Run `capexp study --name {name}` until one completes.")
+    best = study.best_trial
+    base = base or Path(study.user_attrs.get(ATTR_BASE, ""))
+    space_path = space or Path(study.user_attrs.get(ATTR_SPACE, "studies/default.json"))
+    if not base.is_file():
+        raise CapexpError(f"study {name}'s base spec {str(base)!r} is not a file here. Name the full-budget spec with --spec.")
+    full = load_spec(base, overrides)
+    depth = decoder_depth(full.gpt2_config.model, full.gpt2_config.tokenizer)
+    params = load_space(space_path).fit_to_depth(depth, str(space_path)).params  # the values the trials ran
+    values = {key: params[key].decode(stored) for key, stored in best.params.items()}
+    sets = [f"{key}={json.dumps(value)}" for key, value in values.items()]
+    spec = load_spec(base, [*overrides, *sets, f"id={name}-best"])
+    shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
+    metric = study.user_attrs.get(ATTR_METRIC, "objective")
+    notes = (f"Best trial {best.number} of study {name} ({metric} {best.value:.4f}, run "
+             f"{best.user_attrs.get(ATTR_RUN_ID, '?')}) at the full budget of {base}: {shown}.")
+    return spec.model_copy(update={"notes": notes})

@@ -1,0 +1,81 @@
+"""The line a study prints as each trial ends: number, state (and why), objective, best so far,
+time left, and the trial's values, wrapped to the terminal so every value stays readable."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from typing import Any
+
+from capexp.study.plan import Plan
+from capexp.tracking import ATTR_ERROR
+
+__all__ = ["short_key", "short_value", "trial_line"]
+
+_SHORT = {  # the seed's knobs and the learning rate, as people say them
+    "clip_config.image_size": "size",
+    "gpt2_config.visual_tokens_length": "k",
+    "gpt2_config.n_layers_to_freeze": "freeze",
+    "training_config.subset_ratio": "subset",
+    "training_config.learning_rate": "lr",
+}
+
+
+def short_key(key: str) -> str:
+    """A spec key as the progress line names it: `k` for `gpt2_config.visual_tokens_length`, else its last part."""
+    return _SHORT.get(key, key.rsplit(".", 1)[-1])
+
+
+def short_value(value: Any) -> str:
+    """224 for [224, 224], 0.0003 as 3e-04, others as JSON would print them, shortly."""
+    if isinstance(value, list):
+        return short_value(value[0]) if value and all(v == value[0] for v in value) else "x".join(map(short_value, value))
+    if isinstance(value, float):
+        return f"{value:.0e}" if value and abs(value) < 1e-3 else f"{value:.3g}"
+    return str(value)
+
+
+def _duration(trial: Any) -> float | None:
+    if trial.datetime_start is None or trial.datetime_complete is None:
+        return None
+    return (trial.datetime_complete - trial.datetime_start).total_seconds()
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{max(1, round(seconds / 60))} min"
+
+
+def _outcome(trial: Any, metric: str) -> str:
+    state = trial.state.name
+    if state == "COMPLETE":
+        return f"{metric} {trial.value:.4f}"
+    if state == "PRUNED":
+        steps = sorted(trial.intermediate_values)
+        last = f" ({metric} {trial.intermediate_values[steps[-1]]:.4f})" if steps else ""
+        return f"pruned at epoch {steps[-1] if steps else 0}{last}"
+    reason = trial.user_attrs.get(ATTR_ERROR, "see its run")
+    return f"FAILED ({reason})" if state == "FAIL" else state
+
+
+def trial_line(study: Any, trial: Any, plan: Plan, workers: int, width: int | None = None) -> str:
+    """What a study prints when `trial` (a FrozenTrial of `study`) has ended, at most `width` columns a line."""
+    import optuna
+
+    width = width or shutil.get_terminal_size((80, 24)).columns
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    done = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in finished)
+    parts = [f"trial {trial.number} {_outcome(trial, plan.metric)}"]
+    complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
+    if complete:
+        best = (max if plan.direction == "maximize" else min)(complete, key=lambda t: t.value)
+        parts.append(f"best #{best.number} {best.value:.4f}")
+    parts.append(f"{done}/{plan.trials} done")
+    durations = [d for d in map(_duration, finished) if d is not None]
+    if durations and done < plan.trials:
+        left = (plan.trials - done) * (sum(durations) / len(durations)) / max(1, workers)
+        parts.append(f"~{_minutes(left)} left")
+    values = {key: plan.space.params[key].decode(stored) for key, stored in trial.params.items() if key in plan.space.params}
+    parts.append(" ".join(f"{short_key(k)}={short_value(v)}" for k, v in values.items()))
+    return textwrap.fill(" | ".join(parts), width=max(40, width), subsequent_indent="    ", break_on_hyphens=False,
+                         break_long_words=False)
+
