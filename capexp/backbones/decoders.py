@@ -29,6 +29,7 @@ _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SCRATCH_GPT2 = {  # GPT2Config of the randomly initialised presets
     "gpt2-tiny": {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 64},
     "gpt2-mini": {"n_layer": 3, "n_embd": 256, "n_head": 4, "n_positions": 128},
+    "gpt2-mini6": {"n_layer": 6, "n_embd": 256, "n_head": 4, "n_positions": 128},
 }
 
 

