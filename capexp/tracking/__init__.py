@@ -5,6 +5,7 @@ from capexp.tracking.names import (
     ARTIFACT_CHECKPOINT,
     ATTR_BASE_HASH,
     ATTR_ERROR,
+    ATTR_RETRY_OWED,
     ATTR_METRIC,
     ATTR_RUN_ID,
     ATTR_RUN_NAME,
@@ -52,7 +53,7 @@ __all__ = [
     "PARAM_OBJECTIVE", "PARAM_DIRECTION", "PARAM_STUDY_BASE", "PARAM_STUDY_SPACE", "PARAM_STUDY_STORAGE",
     "PARAM_SAMPLER", "PARAM_PRUNER", "SPACE_PREFIX", "ARTIFACT_CHECKPOINT", "CHECKPOINT_META",
     "CHECKPOINT_WEIGHTS", "ATTR_WORKER", "ATTR_RUN_ID", "ATTR_RUN_NAME", "ATTR_METRIC", "ATTR_BASE_HASH",
-    "ATTR_ERROR", "resolve_tracking_uri", "artifact_root", "use_store", "experiment_id", "param_value",
+    "ATTR_ERROR", "ATTR_RETRY_OWED", "resolve_tracking_uri", "artifact_root", "use_store", "experiment_id", "param_value",
     "is_run_id", "store_uri", "experiment_ids", "search_runs", "has_checkpoint", "find_run", "find_runs",
     "run_checkpoint", "experiment_runs",
 ]

@@ -14,7 +14,7 @@ __all__ = [
     "PARAM_VOCABULARY_SIZE", "PARAM_OBJECTIVE", "PARAM_DIRECTION", "PARAM_STUDY_BASE", "PARAM_STUDY_SPACE",
     "PARAM_STUDY_STORAGE", "PARAM_SAMPLER", "PARAM_PRUNER", "SPACE_PREFIX",
     "ARTIFACT_CHECKPOINT", "CHECKPOINT_META", "CHECKPOINT_WEIGHTS",
-    "ATTR_WORKER", "ATTR_RUN_ID", "ATTR_RUN_NAME", "ATTR_METRIC", "ATTR_BASE_HASH", "ATTR_ERROR",
+    "ATTR_WORKER", "ATTR_RUN_ID", "ATTR_RUN_NAME", "ATTR_METRIC", "ATTR_BASE_HASH", "ATTR_ERROR", "ATTR_RETRY_OWED",
 ]
 
 DEFAULT_EXPERIMENT = "capexp"
@@ -68,3 +68,4 @@ ATTR_RUN_NAME = "capexp.run_name"  # an enqueued spec's id: its trial's run name
 ATTR_METRIC = "capexp.objective_metric"
 ATTR_BASE_HASH = "capexp.base_hash"
 ATTR_ERROR = "capexp.error"  # why a trial failed (diverged, out of memory)
+ATTR_RETRY_OWED = "capexp.retry_owed"  # set on a dead worker's trial before it is failed: it must be queued again
