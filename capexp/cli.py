@@ -46,14 +46,20 @@ def _setup_logging(verbose: bool) -> None:
 
 
 class _Group(click.Group):
-    """Turns a CapexpError into its one-paragraph message and exit code 2."""
+    """Turns a CapexpError into its one-paragraph message and exit code 2, and a stop (Ctrl-C,
+    SIGTERM, SIGHUP) into exit code 128 + the signal's number."""
 
     def invoke(self, ctx: click.Context):
+        from capexp.stopping import exit_code
+
         try:
             return super().invoke(ctx)
         except CapexpError as e:
             click.echo(f"error: {e}", err=True)
             ctx.exit(2)
+        except KeyboardInterrupt as e:
+            click.echo(f"stopped ({str(e) or 'SIGINT'}).", err=True)
+            ctx.exit(exit_code(e))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -109,15 +115,13 @@ def run(spec: Path, overrides: tuple[str, ...], experiment: str, tracking_uri: s
 @click.option("--experiment", default="capexp", show_default=True, help="The experiment the printed link opens.")
 def ui(tracking_uri: str | None, port: int, experiment: str) -> None:
     """Open the MLflow UI on the capexp store, bound to localhost, in its training view."""
-    import subprocess
-
     from capexp.tracking import resolve_tracking_uri
-    from capexp.tracking.ui import ui_command, ui_url
+    from capexp.tracking.ui import run_ui, ui_command, ui_url
 
     cmd = ui_command(tracking_uri, "127.0.0.1", port)
     click.echo(f"MLflow UI on {ui_url(tracking_uri, '127.0.0.1', port, experiment)} "
                f"(store {resolve_tracking_uri(tracking_uri)}); Ctrl-C stops it.")
-    raise SystemExit(subprocess.call(cmd))
+    raise SystemExit(run_ui(cmd))
 
 
 @cli.command()

@@ -170,14 +170,16 @@ def _encode(card: EncoderCard, images: list[ImageRef], names: list[str], todo: l
     import torch
     from tqdm.auto import tqdm
 
+    from capexp.images import UnreadableImage
+
     def prepare(batch: list[int]) -> tuple[list[int], torch.Tensor | None, dict[str, str]]:
         readable, pils, failed = [], [], {}
         for i in batch:
             try:
                 pils.append(images[i].load())
                 readable.append(i)
-            except (OSError, ValueError) as e:  # missing, truncated or not an image
-                failed[names[i]] = f"{type(e).__name__}: {e}"
+            except UnreadableImage as e:  # missing, truncated, not an image or past Pillow's bomb limit
+                failed[names[i]] = f"unreadable: {e}"
         return readable, card.preprocess(pils) if pils else None, failed
 
     batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]

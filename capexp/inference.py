@@ -300,13 +300,21 @@ def caption_folder(
 
     Rows are grouped by image (sorted file names), then by model in the given order; the
     captions come from `caption_refs` (one encoding per encoder, through the feature cache).
-    Files that cannot be read are skipped and listed in one warning.
+    Files that cannot be read are skipped and listed in one warning; when none can be read, a
+    `CapexpError` (exit 2) and no CSV.
     """
     import time
 
     started = time.perf_counter()
     made = caption_refs(image_refs(list_images(images_dir)), checkpoints, beam=beam, batch_size=batch_size,
                         device=device)
+    if not made.images:
+        first = "; ".join(f"{name}: {reason}" for name, reason in made.skipped[:3])
+        raise CapexpError(
+            f"{images_dir}: none of its {len(made.skipped)} image files could be read ({first}"
+            f"{'; ...' if len(made.skipped) > 3 else ''}), so nothing was captioned and {output_csv} was not written. "
+            f"Pass a folder of images Pillow can open (images past Pillow's decompression-bomb limit are refused)."
+        )
     output_csv.parent.mkdir(parents=True, exist_ok=True)
     with output_csv.open("w", newline="") as f:
         w = csv.writer(f)

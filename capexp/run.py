@@ -1,8 +1,8 @@
 """Where a spec becomes a run: data, features, model and training, all recorded in MLflow.
 
 `run_spec` is the main job behind `capexp run` and every study trial. Bad input fails before
-an MLflow run exists; once one exists, a crash or Ctrl-C ends it FAILED or KILLED with the
-metrics, the best checkpoint so far, the curves and the log kept.
+an MLflow run exists; once one exists, a crash, Ctrl-C, SIGTERM or SIGHUP ends it FAILED or
+KILLED with the metrics, the best checkpoint so far, the curves and the log kept.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from capexp import __version__
 from capexp.errors import CapexpError, TrainingDiverged, warn
 from capexp.outputs import plot_curves, write_captions
 from capexp.spec import Spec, expand_path, flatten, spec_hash
+from capexp.stopping import stoppable
 from capexp.tracking import (
     ARTIFACT_CHECKPOINT,
     DEFAULT_EXPERIMENT,
@@ -218,6 +219,7 @@ class _Recorder:
         return bool(self.on_epoch and self.on_epoch(result.epoch, metrics))
 
 
+@stoppable
 def run_spec(
     spec: Spec,
     *,
@@ -234,7 +236,8 @@ def run_spec(
     `origin` names the spec in messages (its file); `params` are logged beside the spec's own.
     `on_epoch(epoch, metrics)` is called after
     each epoch's metrics are logged; returning True stops training early (a pruned trial), and
-    the run ends FINISHED with the tag `capexp.pruned=true`.
+    the run ends FINISHED with the tag `capexp.pruned=true`. Ctrl-C, SIGTERM and SIGHUP end the
+    run KILLED (see capexp.stopping).
     """
     import mlflow
 
@@ -272,9 +275,9 @@ def run_spec(
         return RunResult(run_id, recorder.history, dict(best), pruned)
     except TrainingDiverged as e:
         raise TrainingDiverged(f"{origin}: run {spec.id} ends FAILED: {e}") from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         status = "KILLED"
-        warn(f"interrupted: run {spec.id} ends KILLED with everything logged so far kept.")
+        warn(f"interrupted ({str(e) or 'SIGINT'}): run {spec.id} ends KILLED with everything logged so far kept.")
         raise
     finally:
         _finish(spec, workdir, best, status, handler)

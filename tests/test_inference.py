@@ -108,3 +108,31 @@ def test_bad_sources_and_folders_say_what_to_fix(runs, tmp_path) -> None:
         list_images(tmp_path)
     with pytest.raises(CapexpError, match="no such experiment"):
         experiment_runs("missing", tracking_uri=uri)
+
+
+def test_caption_skips_a_decompression_bomb_and_fails_on_a_folder_of_nothing_readable(runs, make_photos, tmp_path) -> None:
+    """A 48 KB 20000x20000 PNG among photos is skipped as unreadable (the photos are captioned); a folder
+    where nothing is readable exits 2 with the reasons and writes no CSV."""
+    from click.testing import CliRunner
+
+    from capexp.cli import cli
+
+    uri, ids = runs
+    folder = tmp_path / "photos"
+    make_photos(folder, 2)
+    Image.new("1", (20000, 20000)).save(folder / "bomb.png")
+    out = tmp_path / "captions.csv"
+    result = CliRunner().invoke(cli, ["caption", str(folder), "--run", ids[0], "--output", str(out), "--tracking-uri", uri])
+    assert result.exit_code == 0, result.output
+    assert "1 unreadable files skipped" in result.output
+    assert sorted(row["image_id"] for row in _read(out)) == ["1000_shapes.jpg", "1001_shapes.jpg"]
+
+    nothing = tmp_path / "nothing"
+    nothing.mkdir()
+    (folder / "bomb.png").rename(nothing / "bomb.png")
+    (nothing / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    empty = tmp_path / "empty.csv"
+    result = CliRunner().invoke(cli, ["caption", str(nothing), "--run", ids[0], "--output", str(empty), "--tracking-uri", uri])
+    assert result.exit_code == 2
+    assert "none of its 2 image files could be read" in result.stderr and "DecompressionBombError" in result.stderr
+    assert not empty.exists()

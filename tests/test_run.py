@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import mlflow
 import pytest
+from PIL import Image
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
@@ -111,7 +113,9 @@ def test_diverging_training_stops_with_a_clear_error(tracking_uri: str) -> None:
 def test_unreadable_images_are_skipped_and_counted(tracking_uri: str, tmp_path: Path, make_photos) -> None:
     photos = [p for p, _ in make_photos(tmp_path / "photos", 6)]
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
-    entries = [{"image": str(p), "caption": "a photo"} for p in photos[:4]] + [{"image": str(tmp_path / "broken.jpg"), "caption": "x"}]
+    Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")  # 48 KB, 400 M pixels: Pillow's decompression-bomb error
+    entries = [{"image": str(p), "caption": "a photo"} for p in photos[:4]] + [
+        {"image": str(tmp_path / name), "caption": "x"} for name in ("broken.jpg", "bomb.png")]
     (tmp_path / "train.json").write_text(json.dumps(entries))
     (tmp_path / "val.json").write_text(json.dumps([{"image": str(p), "caption": "a photo"} for p in photos[4:]]))
     spec = load_spec(QUICKSTART, [f'data_paths={{"train_captions_path": "{tmp_path}/train.json", "val_captions_path": "{tmp_path}/val.json", "source": "caption_list"}}',
@@ -119,7 +123,11 @@ def test_unreadable_images_are_skipped_and_counted(tracking_uri: str, tmp_path: 
     result = run_spec(spec)
     run = MlflowClient(tracking_uri).get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["images_skipped"] == 1 and run.data.tags["capexp.skipped_images"] == "1"
+    assert run.data.metrics["images_skipped"] == 2 and run.data.tags["capexp.skipped_images"] == "2"
+    with Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, artifact_path="skipped_images.csv")).open() as f:
+        reasons = {row["image_id"]: row["reason"] for row in csv.DictReader(f)}
+    assert reasons["bomb.png"].startswith("unreadable: DecompressionBombError")
+    assert reasons["broken.jpg"].startswith("unreadable: UnidentifiedImageError")
 
 
 def test_missing_data_and_bad_freeze_fail_before_any_run(tracking_uri: str, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import io
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from capexp.inference import caption_folder, find_checkpoint
 from capexp.run import run_spec
@@ -73,13 +75,19 @@ def _post(port: int, body: dict) -> tuple[int, dict]:
         return e.code, json.loads(e.read())
 
 
+def _assert_one_line(answer: dict) -> None:
+    """An error answer is one line: no traceback, no stack trace field, no file path."""
+    assert "\n" not in answer["message"] and "Traceback" not in answer["message"] and ".py" not in answer["message"]
+    assert "stack_trace" not in answer
+
+
 def test_mlflow_models_serve_captions_a_photo(registered, make_photos, tmp_path) -> None:
     uri, _, cache = registered
     port = _free_port()
     log = (tmp_path / "serve.log").open("w")
     # `mlflow models serve` execs `uvicorn` from PATH: the venv's bin must be on it, as after `activate`
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CAPEXP_CACHE": cache, "PATH": path}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CAPEXP_CACHE": cache, "PATH": path, "CAPEXP_SERVE_MAX_ROWS": "4"}
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/captioner@champion",
          "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
@@ -110,6 +118,19 @@ def test_mlflow_models_serve_captions_a_photo(registered, make_photos, tmp_path)
 
         status, answer = _post(port, {"dataframe_split": {"columns": ["image"], "data": [["bm90IGFuIGltYWdl"]]}})
         assert status == 400 and "not a readable image" in answer["message"]
+        _assert_one_line(answer)
+
+        buffer = io.BytesIO()
+        Image.new("P", (12000, 12000)).save(buffer, format="PNG")  # 144 M pixels in a few hundred KB
+        bomb = base64.b64encode(buffer.getvalue()).decode()
+        status, answer = _post(port, {"dataframe_split": {"columns": ["image"], "data": [[image], [bomb]]}})
+        assert status == 400 and answer["message"].startswith("row 1 of column `image` is not a readable image")
+        assert "DecompressionBomb" in answer["message"]
+        _assert_one_line(answer)
+        status, answer = _post(port, {"dataframe_split": {"columns": ["image"], "data": [[image]] * 5}})
+        assert status == 400 and "at most 4 images per request (CAPEXP_SERVE_MAX_ROWS)" in answer["message"]
+        _assert_one_line(answer)
+        assert server.poll() is None  # still serving
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # mlflow starts uvicorn in the same new session
         server.wait(timeout=30)
@@ -126,3 +147,47 @@ def test_caption_folder_with_a_registered_model_matches_the_run(registered, make
     assert (tmp_path / "m.csv").read_text() == (tmp_path / "r.csv").read_text()
     with (tmp_path / "m.csv").open(newline="") as f:
         assert {row["model_name"] for row in csv.DictReader(f)} == {"tiny-served"}
+
+
+def test_request_limits_refuse_before_decoding_and_errors_stay_one_line(make_photos, tmp_path) -> None:
+    """Rows, image bytes and header pixels are checked before any image is decoded; an unexpected
+    error of the model reaches the client as one line (HTTP 500), its traceback only in the log."""
+    from mlflow.exceptions import MlflowException
+
+    from capexp.request_limits import RequestLimits, RequestRejected, one_line_errors, request_images
+
+    photo = make_photos(tmp_path, 1, px=100)[0][0].read_bytes()
+    assert [im.size for im in request_images([photo, base64.b64encode(photo).decode()])] == [(100, 100)] * 2
+    with pytest.raises(RequestRejected, match=r"3 rows; this server takes at most 2"):
+        request_images([photo] * 3, RequestLimits(rows=2))
+    with pytest.raises(RequestRejected, match=r"at most 100 per request \(CAPEXP_SERVE_MAX_BYTES\)"):
+        request_images([photo], RequestLimits(bytes=100))
+    with pytest.raises(RequestRejected, match=r"20000 pixels in all; this server decodes at most 19999"):
+        request_images([photo, photo], RequestLimits(pixels=19999))
+    with pytest.raises(RequestRejected, match="row 0 of column `image` is a int"):
+        request_images([7])
+
+    rejected = RequestRejected("row 3 is\nbad")
+    rejected.message = f"Failed to predict data '{'x' * 50}'. \nError: {rejected.message}"  # what MLflow's server does
+    assert json.loads(rejected.serialize_as_json())["message"] == "row 3 is bad"
+    assert rejected.get_http_status_code() == 400
+
+    @one_line_errors
+    def broken(frame):
+        raise KeyError(f"{tmp_path}/secret.py line 3")
+
+    with pytest.raises(MlflowException) as failed:
+        broken(None)
+    body = json.loads(failed.value.serialize_as_json())
+    assert failed.value.get_http_status_code() == 500 and str(tmp_path) not in body["message"]
+    assert "KeyError" in body["message"] and "stack_trace" not in body
+
+
+def test_bad_request_limit_settings_fail_the_model_load(monkeypatch) -> None:
+    from capexp.request_limits import RequestLimits
+
+    monkeypatch.setenv("CAPEXP_SERVE_MAX_ROWS", "many")
+    with pytest.raises(ValueError, match=r"\$CAPEXP_SERVE_MAX_ROWS is 'many'"):
+        RequestLimits.from_env()
+    monkeypatch.setenv("CAPEXP_SERVE_MAX_ROWS", "8")
+    assert RequestLimits.from_env().rows == 8

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageOps
+from PIL import Image
+
+from capexp.images import read_image
 
 if TYPE_CHECKING:
     import pandas
@@ -42,13 +44,13 @@ class ImageRef:
         return cls(image_id or path.name, f"{path}|{st.st_size}|{st.st_mtime_ns}", path)
 
     def load(self) -> Image.Image:
-        """The image as RGB; raises OSError when the file is missing, unreadable or corrupt."""
+        """The image as RGB, through the pixel cap (`capexp.images.read_image`); raises
+        `UnreadableImage` (a ValueError) when the file is missing, corrupt, not an image or too large."""
         if self.render is not None:
             return self.render().convert("RGB")
         if self.path is None:
             raise ValueError(f"ImageRef {self.image_id!r} has neither a path nor a renderer")
-        with Image.open(self.path) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")
+        return read_image(self.path)
 
 
 @dataclass

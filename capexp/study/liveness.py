@@ -3,16 +3,18 @@ failed, queued to run again, and its MLflow run ended KILLED."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from capexp.study.plan import Plan
-from capexp.study.storage import MAX_RETRY, frozen, quiet_experimental, trial_id
-from capexp.tracking import ATTR_WORKER, TAG_PARENT, TAG_STUDY, TAG_TRIAL
+from capexp.study.storage import MAX_RETRY, quiet_experimental, storage_label, trial_id
+from capexp.tracking import ATTR_ERROR, ATTR_RETRY_OWED, ATTR_RUN_ID, ATTR_WORKER, TAG_PARENT, TAG_STUDY, TAG_TRIAL
 
 
 log = logging.getLogger("capexp")
@@ -49,35 +51,74 @@ def _is_dead(worker: str) -> bool:
     return now == "Z" or (bool(started) and bool(now) and now != started)
 
 
-def retry(study, trial) -> None:
-    """Queue a copy of `trial` (same params) to run again, as Optuna does for heartbeat-stale trials."""
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
+_NOT_INHERITED = (ATTR_WORKER, ATTR_RUN_ID, ATTR_ERROR, ATTR_RETRY_OWED)  # about the attempt, not the trial
 
-    with quiet_experimental():
-        RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
+
+def retry(study, trial) -> None:
+    """Queue a copy of `trial` (same params and run name) to run again, as Optuna's
+    RetryHeartbeatStaleTrialCallback does (at most MAX_RETRY times per original). The copy keeps
+    nothing of the attempt: with the dead worker's id, it would look dead while a live worker starts it."""
+    import optuna
+
+    system_attrs = {"failed_trial": trial.number, **trial.system_attrs}
+    system_attrs["retry_history"] = [*system_attrs.get("retry_history", []), trial.number]
+    if len(system_attrs["retry_history"]) > MAX_RETRY:
+        return
+    study.add_trial(optuna.create_trial(
+        state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs={k: v for k, v in trial.user_attrs.items() if k not in _NOT_INHERITED}, system_attrs=system_attrs,
+    ))
+
+
+def _lock(plan: Plan):
+    """One machine's processes reap one study in turn (a file lock in the temporary folder)."""
+    from filelock import FileLock
+
+    key = hashlib.sha256(f"{storage_label(plan.storage, plan.name)}|{plan.name}".encode()).hexdigest()[:16]
+    return FileLock(str(Path(tempfile.gettempdir()) / f"capexp-reap-{key}.lock"), mode=0o666)
 
 
 def reap(study, storage, plan: Plan) -> None:
     """Fail (and queue again) the running trials of dead workers, end their runs KILLED: those
-    of this machine's dead processes, and those whose database heartbeat stopped."""
+    of this machine's dead processes, and those whose database heartbeat stopped.
+
+    A trial is marked as owed a retry before it is failed, and every owed trial without a retry
+    gets one here, so a reaper killed between failing a trial and queueing it loses nothing.
+    """
     import optuna
     from optuna.trial import TrialState
 
     with quiet_experimental():
         optuna.storages.fail_stale_trials(study)  # calls on_stale for each; a no-op for journal files
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get(ATTR_WORKER)
-        if not worker or not _is_dead(worker):
-            continue
-        try:
-            if not storage.set_trial_state_values(trial_id(storage, plan.name, trial.number), state=TrialState.FAIL):
+    with _lock(plan):
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            worker = trial.user_attrs.get(ATTR_WORKER)
+            if not worker or not _is_dead(worker):
                 continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another process got there first
-        log.warning("study %s: trial %d's worker (%s) died; the trial is failed and queued to run again.",
-                    plan.name, trial.number, worker)
-        on_stale(plan)(study, frozen(storage, plan.name, trial.number))
+            number = trial_id(storage, plan.name, trial.number)
+            try:
+                storage.set_trial_user_attr(number, ATTR_RETRY_OWED, True)
+                if not storage.set_trial_state_values(number, state=TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another process got there first
+            log.warning("study %s: trial %d's worker (%s) died; the trial is failed and queued to run again.",
+                        plan.name, trial.number, worker)
+        _retry_owed(study, plan)
     _end_orphan_runs(study, plan)
+
+
+def _retry_owed(study, plan: Plan) -> None:
+    """Queue again each failed trial owed a retry that has none yet, and end its runs KILLED."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
+    for trial in trials:
+        spent = len(trial.system_attrs.get("retry_history", [])) >= MAX_RETRY  # retry() would not queue it
+        if trial.state == TrialState.FAIL and trial.user_attrs.get(ATTR_RETRY_OWED) and trial.number not in retried \
+                and not spent:
+            on_stale(plan)(study, trial)
 
 
 def _end_orphan_runs(study, plan: Plan) -> None:

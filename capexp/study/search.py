@@ -17,8 +17,10 @@ from capexp.errors import CapexpError, warn
 from capexp.paths import project_file
 from capexp.search_space import Categorical, GridSampler, SearchSpace, load_space
 from capexp.spec import Spec, flatten, load_spec, metric_mode, spec_hash
+from capexp.stopping import stoppable
 from capexp.study.plan import Plan, StudySummary
 from capexp.study.report import parent_run, summarize
+from capexp.study.liveness import on_stale, reap
 from capexp.study.storage import grid_points_run, open_storage, storage_label, trial_counts
 from capexp.study.trials import run_workers, work
 from capexp.tracking import (
@@ -74,6 +76,7 @@ def _enqueue(study, paths: Sequence[Path], raw: SearchSpace, space: SearchSpace,
         study.enqueue_trial(params, user_attrs={ATTR_RUN_NAME: spec.id}, skip_if_exists=True)
 
 
+@stoppable
 def run_study(
     base: Path | None = None,
     *,
@@ -94,6 +97,8 @@ def run_study(
     `storage`: None for `studies/<name>.journal`, a journal file path, or a database URL
     (PostgreSQL for workers on several machines, with `heartbeat_interval` seconds between
     heartbeats). `workers` processes run trials in parallel. `enqueue` specs run first.
+    Ctrl-C, SIGTERM or SIGHUP stop every worker: their running trials end KILLED and are queued
+    to run again, and the parent run ends KILLED.
     """
     from capexp.backbones import decoder_depth
 
@@ -196,6 +201,7 @@ def _run_trials(study, plan: Plan, workers: int) -> str:
     problems: list[str] = []
     if workers > 1:
         problems = run_workers(plan, workers)
+        _reap_dead_workers(plan)
     else:
         work(plan, 0)
     counts = trial_counts(study)
@@ -212,3 +218,11 @@ def _run_trials(study, plan: Plan, workers: int) -> str:
     if done < trials:  # the last trials run in other processes (other machines): they finish the study
         log.info("study %s: %d trial(s) still running elsewhere; the study ends when they do.", name, counts["RUNNING"])
     return "FINISHED" if done >= trials else "RUNNING"
+
+
+def _reap_dead_workers(plan: Plan) -> None:
+    """Fail and queue again the trials of workers that died (not "running elsewhere": nobody runs them)."""
+    import optuna
+
+    storage = open_storage(plan.storage, plan.name, plan.heartbeat_interval, on_stale(plan))
+    reap(optuna.load_study(study_name=plan.name, storage=storage), storage, plan)

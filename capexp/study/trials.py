@@ -6,6 +6,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 from capexp.errors import CapexpError, TrainingDiverged, warn
 from capexp.search_space import GridSampler, HyperbandPruner, MedianPruner
 from capexp.spec import load_spec
+from capexp.stopping import exit_code, stop_on_signals
 from capexp.study.liveness import on_stale, reap, retry, worker_id
 from capexp.study.plan import Plan
 from capexp.study.progress import trial_line
@@ -66,6 +69,13 @@ def _objective(plan: Plan, storage, worker: str):
     better = max if plan.direction == "maximize" else min
 
     def objective(trial: optuna.Trial) -> float:
+        try:
+            return run_trial(trial)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: this trial runs again on the next command
+            retry(trial.study, frozen(storage, plan.name, trial.number))
+            raise
+
+    def run_trial(trial: optuna.Trial) -> float:
         trial.set_user_attr(ATTR_WORKER, worker)
         values = {key: param.suggest(trial, key) for key, param in plan.space.params.items()}
         run_name = trial.user_attrs.get(ATTR_RUN_NAME) or f"{plan.name}-{trial.number:03d}"
@@ -92,9 +102,6 @@ def _objective(plan: Plan, storage, worker: str):
                 tracking_uri=plan.tracking_uri, parent_run_id=plan.parent_run_id, tags=tags,
                 params={PARAM_TRIAL_NUMBER: str(trial.number)}, on_epoch=on_epoch,
             )
-        except KeyboardInterrupt:
-            retry(trial.study, frozen(storage, plan.name, trial.number))
-            raise
         except (TrainingDiverged, torch.cuda.OutOfMemoryError) as e:
             reason = str(e) if isinstance(e, TrainingDiverged) else f"out of memory: {e}"
             trial.set_user_attr(ATTR_ERROR, reason[:500])
@@ -195,12 +202,13 @@ def _worker_main(plan: Plan, index: int, errors: Any) -> None:
     for noisy in ("mlflow", "alembic", "optuna", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        work(plan, index)
+        with stop_on_signals():
+            work(plan, index)
     except CapexpError as e:
         errors.put((index, str(e)))
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as e:
+        raise SystemExit(exit_code(e)) from None
     except Exception as e:  # noqa: BLE001 - the parent turns it into one message
         log.exception("worker %d failed", index)
         errors.put((index, f"{type(e).__name__}: {e}"))
@@ -220,7 +228,10 @@ def run_workers(plan: Plan, workers: int) -> list[str]:
     try:
         for proc in procs:
             proc.join()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C reached the workers too; SIGTERM or SIGHUP only this process
+        for proc in procs:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)  # a worker stops once: a second signal is ignored
         for proc in procs:
             proc.join()
         raise

@@ -15,6 +15,7 @@ __all__ = [
     "PARAM_STUDY_STORAGE", "PARAM_SAMPLER", "PARAM_PRUNER", "SPACE_PREFIX",
     "ARTIFACT_CHECKPOINT", "CHECKPOINT_META", "CHECKPOINT_WEIGHTS",
     "ATTR_WORKER", "ATTR_RUN_ID", "ATTR_RUN_NAME", "ATTR_METRIC", "ATTR_BASE_HASH", "ATTR_BASE", "ATTR_SPACE", "ATTR_ERROR",
+    "ATTR_RETRY_OWED",
 ]
 
 DEFAULT_EXPERIMENT = "capexp"
@@ -72,3 +73,4 @@ ATTR_BASE_HASH = "capexp.base_hash"
 ATTR_BASE = "capexp.base"  # the base spec file the study was created with
 ATTR_SPACE = "capexp.space"  # its search-space file
 ATTR_ERROR = "capexp.error"  # why a trial failed (diverged, out of memory)
+ATTR_RETRY_OWED = "capexp.retry_owed"  # set on a dead worker's trial before it is failed: it must be queued again

@@ -9,12 +9,15 @@ the experiment and that parameter, so the printed link opens on the runs in eith
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 
 from capexp.tracking.names import DEFAULT_EXPERIMENT
 from capexp.tracking.store import artifact_root, experiment_id, resolve_tracking_uri, use_store
 
-__all__ = ["WORKFLOW_QUERY", "ui_command", "ui_url"]
+__all__ = ["WORKFLOW_QUERY", "run_ui", "ui_command", "ui_url"]
 
 WORKFLOW_QUERY = "workflowType=machine_learning"  # the MLflow UI's "Model training" switch
 
@@ -35,3 +38,36 @@ def ui_url(tracking_uri: str | None, host: str, port: int, experiment: str = DEF
     exp = experiment_id(experiment, create=False)
     page = f"experiments/{exp}/runs" if exp is not None else ""
     return f"http://{host}:{port}/#/{page}?{WORKFLOW_QUERY}"
+
+
+def run_ui(cmd: list[str], grace: float = 10.0) -> int:
+    """Run the UI server `cmd` in its own process group until it exits; its exit code.
+
+    Ctrl-C, SIGTERM and SIGHUP to this process are passed on to the whole group (the server and
+    the job consumers it starts), which gets `grace` seconds before SIGKILL: nothing is left
+    running. Then 128 + the signal's number.
+    """
+    from capexp.stopping import Stopped, exit_code, stop_on_signals
+
+    child = subprocess.Popen(cmd, start_new_session=True)  # a group of its own: one signal reaches all of it
+    with stop_on_signals():  # a second signal while the group stops is ignored
+        try:
+            return child.wait()
+        except KeyboardInterrupt as e:
+            _stop_group(child, signal.SIGTERM if isinstance(e, Stopped) else signal.SIGINT, grace)
+            return exit_code(e)
+
+
+def _stop_group(child: subprocess.Popen, signum: int, grace: float) -> None:
+    try:
+        os.killpg(child.pid, signum)
+        child.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    except ProcessLookupError:
+        child.wait()
+    try:  # the server's own children may outlive it
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
