@@ -199,7 +199,7 @@ def score(scores: Path, experiment: str, tracking_uri: str | None) -> None:
 @click.argument("images_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--run", "runs", multiple=True, help="A run id or name whose best checkpoint captions (repeatable).")
 @click.option("--experiment", default=None, help="Every run with a checkpoint in this experiment (with --run: where names are looked up).")
-@click.option("--model", "models", multiple=True, help="A registered model URI (models:/NAME@alias) or a checkpoint folder (repeatable).")
+@click.option("--model", "models", multiple=True, help="A logged model (models:/m-...), a registered one (models:/NAME@alias) or a checkpoint folder (repeatable).")
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False), required=True, help="CSV: image_id, model_name, caption.")
 @click.option("--beam", type=int, default=None, help="Beam size (default: each run's evaluation.beam_size).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
@@ -220,7 +220,7 @@ def caption(images_dir: Path, runs: tuple[str, ...], experiment: str | None, mod
 @click.argument("images")
 @click.option("--run", "runs", multiple=True, help="A run id or name whose best checkpoint captions (repeatable).")
 @click.option("--experiment", default=None, help="Every run with a checkpoint in this experiment (with --run: where names are looked up).")
-@click.option("--model", "models", multiple=True, help="A registered model URI (models:/NAME@alias) or a checkpoint folder (repeatable).")
+@click.option("--model", "models", multiple=True, help="A logged model (models:/m-...), a registered one (models:/NAME@alias) or a checkpoint folder (repeatable).")
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The HTML page to write.")
 @click.option("--sheet", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write the scoring sheet (image_id, model_name, caption, score blank) for `capexp score`.")
@@ -258,7 +258,7 @@ def gallery(images: str, runs: tuple[str, ...], experiment: str | None, models: 
 @click.option("--experiment", default=None, help="Where the run name is looked up (default: every experiment).")
 @_URI
 def register(run: str, name: str, alias: str, experiment: str | None, tracking_uri: str | None) -> None:
-    """Log RUN's best checkpoint as an MLflow pyfunc model and register it under NAME@ALIAS."""
+    """Register RUN's logged model (its best checkpoint as an MLflow pyfunc model) under NAME@ALIAS."""
     from capexp.serving import register_run
     from capexp.tracking import resolve_tracking_uri
 

@@ -2,7 +2,7 @@
 
 `run_spec` is the main job behind `capexp run` and every study trial. Bad input fails before
 an MLflow run exists; once one exists, a crash or Ctrl-C ends it FAILED or KILLED with the
-metrics, the best checkpoint so far, the curves and the log kept.
+metrics, the best checkpoint so far (as the run's logged model), the curves and the log kept.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ from capexp.tracking import (
     TAG_GIT,
     TAG_PRUNED,
     TAG_SPEC_HASH,
+    TAG_STUDY,
+    TAG_TRIAL,
     TAG_VERSION,
     experiment_id,
     param_value,
@@ -279,21 +281,50 @@ def run_spec(
 
 
 def _finish(spec: Spec, workdir: Path, best: dict[str, Any], status: str, handler: logging.Handler) -> None:
-    """Log what exists (best checkpoint, log file), copy to the seed's paths, end the run."""
+    """Log what exists (best checkpoint as the run's model, best_* metrics, log file), copy to the
+    seed's paths, end the run."""
     import mlflow
 
     try:
-        if best:
-            mlflow.log_metrics(best)
         if (workdir / "checkpoint").is_dir():
-            mlflow.log_artifacts(str(workdir / "checkpoint"), artifact_path=ARTIFACT_CHECKPOINT)
+            _log_model(workdir / "checkpoint", best)
             _copy_to_seed_paths(spec, workdir)
+        elif best:
+            mlflow.log_metrics(best)
     finally:
         log.removeHandler(handler)
         handler.close()
         mlflow.log_artifact(str(workdir / "run.log"))
         mlflow.end_run(status)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _log_model(checkpoint: Path, best: dict[str, Any]) -> None:
+    """The best checkpoint as the run's logged model, with the best_* metrics on run and model.
+
+    Should logging the model fail, the checkpoint is kept as the run's `checkpoint` artifact
+    (which capexp reads too) and the reason is warned: tracked data is never lost.
+    """
+    import time
+
+    import mlflow
+
+    from capexp.serving import log_checkpoint_model
+
+    run_id = mlflow.active_run().info.run_id
+    tags = mlflow.MlflowClient().get_run(run_id).data.tags
+    started = time.perf_counter()
+    try:
+        log_checkpoint_model(checkpoint, run_id, metrics=best,
+                             tags={k: tags[k] for k in (TAG_STUDY, TAG_TRIAL) if k in tags})
+    except Exception as e:  # noqa: BLE001 - any failure: keep the weights another way
+        warn(f"run {run_id}: logging the best checkpoint as a model failed ({type(e).__name__}: {e}); "
+             f"it is kept as the run's `{ARTIFACT_CHECKPOINT}` artifact instead.")
+        mlflow.log_artifacts(str(checkpoint), artifact_path=ARTIFACT_CHECKPOINT)
+        if best:
+            mlflow.log_metrics(best)
+        return
+    mlflow.log_metric("model_log_seconds", time.perf_counter() - started)
 
 
 def _copy_to_seed_paths(spec: Spec, workdir: Path) -> None:
