@@ -129,17 +129,21 @@ def ui(tracking_uri: str | None, port: int, experiment: str) -> None:
 @click.option("--storage", default=None, help="Optuna storage: default studies/NAME.journal; a PostgreSQL URL for several machines.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes on this machine.")
 @click.option("--enqueue", type=click.Path(path_type=Path), multiple=True, help="A spec to try first (repeatable).")
+@click.option("--keep-models", type=int, default=None,
+              help="Keep logged models (weights) of the best K trials only; the others keep metrics and curves.")
 @_SET
 @_EXPERIMENT
 @_URI
 @_NO_SYSTEM_METRICS
 def study(base: Path | None, trials: int, name: str | None, space: Path | None, storage: str | None, workers: int,
-          enqueue: tuple[Path, ...], overrides: tuple[str, ...], experiment: str, tracking_uri: str | None) -> None:
+          enqueue: tuple[Path, ...], keep_models: int | None, overrides: tuple[str, ...], experiment: str,
+          tracking_uri: str | None) -> None:
     """Optuna search over the base spec, every trial a child MLflow run; resumable and parallel."""
     from capexp.study import run_study
 
     summary = run_study(base, trials=trials, name=name, space=space, storage=storage, workers=workers,
-                        experiment=experiment, enqueue=enqueue, tracking_uri=tracking_uri, overrides=overrides)
+                        experiment=experiment, enqueue=enqueue, tracking_uri=tracking_uri, overrides=overrides,
+                        keep_models=keep_models)
     click.echo(summary.report())
 
 

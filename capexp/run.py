@@ -182,14 +182,17 @@ def _vocabulary(spec: Spec, inputs: _Inputs, references: list[list[str]]) -> tup
 
 
 class _Recorder:
-    """After each epoch: log its metrics, keep the best checkpoint, write captions and curves."""
+    """After each epoch: log its metrics, keep the best checkpoint (trained weights only), write captions and curves."""
 
     def __init__(self, spec: Spec, origin: str, model: ClipCap, meta: CheckpointMeta, val: CaptionData, workdir: Path,
                  on_epoch: Callable[[int, dict[str, float]], bool | None] | None) -> None:
+        from capexp.model import frozen_base
+
         self.metric, self.mode = spec.training_config.best_metric, spec.training_config.mode
         self.origin, self.model, self.meta, self.val, self.workdir, self.on_epoch = origin, model, meta, val, workdir, on_epoch
         self.history: list[dict[str, float]] = []
         self.best: dict[str, Any] = {}
+        self.frozen = frozen_base(model, spec.gpt2_config.model)  # frozen blocks stay out of the checkpoint
 
     def _improves(self, value: float) -> bool:
         if not self.best:
@@ -212,7 +215,8 @@ class _Recorder:
             )
         if self._improves(metrics[metric]):
             self.best.update({f"best_{metric}": metrics[metric], "best_epoch": result.epoch})
-            save_checkpoint(self.model, workdir / "checkpoint", replace(self.meta, epoch=result.epoch, metrics=metrics))
+            save_checkpoint(self.model, workdir / "checkpoint", replace(self.meta, epoch=result.epoch, metrics=metrics),
+                            self.frozen)
         write_captions(workdir / "val_captions.csv", self.val.image_ids, result.captions, self.val.references)
         plot_curves(self.history, workdir / "curves.png")
         mlflow.log_artifact(str(workdir / "val_captions.csv"))

@@ -22,6 +22,7 @@ base64-encoded, in a column `image`; one row per image; `params.beam_size` is op
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -151,6 +152,18 @@ def log_checkpoint_model(checkpoint: Path, run_id: str, *, metrics: dict[str, fl
     return logged.model_id
 
 
+def _full_checkpoint(checkpoint: Path, folder: Path) -> Path:
+    """A trained-only checkpoint with its frozen weights put back from the base: every weight, in `folder`."""
+    from dataclasses import replace
+
+    from capexp.inference import read_checkpoint
+    from capexp.model import save_checkpoint
+
+    found = read_checkpoint(checkpoint)
+    captioner = found.load("cpu")
+    return save_checkpoint(captioner.model, folder / "checkpoint", replace(found.meta, frozen=None))
+
+
 def register_run(
     run: str,
     name: str,
@@ -164,7 +177,9 @@ def register_run(
     `run` is a run id or a run name (searched in `experiment`, else in every experiment). The
     run's own model (logged when it trained) is registered as it is, with no second copy of its
     weights; a run from before runs logged models gets its model logged from its `checkpoint`
-    artifact first. The run itself is not reopened, so its status and times stay as they were.
+    artifact first. A run whose checkpoint leaves out frozen decoder blocks gets a self-contained
+    model (every weight) logged and registered instead, so the registered model needs no base.
+    The run itself is not reopened, so its status and times stay as they were.
     """
     import mlflow
     from mlflow import MlflowClient
@@ -178,8 +193,12 @@ def register_run(
     run_id = find_run(run, experiment)
     checkpoint = run_checkpoint(run_id, run)
     meta = CheckpointMeta.read(checkpoint)
-    model = run_model(run_id)
-    model_id = model.model_id if model is not None else log_checkpoint_model(checkpoint, run_id)
+    if meta.frozen is not None:  # a registered model holds every weight: log a self-contained copy
+        with tempfile.TemporaryDirectory(prefix="capexp-register-") as tmp:
+            model_id = log_checkpoint_model(_full_checkpoint(checkpoint, Path(tmp)), run_id)
+    else:
+        model = run_model(run_id)
+        model_id = model.model_id if model is not None else log_checkpoint_model(checkpoint, run_id)
     client = MlflowClient()
     client.set_logged_model_tags(model_id, {TAG_REGISTERED: "true"})  # `capexp study --keep-models` keeps it
     version = mlflow.register_model(f"models:/{model_id}", name)

@@ -59,3 +59,4 @@ class Plan:
     seed_offset: int  # trials in the study when this command started: a resume samples anew
     threads: int  # torch threads per worker (0: leave torch's default)
     log_level: int
+    keep_models: int | None = None  # only the best k trials keep their logged models (None: every trial)

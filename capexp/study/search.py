@@ -17,6 +17,7 @@ from capexp.errors import CapexpError, warn
 from capexp.paths import project_file
 from capexp.search_space import Categorical, GridSampler, SearchSpace, load_space
 from capexp.spec import Spec, flatten, load_spec, metric_mode, spec_hash
+from capexp.study.models import check_keep_models
 from capexp.study.plan import Plan, StudySummary
 from capexp.study.report import parent_run, summarize
 from capexp.study.storage import grid_points_run, open_storage, storage_label, trial_counts
@@ -85,6 +86,7 @@ def run_study(
     tracking_uri: str | None = None,
     overrides: Sequence[str] = (),
     heartbeat_interval: int = 60,
+    keep_models: int | None = None,
 ) -> StudySummary:
     """Search `space` (default `studies/default.json`) around `base` (default: the quickstart)
     until the study has `trials` complete or pruned trials, resuming a study of that name.
@@ -92,12 +94,14 @@ def run_study(
     `storage`: None for `studies/<name>.journal`, a journal file path, or a database URL
     (PostgreSQL for workers on several machines, with `heartbeat_interval` seconds between
     heartbeats). `workers` processes run trials in parallel. `enqueue` specs run first.
+    `keep_models`: only the best k trials keep their logged models (capexp.study.models).
     """
     from capexp.backbones import decoder_depth
 
     base = Path(base) if base is not None else default_base()
     name = name or base.stem
     _check_counts(name, trials, workers)
+    check_keep_models(keep_models)
     origin = str(space) if space is not None else "studies/default.json"
     spec = load_spec(base, overrides)
     check_spec(spec, str(base))
@@ -121,7 +125,7 @@ def run_study(
         direction=direction, num_epochs=spec.training_config.num_epochs, trials=trials, experiment=experiment,
         tracking_uri=uri, parent_run_id=parent, heartbeat_interval=heartbeat_interval,
         seed_offset=sum(counts.values()), threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0,
-        log_level=logging.getLogger("capexp").getEffectiveLevel(),
+        log_level=logging.getLogger("capexp").getEffectiveLevel(), keep_models=keep_models,
     )
     done = counts["COMPLETE"] + counts["PRUNED"]
     log.info("study %s: %d of %d trials done; %s with %d worker(s); storage %s; MLflow parent run %s",

@@ -11,6 +11,7 @@ from capexp.errors import CapexpError, TrainingDiverged, warn
 from capexp.search_space import GridSampler, HyperbandPruner, MedianPruner
 from capexp.spec import load_spec
 from capexp.study.liveness import on_stale, reap, retry, worker_id
+from capexp.study.models import keep_best_models
 from capexp.study.plan import Plan
 from capexp.study.storage import frozen, open_storage, quiet_experimental, trial_counts
 from capexp.tracking import ATTR_ERROR, ATTR_RUN_ID, ATTR_RUN_NAME, ATTR_WORKER, TAG_STUDY, TAG_TRIAL
@@ -126,6 +127,7 @@ def work(plan: Plan, index: int) -> None:
 
     def after_trial(study: optuna.Study, trial: Any) -> None:
         reap(study, storage, plan)
+        keep_best_models(study, plan)
         failed[:] = [*failed, trial] if trial.state == optuna.trial.TrialState.FAIL else []
         if len(failed) >= _MAX_FAILED_IN_A_ROW:
             numbers = ", ".join(str(t.number) for t in failed)
@@ -138,6 +140,7 @@ def work(plan: Plan, index: int) -> None:
             study.stop()
 
     reap(study, storage, plan)
+    keep_best_models(study, plan)  # a resume may ask for fewer models than before
     if enough(trial_counts(study)):
         return
     study.optimize(_objective(plan, storage, worker_id()), callbacks=[after_trial], gc_after_trial=True)
