@@ -66,7 +66,11 @@ class Checkpoint:
         from capexp.model import build_model, load_state
         from capexp.vocabulary import restrict_vocabulary
 
-        decoder, tokenizer = load_decoder(self.spec.gpt2_config.model, self.spec.gpt2_config.tokenizer)
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # seeded as the run seeded it: a randomly initialised
+            torch.manual_seed(self.spec.seed)     # preset gets the frozen blocks it trained with
+            decoder, tokenizer = load_decoder(self.spec.gpt2_config.model, self.spec.gpt2_config.tokenizer)
         if self.meta.vocabulary:
             tokenizer = restrict_vocabulary(decoder, tokenizer, self.meta.vocabulary)
         model = build_model(self.spec, decoder, decoder_blocks(decoder), self.card.feature_dim)

@@ -11,12 +11,16 @@ import mlflow
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
+from safetensors import safe_open
 
 from capexp.cli import cli
-from capexp.inference import find_checkpoint
+from capexp.inference import caption_folder, find_checkpoint
+from capexp.run import run_spec
 from capexp.serving import register_run
+from capexp.spec import load_spec
 from capexp.tracking import run_checkpoint, run_model, use_store
 
+REPO = Path(__file__).resolve().parents[1]
 # 8 optimizer steps per run: a few seconds each
 TINY = ["training_config.num_epochs=2", "data_paths.num_train=64", "training_config.batch_size=16",
         "training_config.one_caption_per_image=true", "data_paths.num_val=4", "evaluation.coco_metrics=false"]
@@ -105,3 +109,26 @@ def test_a_run_with_only_a_checkpoint_artifact_still_captions_and_registers(runs
     model = run_model(old.info.run_id)
     assert client.get_model_version_by_alias("older", "champion").source == f"models:/{model.model_id}"
     assert find_checkpoint("models:/older@champion", tracking_uri=uri).meta.epoch == checkpoint.meta.epoch
+
+
+def test_a_run_with_frozen_blocks_stores_trained_weights_and_registers_every_weight(runs, make_photos, tmp_path, monkeypatch) -> None:
+    uri, _ = runs
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    spec = load_spec(REPO / "experiments" / "quickstart.json", [*TINY, "gpt2_config.n_layers_to_freeze=3", 'id="frozen"'])
+    run_id = run_spec(spec).run_id
+
+    def blocks(folder: Path) -> set[str]:
+        with safe_open(folder / "model.safetensors", "pt") as f:
+            return {k.split(".h.")[1].split(".")[0] for k in f.keys() if ".h." in k}
+
+    trained = find_checkpoint(run_id, tracking_uri=uri)
+    assert blocks(trained.folder) == {"3"} and trained.meta.frozen["base"] == "gpt2-tiny"  # blocks 0-2 frozen
+    registered = register_run(run_id, "frozen", tracking_uri=uri)
+    full = find_checkpoint(registered.model_uri, tracking_uri=uri)
+    assert blocks(full.folder) == {"0", "1", "2", "3"} and full.meta.frozen is None  # self-contained
+
+    folder = tmp_path / "photos"
+    make_photos(folder, 3)
+    caption_folder(folder, [trained], tmp_path / "t.csv")
+    caption_folder(folder, [full], tmp_path / "f.csv")
+    assert _rows(tmp_path / "t.csv") == _rows(tmp_path / "f.csv")  # the same model either way

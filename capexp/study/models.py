@@ -9,10 +9,15 @@ and captions. A model `capexp register` registered is kept regardless.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from capexp.errors import CapexpError, warn
 from capexp.study.plan import Plan
 from capexp.tracking import MODEL_NAME, TAG_REGISTERED, TAG_STUDY, TAG_TRIAL, delete_model, experiment_id, use_store
+
+if TYPE_CHECKING:
+    import optuna
+    from mlflow.entities import LoggedModel
 
 __all__ = ["check_keep_models", "keep_best_models"]
 
@@ -20,13 +25,29 @@ log = logging.getLogger("capexp")
 
 
 def check_keep_models(keep_models: int | None) -> None:
+    """`--keep-models` must be at least 1 (None: every trial keeps its model)."""
     if keep_models is not None and keep_models < 1:
         raise CapexpError(f"--keep-models must be 1 or more, got {keep_models}; leave it out to keep every trial's model.")
 
 
-def keep_best_models(study, plan: Plan) -> int:
-    """Delete the models of finished trials outside the best `plan.keep_models`; return how many went."""
+def _study_models(experiment: str, study: str) -> list[LoggedModel]:
+    """Every logged model of the study's trials (all pages)."""
     from mlflow import MlflowClient
+
+    client, token = MlflowClient(), None
+    models: list[LoggedModel] = []
+    while True:
+        page = client.search_logged_models(
+            experiment_ids=[experiment], filter_string=f"tags.`{TAG_STUDY}` = '{study}' AND name = '{MODEL_NAME}'",
+            max_results=100, page_token=token)
+        models += page
+        token = page.token
+        if not token:
+            return models
+
+
+def keep_best_models(study: optuna.Study, plan: Plan) -> int:
+    """Delete the models of finished trials outside the best `plan.keep_models`; return how many went."""
     from mlflow.exceptions import MlflowException
     from optuna.trial import TrialState
 
@@ -41,10 +62,8 @@ def keep_best_models(study, plan: Plan) -> int:
     exp = experiment_id(plan.experiment, create=False)
     if exp is None:
         return 0
-    models = MlflowClient().search_logged_models(
-        experiment_ids=[exp], filter_string=f"tags.`{TAG_STUDY}` = '{plan.name}' AND name = '{MODEL_NAME}'")
     dropped = 0
-    for model in models:
+    for model in _study_models(exp, plan.name):
         trial = model.tags.get(TAG_TRIAL)
         if trial in keep or trial not in finished or model.tags.get(TAG_REGISTERED) == "true":
             continue
