@@ -133,6 +133,8 @@ def ui(tracking_uri: str | None, port: int, experiment: str) -> None:
 @click.option("--storage", default=None, help="Optuna storage: default studies/NAME.journal; a PostgreSQL URL for several machines.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes on this machine.")
 @click.option("--enqueue", type=click.Path(path_type=Path), multiple=True, help="A spec to try first (repeatable).")
+@click.option("--keep-models", type=int, default=None,
+              help="Keep logged models (weights) of the best K trials only; the others keep metrics and curves.")
 @click.option("--best-spec", is_flag=True,
               help="Run nothing: print the best trial's spec at full budget (--spec, default the study's base) as JSON.")
 @_SET
@@ -140,7 +142,7 @@ def ui(tracking_uri: str | None, port: int, experiment: str) -> None:
 @_URI
 @_NO_SYSTEM_METRICS
 def study(base: Path | None, trials: int, name: str | None, space: Path | None, storage: str | None, workers: int,
-          enqueue: tuple[Path, ...], best_spec: bool, overrides: tuple[str, ...], experiment: str,
+          enqueue: tuple[Path, ...], keep_models: int | None, best_spec: bool, overrides: tuple[str, ...], experiment: str,
           tracking_uri: str | None) -> None:
     """Optuna search over the base spec, every trial a child MLflow run; resumable and parallel."""
     from capexp.study import run_study
@@ -153,7 +155,8 @@ def study(base: Path | None, trials: int, name: str | None, space: Path | None, 
         click.echo(best(name, base=base, space=space, storage=storage, overrides=overrides).model_dump_json(indent=2))
         return
     summary = run_study(base, trials=trials, name=name, space=space, storage=storage, workers=workers,
-                        experiment=experiment, enqueue=enqueue, tracking_uri=tracking_uri, overrides=overrides)
+                        experiment=experiment, enqueue=enqueue, tracking_uri=tracking_uri, overrides=overrides,
+                        keep_models=keep_models)
     click.echo(summary.report())
 
 
@@ -228,7 +231,7 @@ def score(scores: Path, experiment: str, tracking_uri: str | None) -> None:
 @click.argument("images_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--run", "runs", multiple=True, help="A run id or name whose best checkpoint captions (repeatable).")
 @click.option("--experiment", default=None, help="Every run with a checkpoint in this experiment (with --run: where names are looked up).")
-@click.option("--model", "models", multiple=True, help="A registered model URI (models:/NAME@alias) or a checkpoint folder (repeatable).")
+@click.option("--model", "models", multiple=True, help="A logged model (models:/m-...), a registered one (models:/NAME@alias) or a checkpoint folder (repeatable).")
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False), required=True, help="CSV: image_id, model_name, caption.")
 @click.option("--beam", type=int, default=None, help="Beam size (default: each run's evaluation.beam_size).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
@@ -249,7 +252,7 @@ def caption(images_dir: Path, runs: tuple[str, ...], experiment: str | None, mod
 @click.argument("images")
 @click.option("--run", "runs", multiple=True, help="A run id or name whose best checkpoint captions (repeatable).")
 @click.option("--experiment", default=None, help="Every run with a checkpoint in this experiment (with --run: where names are looked up).")
-@click.option("--model", "models", multiple=True, help="A registered model URI (models:/NAME@alias) or a checkpoint folder (repeatable).")
+@click.option("--model", "models", multiple=True, help="A logged model (models:/m-...), a registered one (models:/NAME@alias) or a checkpoint folder (repeatable).")
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False), required=True, help="The HTML page to write.")
 @click.option("--sheet", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write the scoring sheet (image_id, model_name, caption, score blank) for `capexp score`.")
@@ -287,7 +290,7 @@ def gallery(images: str, runs: tuple[str, ...], experiment: str | None, models: 
 @click.option("--experiment", default=None, help="Where the run name is looked up (default: every experiment).")
 @_URI
 def register(run: str, name: str, alias: str, experiment: str | None, tracking_uri: str | None) -> None:
-    """Log RUN's best checkpoint as an MLflow pyfunc model and register it under NAME@ALIAS."""
+    """Register RUN's logged model (its best checkpoint as an MLflow pyfunc model) under NAME@ALIAS."""
     from capexp.serving import register_run
     from capexp.tracking import resolve_tracking_uri
 

@@ -95,16 +95,19 @@ def evaluate_run(
 
 def _log_to_run(run_id: str, split: str, metrics: dict[str, float], options: DecodeOptions, image_ids: list[str],
                 captions: list[str], references: list[list[str]]) -> None:
-    """The scores as new metric values, the decoding as a tag, the captions beside the training's files."""
+    """The scores as new metric values (of the run and its model), the decoding as a tag, the captions
+    beside the training's files."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
     from capexp.outputs import write_captions
-    from capexp.tracking import TAG_EVAL_DECODING
+    from capexp.tracking import TAG_EVAL_DECODING, run_model
 
     client = MlflowClient()
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    model = run_model(run_id)  # the scores are the model's too (the UI's "Logged models" shows them)
+    model_id = model.model_id if model is not None else None
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0, model_id=model_id) for k, v in metrics.items()])
     client.set_tag(run_id, TAG_EVAL_DECODING.format(split=split), options.describe())
     with tempfile.TemporaryDirectory(prefix="capexp-eval-") as tmp:
         path = Path(tmp) / f"{split}_captions.csv"

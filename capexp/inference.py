@@ -1,6 +1,6 @@
-"""Captions for a folder of images from tracked runs, checkpoint folders or registered models.
+"""Captions for a folder of images from tracked runs, checkpoint folders, logged or registered models.
 
-Any source (run id, run name, checkpoint folder, `models:/NAME@alias`) becomes a `Checkpoint`:
+Any source (run id, run name, checkpoint folder, `models:/m-...`, `models:/NAME@alias`) becomes a `Checkpoint`:
 its folder (`model.safetensors` + `capexp.json`, see capexp.model, read in place when the
 MLflow store is local), its spec and its encoder's card, without loading weights. `load()`
 turns it into a `Captioner`, a ClipCap ready to run. `caption_folder` encodes the images once
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from capexp.errors import CapexpError, warn
-from capexp.tracking import experiment_runs, find_run, run_checkpoint  # re-exported: runs as caption sources
+from capexp.tracking import experiment_runs, find_run, model_checkpoint, run_checkpoint  # re-exported: runs as caption sources
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +66,11 @@ class Checkpoint:
         from capexp.model import build_model, load_state
         from capexp.vocabulary import restrict_vocabulary
 
-        decoder, tokenizer = load_decoder(self.spec.gpt2_config.model, self.spec.gpt2_config.tokenizer)
+        import torch
+
+        with torch.random.fork_rng(devices=[]):  # seeded as the run seeded it: a randomly initialised
+            torch.manual_seed(self.spec.seed)     # preset gets the frozen blocks it trained with
+            decoder, tokenizer = load_decoder(self.spec.gpt2_config.model, self.spec.gpt2_config.tokenizer)
         if self.meta.vocabulary:
             tokenizer = restrict_vocabulary(decoder, tokenizer, self.meta.vocabulary)
         model = build_model(self.spec, decoder, decoder_blocks(decoder), self.card.feature_dim)
@@ -142,7 +146,7 @@ def read_checkpoint(folder: Path, *, origin: str | None = None) -> Checkpoint:
     if not is_checkpoint(folder):
         raise CapexpError(
             f"{origin}: {folder} is not a capexp checkpoint (it needs model.safetensors and capexp.json). "
-            f"Pass a run id, a run name, a `models:/NAME@alias` URI or the `checkpoint` folder of a run."
+            f"Pass a run id, a run name, a `models:/m-...` or `models:/NAME@alias` URI, or a checkpoint folder."
         )
     meta = CheckpointMeta.read(folder)
     spec = meta.spec
@@ -159,26 +163,9 @@ def read_checkpoint(folder: Path, *, origin: str | None = None) -> Checkpoint:
     return Checkpoint(spec.id, folder, spec, card, meta)
 
 
-def _registered_checkpoint(uri: str) -> Path:
-    """The checkpoint folder inside the model a `models:/NAME@alias` (or `/VERSION`) URI names."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except MlflowException as e:
-        raise CapexpError(
-            f"--model {uri}: {e.message.splitlines()[0]} Register a run first with "
-            f"`capexp register RUN --name NAME --alias champion`, and check the store (--tracking-uri)."
-        ) from None
-    folder = root / "artifacts" / "checkpoint"
-    if not folder.is_dir():
-        raise CapexpError(f"--model {uri}: this model was not registered by capexp (no artifacts/checkpoint in it).")
-    return folder
-
-
 def find_checkpoint(source: str | Path, *, experiment: str | None = None, tracking_uri: str | None = None) -> Checkpoint:
-    """The checkpoint of a run id, a run name (in `experiment`, else any), a checkpoint folder or `models:/NAME@alias`."""
+    """The checkpoint of a run id, a run name (in `experiment`, else any), a checkpoint folder, a logged
+    model (`models:/m-...`) or a registered one (`models:/NAME@alias`)."""
     from capexp.tracking import use_store
 
     text = str(source)
@@ -187,7 +174,7 @@ def find_checkpoint(source: str | Path, *, experiment: str | None = None, tracki
         return read_checkpoint(folder / "checkpoint" if (folder / "checkpoint").is_dir() else folder)
     use_store(tracking_uri)
     if text.startswith("models:/"):
-        return read_checkpoint(_registered_checkpoint(text), origin=f"--model {text}")
+        return read_checkpoint(model_checkpoint(text, f"--model {text}"), origin=f"--model {text}")
     return read_checkpoint(run_checkpoint(find_run(text, experiment), text), origin=f"run {text!r}")
 
 

@@ -3,10 +3,13 @@
 Read top to bottom in the order a batch flows: the mappers, then `ClipCap.prefix` and
 `ClipCap.forward` (the loss on caption tokens only), then `build_model` (as a spec says), and
 the checkpoint format: `model.safetensors` + `capexp.json` (`CheckpointMeta`), never pickle.
+A run's checkpoint leaves out the decoder blocks it froze, as PEFT adapters do: `capexp.json`
+names the base they come from and a SHA-256 of their values, checked when the checkpoint loads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from capexp.errors import CapexpError
 from capexp.tracking.names import CHECKPOINT_META, CHECKPOINT_WEIGHTS
 
 if TYPE_CHECKING:
@@ -22,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ClipCap", "MlpMapper", "TransformerMapper", "build_mapper", "freeze_blocks", "build_model",
-    "CheckpointMeta", "is_checkpoint", "save_checkpoint", "load_state",
+    "CheckpointMeta", "frozen_base", "is_checkpoint", "save_checkpoint", "load_state",
 ]
 
 
@@ -154,11 +158,12 @@ class CheckpointMeta:
     vocabulary: list[int] | None  # kept token ids (`gpt2_config.vocabulary: train`), else None
     epoch: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    frozen: dict[str, Any] | None = None  # `frozen_base`: the weights left out, None when every weight is in
 
     def to_json(self) -> dict[str, Any]:
         return {"capexp_version": self.capexp_version, "spec": self.spec.model_dump(mode="json"), "feature_dim": self.feature_dim,
                 "encoder_cache_id": self.encoder_cache_id, "vocabulary": self.vocabulary,
-                "epoch": self.epoch, "metrics": self.metrics}
+                "epoch": self.epoch, "metrics": self.metrics, "frozen": self.frozen}
 
     @classmethod
     def read(cls, folder: Path) -> CheckpointMeta:
@@ -166,7 +171,8 @@ class CheckpointMeta:
 
         data = json.loads((folder / CHECKPOINT_META).read_text())
         return cls(data.get("capexp_version"), Spec.model_validate(data["spec"]), data.get("feature_dim"),
-                   data.get("encoder_cache_id"), data.get("vocabulary"), data.get("epoch"), data.get("metrics") or {})
+                   data.get("encoder_cache_id"), data.get("vocabulary"), data.get("epoch"), data.get("metrics") or {},
+                   data.get("frozen"))
 
 
 def is_checkpoint(folder: Path) -> bool:
@@ -174,20 +180,81 @@ def is_checkpoint(folder: Path) -> bool:
     return (folder / CHECKPOINT_META).is_file() and (folder / CHECKPOINT_WEIGHTS).is_file()
 
 
-def save_checkpoint(model: ClipCap, folder: Path, meta: CheckpointMeta | dict[str, Any]) -> Path:
-    """Write the model as `model.safetensors` + `capexp.json` (never pickle). Returns the folder."""
-    from safetensors.torch import save_model
+def _frozen_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of frozen parameters (every alias of a tied one)."""
+    frozen = {p.data_ptr() for p in model.parameters() if not p.requires_grad}
+    return {k for k, v in model.state_dict().items() if v.data_ptr() in frozen}
+
+
+def _digest(model: nn.Module) -> str:
+    """SHA-256 of the frozen parameters' names, dtypes, shapes and values."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            t = p.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def frozen_base(model: nn.Module, base: str) -> dict[str, Any] | None:
+    """What a trained-only checkpoint of `model` records about the frozen weights it leaves out:
+    `base` (the decoder they come from, e.g. the spec's `gpt2_config.model`), how many tensors, and
+    their SHA-256. None when nothing is frozen (the checkpoint then holds every weight)."""
+    keys = _frozen_keys(model)
+    return {"base": base, "tensors": len(keys), "sha256": _digest(model)} if keys else None
+
+
+def save_checkpoint(model: ClipCap, folder: Path, meta: CheckpointMeta | dict[str, Any],
+                    frozen: dict[str, Any] | None = None) -> Path:
+    """Write the model as `model.safetensors` + `capexp.json` (never pickle). Returns the folder.
+
+    With `frozen` (from `frozen_base`), frozen parameters are left out and `capexp.json` records
+    them; without it, every weight is written (a self-contained checkpoint).
+    """
+    from safetensors.torch import save_file, save_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(folder / CHECKPOINT_WEIGHTS))
-    data = meta.to_json() if isinstance(meta, CheckpointMeta) else meta
+    data = meta.to_json() if isinstance(meta, CheckpointMeta) else dict(meta)
+    if frozen is not None or "frozen" in data:
+        data["frozen"] = frozen
+    if frozen is None:
+        save_model(model, str(folder / CHECKPOINT_WEIGHTS))
+    else:
+        skip, seen, tensors = _frozen_keys(model), set(), {}
+        for key, value in model.state_dict().items():
+            if key not in skip and value.data_ptr() not in seen:  # a tied tensor once, under its first name
+                seen.add(value.data_ptr())
+                tensors[key] = value.contiguous()
+        save_file(tensors, str(folder / CHECKPOINT_WEIGHTS))
     (folder / CHECKPOINT_META).write_text(json.dumps(data, indent=2, default=str))
     return folder
 
 
 def load_state(model: ClipCap, folder: Path) -> dict[str, Any]:
-    """Load weights saved by `save_checkpoint` into `model`; returns the saved metadata."""
+    """Load weights saved by `save_checkpoint` into `model` (built as the checkpoint's spec says,
+    frozen blocks included); returns the saved metadata.
+
+    A trained-only checkpoint takes its frozen weights from `model` as built: they must be the
+    ones it trained with (same SHA-256), else this is a CapexpError saying so.
+    """
     from safetensors.torch import load_model
 
-    load_model(model, str(folder / CHECKPOINT_WEIGHTS))
-    return json.loads((folder / CHECKPOINT_META).read_text())
+    data = json.loads((folder / CHECKPOINT_META).read_text())
+    frozen = data.get("frozen")
+    if not frozen:
+        load_model(model, str(folder / CHECKPOINT_WEIGHTS))
+        return data
+    if _digest(model) != frozen["sha256"]:
+        raise CapexpError(
+            f"{folder}: this checkpoint holds only the trained weights; its {frozen['tensors']} frozen tensors come "
+            f"from the base decoder {frozen['base']!r}, but the {frozen['base']!r} loaded here has other values. "
+            f"Load it where {frozen['base']!r} is the one it trained on (the same preset package version, hub "
+            f"commit or local folder), or use a model `capexp register` made (it holds every weight)."
+        )
+    missing, unexpected = load_model(model, str(folder / CHECKPOINT_WEIGHTS), strict=False)
+    absent = set(missing) - _frozen_keys(model)
+    if absent or unexpected:
+        raise CapexpError(f"{folder}: the weights do not fit the model its capexp.json describes "
+                          f"(missing {sorted(absent)[:3]}, unexpected {sorted(unexpected)[:3]}); the checkpoint is damaged.")
+    return data

@@ -2,7 +2,7 @@
 
 `run_spec` is the main job behind `capexp run` and every study trial. Bad input fails before
 an MLflow run exists; once one exists, a crash, Ctrl-C, SIGTERM or SIGHUP ends it FAILED or
-KILLED with the metrics, the best checkpoint so far, the curves and the log kept.
+KILLED with the metrics, the best checkpoint so far (as the run's logged model), the curves and the log kept.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from capexp.tracking import (
     TAG_GIT,
     TAG_PRUNED,
     TAG_SPEC_HASH,
+    TAG_STUDY,
+    TAG_TRIAL,
     TAG_VERSION,
     experiment_id,
     param_value,
@@ -181,14 +183,17 @@ def _vocabulary(spec: Spec, inputs: _Inputs, references: list[list[str]]) -> tup
 
 
 class _Recorder:
-    """After each epoch: log its metrics, keep the best checkpoint, write captions and curves."""
+    """After each epoch: log its metrics, keep the best checkpoint (trained weights only), write captions and curves."""
 
     def __init__(self, spec: Spec, origin: str, model: ClipCap, meta: CheckpointMeta, val: CaptionData, workdir: Path,
                  on_epoch: Callable[[int, dict[str, float]], bool | None] | None) -> None:
+        from capexp.model import frozen_base
+
         self.metric, self.mode = spec.training_config.best_metric, spec.training_config.mode
         self.origin, self.model, self.meta, self.val, self.workdir, self.on_epoch = origin, model, meta, val, workdir, on_epoch
         self.history: list[dict[str, float]] = []
         self.best: dict[str, Any] = {}
+        self.frozen = frozen_base(model, spec.gpt2_config.model)  # frozen blocks stay out of the checkpoint
 
     def _improves(self, value: float) -> bool:
         if not self.best:
@@ -211,7 +216,8 @@ class _Recorder:
             )
         if self._improves(metrics[metric]):
             self.best.update({f"best_{metric}": metrics[metric], "best_epoch": result.epoch})
-            save_checkpoint(self.model, workdir / "checkpoint", replace(self.meta, epoch=result.epoch, metrics=metrics))
+            save_checkpoint(self.model, workdir / "checkpoint", replace(self.meta, epoch=result.epoch, metrics=metrics),
+                            self.frozen)
         write_captions(workdir / "val_captions.csv", self.val.image_ids, result.captions, self.val.references)
         plot_curves(self.history, workdir / "curves.png")
         mlflow.log_artifact(str(workdir / "val_captions.csv"))
@@ -284,21 +290,50 @@ def run_spec(
 
 
 def _finish(spec: Spec, workdir: Path, best: dict[str, Any], status: str, handler: logging.Handler) -> None:
-    """Log what exists (best checkpoint, log file), copy to the seed's paths, end the run."""
+    """Log what exists (best checkpoint as the run's model, best_* metrics, log file), copy to the
+    seed's paths, end the run."""
     import mlflow
 
     try:
-        if best:
-            mlflow.log_metrics(best)
         if (workdir / "checkpoint").is_dir():
-            mlflow.log_artifacts(str(workdir / "checkpoint"), artifact_path=ARTIFACT_CHECKPOINT)
+            _log_model(workdir / "checkpoint", best)
             _copy_to_seed_paths(spec, workdir)
+        elif best:
+            mlflow.log_metrics(best)
     finally:
         log.removeHandler(handler)
         handler.close()
         mlflow.log_artifact(str(workdir / "run.log"))
         mlflow.end_run(status)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _log_model(checkpoint: Path, best: dict[str, Any]) -> None:
+    """The best checkpoint as the run's logged model, with the best_* metrics on run and model.
+
+    Should logging the model fail, the checkpoint is kept as the run's `checkpoint` artifact
+    (which capexp reads too) and the reason is warned: tracked data is never lost.
+    """
+    import time
+
+    import mlflow
+
+    from capexp.serving import log_checkpoint_model
+
+    run_id = mlflow.active_run().info.run_id
+    tags = mlflow.MlflowClient().get_run(run_id).data.tags
+    started = time.perf_counter()
+    try:
+        log_checkpoint_model(checkpoint, run_id, metrics=best,
+                             tags={k: tags[k] for k in (TAG_STUDY, TAG_TRIAL) if k in tags})
+    except Exception as e:  # noqa: BLE001 - any failure: keep the weights another way
+        warn(f"run {run_id}: logging the best checkpoint as a model failed ({type(e).__name__}: {e}); "
+             f"it is kept as the run's `{ARTIFACT_CHECKPOINT}` artifact instead.")
+        mlflow.log_artifacts(str(checkpoint), artifact_path=ARTIFACT_CHECKPOINT)
+        if best:
+            mlflow.log_metrics(best)
+        return
+    mlflow.log_metric("model_log_seconds", time.perf_counter() - started)
 
 
 def _copy_to_seed_paths(spec: Spec, workdir: Path) -> None:

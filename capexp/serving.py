@@ -1,8 +1,10 @@
-"""A run's best checkpoint as a registered MLflow pyfunc model that `mlflow models serve` runs.
+"""A run's best checkpoint as an MLflow pyfunc model that `mlflow models serve` runs.
 
-The model is logged from code (capexp/pyfunc_model.py, no pickled objects) with the run's
-`checkpoint/` folder as its artifact and capexp's own source bundled (`code_paths`), so any
-machine with capexp's dependencies can serve it:
+Every run logs its best checkpoint as a model (`log_checkpoint_model`, an MLflow LoggedModel
+named `captioner`, linked to the run and to its metrics); `capexp register` registers that model.
+It is logged from code (capexp/pyfunc_model.py, no pickled objects) with the `checkpoint/` folder
+as its artifact and capexp's own source bundled (`code_paths`), so any machine with capexp's
+dependencies can serve it, by its id or its registered name:
 
     MLFLOW_TRACKING_URI=sqlite:///mlruns/mlflow.db \\
         mlflow models serve -m models:/NAME@champion --env-manager local -h 127.0.0.1 -p 5001
@@ -20,6 +22,7 @@ base64-encoded, in a column `image`; one row per image; `params.beam_size` is op
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +32,7 @@ from capexp.errors import CapexpError
 if TYPE_CHECKING:
     from capexp.spec import Spec
 
-__all__ = ["REQUEST_EXAMPLE", "RegisteredModel", "register_run"]
+__all__ = ["REQUEST_EXAMPLE", "RegisteredModel", "log_checkpoint_model", "register_run"]
 
 log = logging.getLogger("capexp")
 
@@ -99,42 +102,36 @@ def _signature(beam_size: int):
     )
 
 
-def register_run(
-    run: str,
-    name: str,
-    *,
-    alias: str = "champion",
-    experiment: str | None = None,
-    tracking_uri: str | None = None,
-) -> RegisteredModel:
-    """Log run `run`'s best checkpoint as a pyfunc model, register it as `name` and point `alias` at it.
+def log_checkpoint_model(checkpoint: Path, run_id: str, *, metrics: dict[str, float] | None = None,
+                         tags: dict[str, str] | None = None) -> str:
+    """Log a checkpoint folder as run `run_id`'s model; return its id (`m-...`).
 
-    `run` is a run id or a run name (searched in `experiment`, else in every experiment). The
-    logged model is linked to the run (its source run, at the checkpoint's epoch); the run itself
-    is not reopened, so its status and times stay as they were.
+    The model (named `captioner`) is linked to the run at the checkpoint's epoch, carries the
+    run's params, and gets the checkpoint's epoch metrics plus `metrics` (the run's best_*) as
+    its own, so the MLflow UI's "Logged models" and `mlflow.search_logged_models` show its scores.
+    The run itself is not reopened: its status and times stay as they were.
     """
+    import time
+
     import mlflow
     from mlflow import MlflowClient
-    from mlflow.entities import LoggedModelOutput
+    from mlflow.entities import LoggedModelOutput, Metric
 
     import capexp
     from capexp.model import CheckpointMeta
-    from capexp.tracking import ARTIFACT_CHECKPOINT, TAG_VERSION, find_run, run_checkpoint, use_store
+    from capexp.tracking import ARTIFACT_CHECKPOINT, MODEL_NAME, TAG_VERSION
 
-    if not name.strip() or "/" in name or "@" in name:
-        raise CapexpError(f"--name {name!r}: a registered model name must be non-empty, without '/' or '@'.")
-    use_store(tracking_uri)
-    run_id = find_run(run, experiment)
-    checkpoint = run_checkpoint(run_id, run)
     meta = CheckpointMeta.read(checkpoint)
-    spec = meta.spec
+    spec, step = meta.spec, int(meta.epoch or 0)
     client = MlflowClient()
-    source = client.get_run(run_id)
+    run = client.get_run(run_id)
     logged = client.create_logged_model(
-        source.info.experiment_id, name="captioner", source_run_id=run_id,
-        params={"run_name": source.info.run_name or spec.id, "epoch": str(meta.epoch)},
-        tags={TAG_VERSION: meta.capexp_version or capexp.__version__},
+        run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id,
+        params={**run.data.params, "run_name": run.info.run_name or spec.id, "epoch": str(meta.epoch)},
+        tags={TAG_VERSION: meta.capexp_version or capexp.__version__, **(tags or {})},
     )
+    active = mlflow.active_run()
+    linked = active is not None and active.info.run_id == run_id  # log_model links the active run's metrics at `step`
     mlflow.pyfunc.log_model(
         model_id=logged.model_id,
         python_model=str(_MODEL_FILE),
@@ -144,11 +141,69 @@ def register_run(
         input_example=_input_example(),
         pip_requirements=_requirements(spec),
         metadata={"capexp_run_id": run_id, "capexp_epoch": meta.epoch, "request": REQUEST_EXAMPLE},
+        step=step,
     )
-    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=int(meta.epoch or 0))])
-    version = mlflow.register_model(f"models:/{logged.model_id}", name)
-    client.update_model_version(name, version.version, description=f"capexp run {spec.id} ({run_id}), "
-                                f"epoch {meta.epoch}. {REQUEST_EXAMPLE}")
+    if not linked:
+        client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=step)])
+    now = int(time.time() * 1000)
+    scores = {**({} if linked else meta.metrics), **(metrics or {})}
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, step, model_id=logged.model_id) for k, v in scores.items()])
+    log.info("run %s (%s): epoch %s logged as model %s", spec.id, run_id, meta.epoch, logged.model_id)
+    return logged.model_id
+
+
+def _full_checkpoint(checkpoint: Path, folder: Path) -> Path:
+    """A trained-only checkpoint with its frozen weights put back from the base: every weight, in `folder`."""
+    from dataclasses import replace
+
+    from capexp.inference import read_checkpoint
+    from capexp.model import save_checkpoint
+
+    found = read_checkpoint(checkpoint)
+    captioner = found.load("cpu")
+    return save_checkpoint(captioner.model, folder / "checkpoint", replace(found.meta, frozen=None))
+
+
+def register_run(
+    run: str,
+    name: str,
+    *,
+    alias: str = "champion",
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
+) -> RegisteredModel:
+    """Register run `run`'s logged model as `name` and point `alias` at the new version.
+
+    `run` is a run id or a run name (searched in `experiment`, else in every experiment). The
+    run's own model (logged when it trained) is registered as it is, with no second copy of its
+    weights; a run from before runs logged models gets its model logged from its `checkpoint`
+    artifact first. A run whose checkpoint leaves out frozen decoder blocks gets a self-contained
+    model (every weight) logged and registered instead, so the registered model needs no base.
+    The run itself is not reopened, so its status and times stay as they were.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    from capexp.model import CheckpointMeta
+    from capexp.tracking import TAG_REGISTERED, find_run, run_checkpoint, run_model, use_store
+
+    if not name.strip() or "/" in name or "@" in name:
+        raise CapexpError(f"--name {name!r}: a registered model name must be non-empty, without '/' or '@'.")
+    use_store(tracking_uri)
+    run_id = find_run(run, experiment)
+    checkpoint = run_checkpoint(run_id, run)
+    meta = CheckpointMeta.read(checkpoint)
+    if meta.frozen is not None:  # a registered model holds every weight: log a self-contained copy
+        with tempfile.TemporaryDirectory(prefix="capexp-register-") as tmp:
+            model_id = log_checkpoint_model(_full_checkpoint(checkpoint, Path(tmp)), run_id)
+    else:
+        model = run_model(run_id)
+        model_id = model.model_id if model is not None else log_checkpoint_model(checkpoint, run_id)
+    client = MlflowClient()
+    client.set_logged_model_tags(model_id, {TAG_REGISTERED: "true"})  # `capexp study --keep-models` keeps it
+    version = mlflow.register_model(f"models:/{model_id}", name)
+    client.update_model_version(name, version.version, description=f"capexp run {meta.spec.id} ({run_id}), "
+                                f"epoch {meta.epoch}, model {model_id}. {REQUEST_EXAMPLE}")
     client.set_registered_model_alias(name, alias, version.version)
-    log.info("registered run %s (%s) as %s version %s, alias @%s", spec.id, run_id, name, version.version, alias)
+    log.info("registered run %s (%s) as %s version %s, alias @%s", meta.spec.id, run_id, name, version.version, alias)
     return RegisteredModel(name, str(version.version), alias, run_id, f"models:/{name}@{alias}")

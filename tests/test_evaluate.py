@@ -32,6 +32,8 @@ def test_evaluate_logs_split_metrics_and_captions_to_a_finished_run(tracking_uri
         assert run.data.metrics[f"val_{name}"] == pytest.approx(metrics[f"val_{name}"]), name
     assert run.data.metrics["val_images"] == 12
     assert run.data.tags["capexp.val_decoding"] == "beam=2 length_penalty=1.0 no_repeat_ngram_size=2"
+    (model,) = client.search_logged_models([run.info.experiment_id])  # the run's model shows the scores too
+    assert {m.key: m.value for m in model.metrics}["val_bertscore_f1"] == pytest.approx(metrics["val_bertscore_f1"])
     # the training's last validation captions stay; the evaluation's sit beside them
     assert {"val_captions.csv", "evaluation"} <= {f.path for f in client.list_artifacts(result.run_id)}
     csv_path = client.download_artifacts(result.run_id, "evaluation/val_captions.csv", str(tmp_path))

@@ -72,3 +72,40 @@ def test_checkpoint_roundtrip_is_safetensors_and_json(tmp_path: Path) -> None:
     torch.nn.init.zeros_(fresh.mapper.proj.weight)
     assert load_state(fresh, tmp_path / "ckpt") == {"epoch": 3}
     assert torch.equal(fresh.mapper.proj.weight, model.mapper.proj.weight)
+
+
+def test_a_checkpoint_leaves_out_frozen_blocks_and_checks_its_base_on_load(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    from capexp.errors import CapexpError
+    from capexp.model import frozen_base
+
+    def frozen_model() -> ClipCap:
+        decoder = _gpt2()
+        freeze_blocks(decoder.transformer.h, 2)
+        return ClipCap(decoder, build_mapper("mlp", 16, 32, k=2))
+
+    model = frozen_model()
+    torch.nn.init.normal_(model.mapper.proj.weight)  # "trained" weights, unlike a fresh model's
+    with torch.no_grad():
+        model.decoder.transformer.h[2].mlp.c_fc.weight.add_(1.0)
+    save_checkpoint(model, tmp_path / "trained", {"epoch": 1}, frozen_base(model, "gpt2-test"))
+    save_checkpoint(model, tmp_path / "full", {"epoch": 1})
+    with safe_open(tmp_path / "trained" / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+    assert not any(k.startswith(("decoder.transformer.h.0.", "decoder.transformer.h.1.")) for k in keys)
+    assert "decoder.transformer.h.2.mlp.c_fc.weight" in keys and "mapper.proj.weight" in keys
+    trained, full = ((tmp_path / d / "model.safetensors").stat().st_size for d in ("trained", "full"))
+    assert trained < full
+
+    fresh = frozen_model()  # the same base: frozen blocks from it, the rest from the file
+    load_state(fresh, tmp_path / "trained")
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+
+    other = frozen_model()
+    with torch.no_grad():
+        other.decoder.transformer.h[0].attn.c_attn.weight.mul_(2)  # another base decoder
+    with pytest.raises(CapexpError, match="only the trained weights.*'gpt2-test'"):
+        load_state(other, tmp_path / "trained")
+    load_state(other, tmp_path / "full")  # a full checkpoint needs no base
+    assert torch.equal(other.decoder.transformer.h[0].attn.c_attn.weight, model.decoder.transformer.h[0].attn.c_attn.weight)

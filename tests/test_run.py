@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from capexp.cli import cli
 from capexp.run import run_spec
 from capexp.spec import load_spec
+from capexp.tracking import run_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "experiments" / "quickstart.json"
@@ -54,10 +55,12 @@ def test_quickstart_run_is_tracked_with_curves_checkpoint_and_cache_reuse(
     assert val[-1] < val[0]  # it learns
     assert run.data.metrics["images_encoded"] == 60 and run.data.metrics["images_skipped"] == 0
     files = _artifacts(client, run.info.run_id)
-    assert {"spec.json", "curves.png", "val_captions.csv", "run.log", "checkpoint/model.safetensors",
-            "checkpoint/capexp.json"} <= files
-    assert not any(f.endswith((".pkl", ".pt", ".pth")) for f in files)
-    meta = json.loads(Path(client.download_artifacts(run.info.run_id, "checkpoint/capexp.json", str(tmp_path))).read_text())
+    assert {"spec.json", "curves.png", "val_captions.csv", "run.log"} <= files
+    assert not any(f.startswith("checkpoint/") for f in files)  # the checkpoint is stored once: in the run's model
+    checkpoint = run_checkpoint(run.info.run_id, "first")
+    assert {p.name for p in checkpoint.iterdir()} == {"model.safetensors", "capexp.json"}
+    assert not any(p.suffix in (".pkl", ".pt", ".pth") for p in checkpoint.parents[1].rglob("*"))  # the whole model
+    meta = json.loads((checkpoint / "capexp.json").read_text())
     assert meta["epoch"] == run.data.metrics["best_epoch"]
     # vocabulary "train": the checkpoint records the kept GPT-2 ids, a few dozen shape words, not 50,257
     assert 10 < len(meta["vocabulary"]) < 100 and 50256 in meta["vocabulary"]  # EOS kept
@@ -93,8 +96,9 @@ def test_crash_or_interrupt_keeps_what_was_logged(tracking_uri: str) -> None:
     runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("capexp").experiment_id])}
     assert runs["crashed"].info.status == "FAILED" and runs["stopped"].info.status == "KILLED"
     assert [m.step for m in client.get_metric_history(runs["crashed"].info.run_id, "val_loss")] == [1, 2]
-    for run in runs.values():  # the best checkpoint so far and the log survive
-        assert {"checkpoint/model.safetensors", "run.log", "curves.png"} <= _artifacts(client, run.info.run_id)
+    for run in runs.values():  # the best checkpoint so far (in the run's model) and the log survive
+        assert {"run.log", "curves.png"} <= _artifacts(client, run.info.run_id)
+        assert (run_checkpoint(run.info.run_id, run.info.run_name) / "model.safetensors").is_file()
     assert mlflow.active_run() is None
 
 

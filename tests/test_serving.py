@@ -1,4 +1,4 @@
-"""`capexp register`: a run's checkpoint as a registered pyfunc model that `mlflow models serve` answers."""
+"""A run's logged model, registered by `capexp register`, served by `mlflow models serve` by its id."""
 
 from __future__ import annotations
 
@@ -82,14 +82,21 @@ def _assert_one_line(answer: dict) -> None:
 
 
 def test_mlflow_models_serve_captions_a_photo(registered, make_photos, tmp_path) -> None:
-    uri, _, cache = registered
+    """Served by the run's own logged model id (`models:/m-...`); `models:/captioner@champion` names the same model."""
+    from mlflow import MlflowClient
+
+    from capexp.tracking import run_model
+
+    uri, run_id, cache = registered
+    model_id = run_model(run_id).model_id
+    assert MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("captioner", "champion").source == f"models:/{model_id}"
     port = _free_port()
     log = (tmp_path / "serve.log").open("w")
     # `mlflow models serve` execs `uvicorn` from PATH: the venv's bin must be on it, as after `activate`
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CAPEXP_CACHE": cache, "PATH": path, "CAPEXP_SERVE_MAX_ROWS": "4"}
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/captioner@champion",
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{model_id}",
          "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )

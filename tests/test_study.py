@@ -29,7 +29,8 @@ from click.testing import CliRunner
 from capexp.cli import cli
 from capexp.spec import flatten, load_spec
 from capexp.study import TAG_STUDY_ROLE, TAG_TRIAL, open_storage, run_study
-from capexp.tracking import TAG_PRUNED, TAG_STUDY
+from capexp.errors import CapexpError
+from capexp.tracking import TAG_PRUNED, TAG_STUDY, run_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "experiments" / "quickstart.json"
@@ -113,6 +114,8 @@ def test_study_is_a_parent_run_with_trial_children_pruned_ones_marked(
     assert parent.data.tags["capexp.best_run_id"] in {c.info.run_id for c in children}
     assert parent.data.metrics["best_val_loss"] == pytest.approx(summary.best_value)
     client = mlflow.MlflowClient(tracking_uri)
+    models = client.search_logged_models([parent.info.experiment_id])  # without --keep-models: every trial's
+    assert sorted(m.source_run_id for m in models) == sorted(c.info.run_id for c in children)
     plots = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert plots == {"optimization_history.png", "param_importances.png", "parallel_coordinate.png",
                      "intermediate_values.png"}
@@ -250,8 +253,6 @@ def test_two_workers_on_postgresql_retry_a_dead_machines_trial(postgres_url: str
 
 
 def test_unreachable_database_is_a_clear_error(space: Path) -> None:
-    from capexp.errors import CapexpError
-
     url = f"postgresql://capexp:secret@127.0.0.1:{_free_port()}/none"
     with pytest.raises(CapexpError, match=r"cannot open the study database") as err:
         open_storage(url, "x")
@@ -294,6 +295,29 @@ def test_diverging_trials_fail_alone_and_the_study_goes_on(tmp_path: Path, track
     failed = [row for row in table if row["state"] == "FAIL"]
     assert len(failed) == 1 and "training loss became nan" in failed[0]["error"]
     assert "training_config.learning_rate" in failed[0]["error"]  # the error says what to change
+
+
+def test_keep_models_leaves_the_best_trials_models_and_every_trials_metrics(tmp_path: Path, tracking_uri: str) -> None:
+    space = tmp_path / "grid.json"
+    space.write_text(json.dumps({"objective": {"metric": "val_loss"}, "sampler": {"name": "grid"},
+                                 "pruner": {"name": "none"},
+                                 "params": {"training_config.learning_rate": {"choices": [1e-3, 1e-9, 1e-2]}}}))
+    summary = run_study(BASE, trials=3, name="keep", space=space, storage=str(tmp_path / "k.journal"),
+                        overrides=ONE_EPOCH, keep_models=1)
+
+    assert summary.complete == 3
+    _, children = _runs(tracking_uri, "keep")
+    client = mlflow.MlflowClient(tracking_uri)
+    models = client.search_logged_models([children[0].info.experiment_id])
+    assert [m.source_run_id for m in models] == [summary.best_run_id]  # the best trial's model only
+    store = Path(tracking_uri[len("sqlite:///"):]).parent
+    assert len(list(store.rglob("model.safetensors"))) == 1  # the others' weights are gone from disk
+    for child in children:  # every trial keeps its metrics and curves
+        assert "val_loss" in child.data.metrics and "curves.png" in {a.path for a in client.list_artifacts(child.info.run_id)}
+    with pytest.raises(CapexpError, match="keep-models"):
+        run_checkpoint(next(c.info.run_id for c in children if c.info.run_id != summary.best_run_id), "a dropped trial")
+    with pytest.raises(CapexpError, match="--keep-models must be 1 or more"):
+        run_study(BASE, trials=3, name="keep", space=space, storage=str(tmp_path / "k.journal"), keep_models=0)
 
 
 def test_a_worker_whose_trials_keep_failing_stops_with_the_reason(tmp_path: Path, tracking_uri: str) -> None:

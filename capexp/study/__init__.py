@@ -8,6 +8,7 @@ runs only the trials still missing. When it ends, the parent run holds the best 
 of all trials and the Optuna plots.
 
 `search` is the command; `plan` what its processes share; `storage` the Optuna storage;
+`models` which trials keep their logged models;
 `trials` the objective and worker processes; `liveness` dead workers; `report` the parent run.
 """
 

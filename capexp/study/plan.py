@@ -60,3 +60,4 @@ class Plan:
     threads: int  # torch threads per worker (0: leave torch's default)
     workers: int  # worker processes on this machine (for the time-left estimate)
     log_level: int
+    keep_models: int | None = None  # only the best k trials keep their logged models (None: every trial)

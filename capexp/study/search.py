@@ -18,6 +18,7 @@ from capexp.paths import project_file
 from capexp.search_space import Categorical, GridSampler, SearchSpace, load_space
 from capexp.spec import Spec, flatten, load_spec, metric_mode, spec_hash
 from capexp.stopping import stoppable
+from capexp.study.models import check_keep_models
 from capexp.study.plan import Plan, StudySummary
 from capexp.study.report import parent_run, summarize
 from capexp.study.liveness import on_stale, reap
@@ -90,6 +91,7 @@ def run_study(
     tracking_uri: str | None = None,
     overrides: Sequence[str] = (),
     heartbeat_interval: int = 60,
+    keep_models: int | None = None,
 ) -> StudySummary:
     """Search `space` (default `studies/default.json`) around `base` (default: the quickstart)
     until the study has `trials` complete or pruned trials, resuming a study of that name.
@@ -98,13 +100,15 @@ def run_study(
     (PostgreSQL for workers on several machines, with `heartbeat_interval` seconds between
     heartbeats). `workers` processes run trials in parallel. `enqueue` specs run first.
     Ctrl-C, SIGTERM or SIGHUP stop every worker: their running trials end KILLED and are queued
-    to run again, and the parent run ends KILLED.
+    to run again, and the parent run ends KILLED. `keep_models`: only the best k trials keep their
+    logged models (capexp.study.models).
     """
     from capexp.backbones import decoder_depth
 
     base = Path(base) if base is not None else default_base()
     name = name or base.stem
     _check_counts(name, trials, workers)
+    check_keep_models(keep_models)
     origin = str(space) if space is not None else "studies/default.json"
     raw = load_space(space)
     overrides = [*overrides, *raw.budget_overrides()]  # every trial runs on the space's budget
@@ -129,7 +133,7 @@ def run_study(
         direction=direction, num_epochs=spec.training_config.total_epochs, trials=trials, experiment=experiment,
         tracking_uri=uri, parent_run_id=parent, heartbeat_interval=heartbeat_interval,
         seed_offset=sum(counts.values()), workers=workers, threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0,
-        log_level=logging.getLogger("capexp").getEffectiveLevel(),
+        log_level=logging.getLogger("capexp").getEffectiveLevel(), keep_models=keep_models,
     )
     done = counts["COMPLETE"] + counts["PRUNED"]
     log.info("study %s: %d of %d trials done; %s with %d worker(s); storage %s; MLflow parent run %s",

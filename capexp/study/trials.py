@@ -17,6 +17,7 @@ from capexp.search_space import GridSampler, HyperbandPruner, MedianPruner
 from capexp.spec import load_spec
 from capexp.stopping import exit_code, stop_on_signals
 from capexp.study.liveness import on_stale, reap, retry, worker_id
+from capexp.study.models import keep_best_models
 from capexp.study.plan import Plan
 from capexp.study.progress import trial_line
 from capexp.study.storage import frozen, open_storage, quiet_experimental, trial_counts
@@ -178,6 +179,7 @@ def _work(plan: Plan, index: int) -> None:
     def after_trial(study: optuna.Study, trial: Any) -> None:
         print(trial_line(study, trial, plan, plan.workers), file=sys.stderr, flush=True)
         reap(study, storage, plan)
+        keep_best_models(study, plan)
         failed[:] = [*failed, trial] if trial.state == optuna.trial.TrialState.FAIL else []
         if len(failed) >= _MAX_FAILED_IN_A_ROW:
             numbers = ", ".join(str(t.number) for t in failed)
@@ -190,6 +192,7 @@ def _work(plan: Plan, index: int) -> None:
             study.stop()
 
     reap(study, storage, plan)
+    keep_best_models(study, plan)  # a resume may ask for fewer models than before
     if enough(trial_counts(study)):
         return
     study.optimize(_objective(plan, storage, worker_id()), callbacks=[after_trial], gc_after_trial=True)

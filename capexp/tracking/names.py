@@ -13,7 +13,7 @@ __all__ = [
     "TAG_EVAL_DECODING", "TAG_NOTE", "TAG_PARENT", "TAG_OPTUNA_STATE", "PARAM_TRIAL_NUMBER",
     "PARAM_VOCABULARY_SIZE", "PARAM_OBJECTIVE", "PARAM_DIRECTION", "PARAM_STUDY_BASE", "PARAM_STUDY_SPACE",
     "PARAM_STUDY_STORAGE", "PARAM_SAMPLER", "PARAM_PRUNER", "SPACE_PREFIX",
-    "ARTIFACT_CHECKPOINT", "CHECKPOINT_META", "CHECKPOINT_WEIGHTS",
+    "ARTIFACT_CHECKPOINT", "CHECKPOINT_META", "CHECKPOINT_WEIGHTS", "MODEL_NAME", "TAG_REGISTERED",
     "ATTR_WORKER", "ATTR_RUN_ID", "ATTR_RUN_NAME", "ATTR_METRIC", "ATTR_BASE_HASH", "ATTR_BASE", "ATTR_SPACE", "ATTR_ERROR",
     "ATTR_RETRY_OWED",
 ]
@@ -33,8 +33,8 @@ TAG_GIT = "capexp.git_commit"
 TAG_DEVICE = "capexp.device"
 TAG_ENCODER_SKIPPED = "capexp.skipped_images"
 TAG_PRUNED = "capexp.pruned"  # "true" on a trial stopped early by the pruner
-TAG_STUDY = "capexp.study"  # study name on a study's parent and trial runs
-TAG_TRIAL = "capexp.trial"  # trial number, on each trial run
+TAG_STUDY = "capexp.study"  # study name on a study's parent and trial runs (and the trials' logged models)
+TAG_TRIAL = "capexp.trial"  # trial number, on each trial run and its logged model
 TAG_OPTUNA_STATE = "optuna.state"  # COMPLETE, PRUNED or FAIL, on each trial run
 TAG_STUDY_ROLE = "capexp.study_role"  # STUDY_PARENT on a study's parent run
 STUDY_PARENT = "parent"
@@ -60,9 +60,13 @@ PARAM_PRUNER = "pruner"
 SPACE_PREFIX = "space."  # space.<dotted key>: each searched parameter's definition
 
 # ---------------------------------------------------------------------------- artifacts
-ARTIFACT_CHECKPOINT = "checkpoint"  # the best checkpoint's folder in a run's artifacts
+ARTIFACT_CHECKPOINT = "checkpoint"  # the best checkpoint's folder: in a logged model's artifacts/ (older runs: the run's)
 CHECKPOINT_META = "capexp.json"  # in that folder, beside the weights
 CHECKPOINT_WEIGHTS = "model.safetensors"
+
+# ---------------------------------------------------------------------------- logged models
+MODEL_NAME = "captioner"  # the name of each run's logged model (its best checkpoint as a pyfunc model)
+TAG_REGISTERED = "capexp.registered"  # "true" on a logged model `capexp register` registered: never deleted
 
 # ---------------------------------------------------------------------------- Optuna trial user attributes
 ATTR_WORKER = "capexp.worker"  # host:pid:start-time of the process running a trial

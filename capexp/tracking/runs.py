@@ -1,6 +1,7 @@
 """The one run resolver: a run id or name (the latest run of that name) to an MLflow run, and a
-run to its checkpoint folder. `capexp evaluate`, `caption` and `register` need a run with a
-checkpoint; `capexp compare` and `score` take any run."""
+run to its checkpoint folder (in the run's logged model; runs from before logged models keep it
+as their own `checkpoint` artifact). `capexp evaluate`, `caption` and `register` need a run with
+a checkpoint; `capexp compare` and `score` take any run."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from capexp.errors import CapexpError, warn
+from capexp.tracking.models import model_checkpoint, run_model
 from capexp.tracking.names import ARTIFACT_CHECKPOINT, CHECKPOINT_META
 from capexp.tracking.store import experiment_id, use_store
 
@@ -79,11 +81,17 @@ def _by_id(client: MlflowClient, text: str) -> Run | None:
         return None  # not a run id of this store: try it as a run name
 
 
-def has_checkpoint(run_id: str) -> bool:
+def _has_run_artifact_checkpoint(run_id: str) -> bool:
+    """Whether the run keeps its checkpoint as its own `checkpoint` artifact (runs from before logged models)."""
     from mlflow import MlflowClient
 
     meta = f"{ARTIFACT_CHECKPOINT}/{CHECKPOINT_META}"
     return any(a.path == meta for a in MlflowClient().list_artifacts(run_id, ARTIFACT_CHECKPOINT))
+
+
+def has_checkpoint(run_id: str) -> bool:
+    """Whether the run has a best checkpoint: in its logged model, or (older runs) its own artifact."""
+    return run_model(run_id) is not None or _has_run_artifact_checkpoint(run_id)
 
 
 def find_run(source: str, experiment: str | None = None) -> str:
@@ -146,13 +154,18 @@ def find_runs(names: Iterable[str], experiment: str | None = None) -> tuple[dict
 
 
 def run_checkpoint(run_id: str, origin: str) -> Path:
-    """The local folder of run `run_id`'s `checkpoint` artifact (the store's own copy when local)."""
+    """The local folder of run `run_id`'s best checkpoint (the store's own copy when local): the
+    `checkpoint` artifact of its logged model, else (older runs) the run's own `checkpoint` artifact."""
     import mlflow
 
-    if not has_checkpoint(run_id):
+    model = run_model(run_id)
+    if model is not None:
+        return model_checkpoint(f"models:/{model.model_id}", origin)
+    if not _has_run_artifact_checkpoint(run_id):
         raise CapexpError(
-            f"{origin}: run {run_id} has no checkpoint (it ended before its first epoch finished). "
-            f"Pick a run that finished at least one epoch."
+            f"{origin}: run {run_id} has no checkpoint (it ended before its first epoch finished, or a "
+            f"study run with --keep-models dropped its model). Pick a run that finished at least one epoch "
+            f"and still has a model under \"Logged models\" in `capexp ui`."
         )
     # a local store gives the artifact's own path; a remote one downloads to a temporary folder
     root = mlflow.get_run(run_id).info.artifact_uri
