@@ -52,7 +52,7 @@ def _photos(root: Path, names: list[str]) -> list[Image.Image]:
 
 def test_list_backbones_names_every_offline_preset() -> None:
     got = list_backbones()
-    assert got == {"encoders": ["efficientnet-lite0"], "decoders": ["gpt2-tiny", "gpt2-mini", "smollm2-135m"],
+    assert got == {"encoders": ["efficientnet-lite0"], "decoders": ["gpt2-tiny", "gpt2-mini", "gpt2-mini6", "smollm2-135m"],
                    "tokenizers": ["gpt2"], "bertscore": ["all-MiniLM-L6-v2"]}
 
 
