@@ -58,6 +58,6 @@ class Plan:
     heartbeat_interval: int
     seed_offset: int  # trials in the study when this command started: a resume samples anew
     threads: int  # torch threads per worker (0: leave torch's default)
-    workers: int  # worker processes on this machine (for the time-left estimate)
     log_level: int
     keep_models: int | None = None  # only the best k trials keep their logged models (None: every trial)
+    workers: int = 1  # worker processes on this machine (for the time-left estimate)
