@@ -12,6 +12,7 @@ from PIL import Image
 
 from capexp.datasets import ImageRef, Split, dataset_frame, load_data
 from capexp.errors import CapexpError
+from capexp.images import UnreadableImage
 from capexp.spec import CaptionListData, CocoData, Flickr8kData, KarpathyData, Spec, TrainingConfig, load_spec
 
 
@@ -231,18 +232,18 @@ def test_drop_removes_unreadable_images() -> None:
     assert [r.image_id for r in split.images] == ["0.jpg", "2.jpg"] and split.captions == [["caption 0"], ["caption 2"]]
 
 
-def test_corrupt_or_missing_image_raises_oserror(tmp_path: Path) -> None:
+def test_corrupt_or_missing_image_is_unreadable(tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     truncated = tmp_path / "truncated.jpg"
     Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "full.jpg")
     truncated.write_bytes((tmp_path / "full.jpg").read_bytes()[:300])
     for path in (corrupt, truncated):
-        with pytest.raises(OSError):
+        with pytest.raises(UnreadableImage):
             ImageRef.from_file(path).load()
     missing = ImageRef.from_file(tmp_path / "full.jpg")
     (tmp_path / "full.jpg").unlink()
-    with pytest.raises(OSError):
+    with pytest.raises(UnreadableImage):
         missing.load()
     with pytest.raises(OSError):
         ImageRef.from_file(tmp_path / "full.jpg")
