@@ -276,6 +276,12 @@ def test_bad_values_and_enqueued_specs_fail_before_any_trial(tmp_path: Path) -> 
     with pytest.raises(CapexpError, match=r"--enqueue .*k7.json: `gpt2_config.visual_tokens_length` is 7"):
         run_study(BASE, trials=1, space=space, storage=storage, enqueue=[queued], overrides=TINY)
 
+    f8k = REPO / "experiments" / "flickr8k.json"  # its data folder, moved away
+    with pytest.raises(CapexpError, match=r"flickr8k.json: data not found: `data_paths.root`"):
+        run_study(f8k, trials=1, space=space, storage=str(tmp_path / "nodata.journal"),
+                  overrides=[f"data_paths.root={tmp_path / 'gone'}"])
+    assert not (tmp_path / "nodata.journal").exists()
+
 
 def test_diverging_trials_fail_alone_and_the_study_goes_on(tmp_path: Path, tracking_uri: str) -> None:
     space = tmp_path / "grid.json"

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from capexp.checks import check_decoder_fit, check_spec
+from capexp.datasets import check_inputs
 from capexp.errors import CapexpError, warn
 from capexp.paths import project_file
 from capexp.search_space import Categorical, GridSampler, SearchSpace, load_space
@@ -114,6 +115,7 @@ def run_study(
     overrides = [*overrides, *raw.budget_overrides()]  # every trial runs on the space's budget
     spec = load_spec(base, overrides)
     check_spec(spec, str(base))
+    check_inputs(spec, str(base))  # missing data fails here, not inside trial 0
     depth = decoder_depth(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
     fitted = raw.fit_to_depth(depth, origin)
     _check_values(fitted, base, overrides, origin)
