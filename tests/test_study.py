@@ -348,12 +348,16 @@ def test_progress_lines_name_each_trial_and_stay_readable_at_80_columns(
     run_study(BASE, trials=3, name="progress", space=space, storage=storage, overrides=TINY)
     err = capfd.readouterr().err
     trials = _trials(storage, "progress")
-    lines = [line for line in err.splitlines() if line.startswith("trial ")]
-    assert len(lines) == 3, err
-    text = err[err.index(lines[0]):]
-    assert all(len(line) <= 80 for line in text.splitlines())
-    for trial, line in zip(trials, lines):
-        block = text[text.index(line):].split("\ntrial ")[0].replace("\n    ", " ")
+    blocks: list[list[str]] = []  # each progress line with its indented continuation lines
+    for line in err.splitlines():  # (training's progress bars, rewritten with \r, are other lines)
+        if line.startswith("trial "):
+            blocks.append([line])
+        elif blocks and line.startswith("    ") and len(blocks[-1]) < 4 and line.strip():
+            blocks[-1].append(line)
+    assert len(blocks) == 3, err
+    assert all(len(line) <= 80 for block in blocks for line in block)
+    lines = [block[0] for block in blocks]
+    for trial, block in zip(trials, (" ".join(b.strip() for b in block) for block in blocks)):
         assert block.startswith(f"trial {trial.number} ")
         if trial.state == TrialState.COMPLETE:
             assert f"val_loss {trial.value:.4f}" in block
@@ -361,9 +365,9 @@ def test_progress_lines_name_each_trial_and_stay_readable_at_80_columns(
             assert f"pruned at epoch {len(trial.intermediate_values)}" in block
         lr = trial.params["training_config.learning_rate"]
         assert f"lr={'1e-09' if lr < 1e-6 else '0.001'}" in block and f"k={trial.params['gpt2_config.visual_tokens_length']}" in block
-        assert f"/3 done" in block
+        assert "/3 done" in block
     best = min((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
-    assert f"best #{best.number} {best.value:.4f}" in text.split("\ntrial ")[-1]
+    assert f"best #{best.number} {best.value:.4f}" in " ".join(blocks[-1])
     assert "min left" in lines[0]  # an estimate while trials remain
     assert "Trial 0 finished with value" not in err  # Optuna's own line is not printed beside ours
 
