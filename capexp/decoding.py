@@ -22,7 +22,7 @@ from capexp.model import ClipCap
 if TYPE_CHECKING:
     from capexp.spec import Spec
 
-__all__ = ["DecodeOptions", "decode", "generate_captions", "sample_tokens", "greedy_tokens"]
+__all__ = ["DecodeOptions", "decode", "generate_captions", "sample_tokens", "greedy_tokens", "texts"]
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,14 @@ def generate_captions(
                     )
     finally:
         model.train(was_training)
+    return texts(tokenizer, tokens)
+
+
+def texts(tokenizer, tokens: list[list[int]]) -> list[str]:
+    """The caption text of each token sequence, cut at the tokenizer's first EOS."""
     if not tokens:
         return []  # some tokenizers decode an empty batch as [""]
+    eos = tokenizer.eos_token_id
     cut = [seq[: seq.index(eos)] if eos in seq else seq for seq in tokens]
     return [text.strip() for text in tokenizer.batch_decode(cut, skip_special_tokens=True)]
 

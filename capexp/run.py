@@ -240,9 +240,8 @@ def run_spec(
     """Train the spec's captioner and track it as one MLflow run.
 
     `origin` names the spec in messages (its file); `params` are logged beside the spec's own.
-    `on_epoch(epoch, metrics)` is called after
-    each epoch's metrics are logged; returning True stops training early (a pruned trial), and
-    the run ends FINISHED with the tag `capexp.pruned=true`. Ctrl-C, SIGTERM and SIGHUP end the
+    `on_epoch(epoch, metrics)` is called after each epoch's metrics are logged; returning True
+    stops training early (a pruned trial), and the run ends FINISHED with the tag `capexp.pruned=true`. Ctrl-C, SIGTERM and SIGHUP end the
     run KILLED (see capexp.stopping).
     """
     import mlflow

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from capexp.cider import CiderD, ptb_words
-from capexp.decoding import greedy_tokens, sample_tokens
+from capexp.decoding import greedy_tokens, sample_tokens, texts
 from capexp.model import ClipCap
 
 if TYPE_CHECKING:
@@ -45,8 +45,7 @@ class SelfCritical:
 
     def rewards(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """CIDEr-D of each caption in `tokens` (R, T) against the training references of `images` (R,)."""
-        cut = [seq[: seq.index(self.eos)] if self.eos in seq else seq for seq in tokens.tolist()]
-        words = [ptb_words(text) for text in self.tokenizer.batch_decode(cut, skip_special_tokens=True)]
+        words = [ptb_words(text) for text in texts(self.tokenizer, tokens.tolist())]
         return torch.tensor(self.cider.scores(words, images.tolist()), dtype=torch.float32)
 
     def step(self, images: torch.Tensor) -> tuple[float, float]:

@@ -200,6 +200,8 @@ def fit(
         len(train.image_ids), len(batches.ids), batches.steps,
     )
 
+    history: list[EpochResult] = []
+
     def finish_epoch(epoch: int, metrics: dict[str, float], started: float) -> bool:
         """Validate, record and report one epoch; True when the caller asks to stop."""
         metrics["val_loss"] = _val_loss(model, val.features, va_index, va_ids, va_mask, ev.batch_size, device)
@@ -215,7 +217,6 @@ def fit(
             return True
         return False
 
-    history: list[EpochResult] = []
     total = cfg.total_epochs
     for epoch in range(1, cfg.num_epochs + 1):
         started = time.perf_counter()

@@ -57,7 +57,7 @@ def _outcome(trial: Any, metric: str) -> str:
     return f"FAILED ({reason})" if state == "FAIL" else state
 
 
-def trial_line(study: Any, trial: Any, plan: Plan, workers: int, width: int | None = None) -> str:
+def trial_line(study: Any, trial: Any, plan: Plan, width: int | None = None) -> str:
     """What a study prints when `trial` (a FrozenTrial of `study`) has ended, at most `width` columns a line."""
     import optuna
 
@@ -72,7 +72,7 @@ def trial_line(study: Any, trial: Any, plan: Plan, workers: int, width: int | No
     parts.append(f"{done}/{plan.trials} done")
     durations = [d for d in map(_duration, finished) if d is not None]
     if durations and done < plan.trials:
-        left = (plan.trials - done) * (sum(durations) / len(durations)) / max(1, workers)
+        left = (plan.trials - done) * (sum(durations) / len(durations)) / max(1, plan.workers)
         parts.append(f"~{_minutes(left)} left")
     values = {key: plan.space.params[key].decode(stored) for key, stored in trial.params.items() if key in plan.space.params}
     parts.append(" ".join(f"{short_key(k)}={short_value(v)}" for k, v in values.items()))

@@ -20,9 +20,9 @@ from capexp.search_space import Categorical, GridSampler, SearchSpace, load_spac
 from capexp.spec import Spec, flatten, load_spec, metric_mode, spec_hash
 from capexp.stopping import stoppable
 from capexp.study.models import check_keep_models
+from capexp.study.liveness import on_stale, reap
 from capexp.study.plan import Plan, StudySummary
 from capexp.study.report import parent_run, summarize
-from capexp.study.liveness import on_stale, reap
 from capexp.study.storage import grid_points_run, open_storage, storage_label, trial_counts
 from capexp.study.trials import run_workers, work
 from capexp.tracking import (

@@ -140,8 +140,9 @@ def _tag_state(plan: Plan, number: int, state: str, run_id: str | None = None) -
 def _console_warnings_only(plan: Plan) -> Iterator[None]:
     """Trial runs log to their run.log as usual, but the console shows only warnings and the progress
     lines (everything with -v)."""
-    handlers = [h for h in logging.getLogger().handlers if type(h).__name__ == "RichHandler"
-                or type(h) is logging.StreamHandler]
+    from rich.logging import RichHandler
+
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, RichHandler) or type(h) is logging.StreamHandler]
     levels = [h.level for h in handlers]
     if plan.log_level > logging.DEBUG:
         for handler in handlers:
@@ -177,7 +178,7 @@ def _work(plan: Plan, index: int) -> None:
     failed: list[Any] = []  # this worker's trials that failed since its last good one
 
     def after_trial(study: optuna.Study, trial: Any) -> None:
-        print(trial_line(study, trial, plan, plan.workers), file=sys.stderr, flush=True)
+        print(trial_line(study, trial, plan), file=sys.stderr, flush=True)
         reap(study, storage, plan)
         keep_best_models(study, plan)
         failed[:] = [*failed, trial] if trial.state == optuna.trial.TrialState.FAIL else []
