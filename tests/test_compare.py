@@ -16,7 +16,7 @@ from rich.console import Console
 from capexp.compare import compare
 from capexp.errors import CapexpError
 from capexp.spec import Spec, flatten, load_spec
-from capexp.tracking import TAG_PRUNED, TAG_STUDY, experiment_id, param_value, use_store
+from capexp.tracking import TAG_PRUNED, TAG_STUDY, TAG_TRIAL, experiment_id, param_value, use_store
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_IDS = [
@@ -240,23 +240,34 @@ def test_differing_keys_lists_and_missing_values(store: dict[str, str]) -> None:
     assert "plain | piped," in _render("csv", experiment="variants")
 
 
-def test_study_trials_best_first_with_pruned_marked(store: dict[str, str]) -> None:
+def test_study_trials_one_row_each_best_first_with_pruned_marked(store: dict[str, str]) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient()
     parent = client.create_run(experiment_id("studies"), run_name="s1", tags={TAG_STUDY: "s1"}).info.run_id
     client.log_param(parent, "objective.metric", "bertscore_f1")
     client.log_param(parent, "objective.direction", "maximize")
+    client.log_param(parent, "space.gpt2_config.visual_tokens_length", '{"type": "int", "low": 1, "high": 3}')
+    client.log_param(parent, "space.training_config.learning_rate", '{"choices": [0.0003, 0.001]}')
     # bertscore_f1 = 0.9 - val_loss / 10 each epoch: best epochs 0.82, 0.85 (pruned), 0.87.
     for i, (val_losses, pruned) in enumerate([([1.0, 0.8], False), ([0.5], True), ([0.6, 0.3, 0.5], False)]):
-        spec = Spec(id=f"s1-{i:03d}", gpt2_config={"visual_tokens_length": i + 1})
-        tags = {TAG_STUDY: "s1", "mlflow.parentRunId": parent, **({TAG_PRUNED: "true"} if pruned else {})}
+        spec = Spec(id=f"s1-{i:03d}", gpt2_config={"visual_tokens_length": i + 1},
+                    training_config={"learning_rate": 0.0003 if i else 0.001})
+        tags = {TAG_STUDY: "s1", TAG_TRIAL: str(i), "mlflow.parentRunId": parent, **({TAG_PRUNED: "true"} if pruned else {})}
         _log_run(client, "studies", spec, 10 + i, val_losses, tags=tags)
     lines = _render("md", study="s1").splitlines()
-    assert _cells(lines[0]) == ["Model_ID", "s1-002 (best)", "s1-000", "s1-001 (pruned)"]
-    rows = {c[0]: c[1:] for c in map(_cells, lines[2:])}
-    assert rows["objective"] == ["0.8700", "0.8200", "0.8500"]
-    assert rows["gpt2_config.visual_tokens_length"] == ["3", "↓ **1**", "↑ **2**"]
+    # The searched knobs in the seed table's order, named as the progress lines name them.
+    assert _cells(lines[0]) == ["#", "k", "lr", "bertscore_f1", "state", "epochs", "min"]
+    rows = [_cells(line)[:6] for line in lines[2:]]
+    assert rows == [
+        ["**2**", "3", "0.0003", "0.8700", "**best**", "3"],
+        ["0", "1", "0.001", "0.8200", "complete", "2"],
+        ["1", "2", "0.0003", "0.8500", "pruned", "1"],  # stopped early: never best, listed last
+    ]
+    # Ranked by another metric on request, shown beside the objective.
+    lines = _render("md", study="s1", metric="val_loss").splitlines()
+    assert _cells(lines[0])[3:5] == ["bertscore_f1", "best_val_loss"]
+    assert [_cells(line)[0] for line in lines[2:]] == ["**2**", "0", "1"]
     # Study runs stay out of the experiment's ordinary comparison.
     with pytest.raises(CapexpError, match="no runs to compare"):
         _render("md", experiment="studies")

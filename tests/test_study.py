@@ -25,8 +25,10 @@ import pytest
 from optuna.trial import TrialState
 
 from click.testing import CliRunner
+from rich.console import Console
 
 from capexp.cli import cli
+from capexp.compare import compare
 from capexp.spec import flatten, load_spec
 from capexp.study import TAG_STUDY_ROLE, TAG_TRIAL, open_storage, run_study
 from capexp.errors import CapexpError
@@ -123,6 +125,21 @@ def test_study_is_a_parent_run_with_trial_children_pruned_ones_marked(
     assert [row["state"] for row in table] == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
     assert {row["run_id"] for row in table} == {c.info.run_id for c in children}
 
+    # Which knobs mattered: their importances on the parent run, then in compare's Markdown
+    # report, which copies the four plots beside itself and links them.
+    importances = {k.removeprefix("importance."): v for k, v in parent.data.metrics.items() if k.startswith("importance.")}
+    assert set(importances) == set(SPACE["params"]) and sum(importances.values()) == pytest.approx(1.0)
+    report = tmp_path / "docs" / "nest.md"
+    text = compare(study="nest", output=report, tracking_uri=tracking_uri, console=Console(file=io.StringIO()))
+    assert report.read_text() == text and "### Which knobs mattered" in text
+    trial_rows = text.split("\n\n")[0].splitlines()[2:]  # one per trial, best first
+    assert [row.split(" | ")[-3].strip("* ") for row in trial_rows] == ["best", "complete", "pruned", "pruned"]
+    for knob, value in importances.items():
+        assert f"| {knob} | {value:.3f} |" in text
+    links = [line[line.index("](") + 2:-1] for line in text.splitlines() if line.startswith("![")]
+    assert sorted(links) == sorted(f"nest-plots/{name}" for name in plots)
+    assert all((report.parent / link).read_bytes().startswith(b"\x89PNG") for link in links)
+
     # The same command again: nothing left to run, the same parent run.
     again = run_study(BASE, trials=4, name="nest", space=space, storage=storage, enqueue=queued, overrides=TINY)
     assert (again.complete, again.pruned) == (2, 2) and again.parent_run_id == parent.info.run_id
@@ -183,9 +200,15 @@ def _two_workers(storage: str, name: str, space: Path, tracking_uri: str, **kwar
     return trials
 
 
-def test_two_workers_share_a_journal_file(tmp_path: Path, tracking_uri: str, space: Path) -> None:
+def test_two_workers_share_a_journal_file(
+    tmp_path: Path, tracking_uri: str, space: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     trials = _two_workers(str(tmp_path / "two.journal"), "two", space, tracking_uri)
     assert _states(trials).count("FAIL") == 0
+    err = capfd.readouterr().err  # the spawned workers' console: our progress lines, not Optuna's
+    assert sum(line.startswith("trial ") for line in err.splitlines()) == len(trials), err
+    assert "finished with value" not in err and "Trial 0 finished" not in err
+    assert "epoch 1/1" not in err  # nor two workers' training bars, which would overwrite each other
 
 
 # ---------------------------------------------------------------------------- a real PostgreSQL

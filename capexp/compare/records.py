@@ -11,9 +11,11 @@ from capexp.errors import CapexpError
 from capexp.spec import metric_mode
 from capexp.tracking import (
     DEFAULT_EXPERIMENT,
+    IMPORTANCE_PREFIX,
     PARAM_DIRECTION,
     PARAM_OBJECTIVE,
     PARAM_VOCABULARY_SIZE,
+    SPACE_PREFIX,
     TAG_NOTE,
     TAG_PARENT,
     TAG_PRUNED,
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-__all__ = ["RunRecord", "load_runs", "load_study"]
+__all__ = ["RunRecord", "StudyParent", "load_runs", "load_study"]
 
 _EPOCH_METRICS = frozenset(
     {"train_loss", "val_loss", "bertscore_precision", "bertscore_recall", "bertscore_f1"}
@@ -50,6 +52,7 @@ class RunRecord:
     name: str
     status: str  # FINISHED, RUNNING, FAILED, KILLED
     start_time: int
+    end_time: int | None
     notes: str
     params: dict[str, Any]  # hyperparameters by dotted key, parsed from their JSON form
     metrics: dict[str, float]  # METRIC_ROWS-style values (per-epoch ones at the best epoch)
@@ -58,6 +61,30 @@ class RunRecord:
     @property
     def pruned(self) -> bool:
         return self.tags.get(TAG_PRUNED) == "true"
+
+
+@dataclass
+class StudyParent:
+    """What the tables show from a study's parent run beside its trials."""
+
+    run_id: str
+    artifact_uri: str
+    metric: str | None  # the objective, e.g. "cider"
+    knobs: list[str]  # the searched dotted keys, in the space's order
+    importances: dict[str, float]  # knob (dotted key) -> fANOVA importance, largest first
+    plots: list[str]  # the Optuna plots' artifact paths, e.g. "plots/param_importances.png"
+
+
+def _study_parent(client: MlflowClient, run: Run) -> StudyParent:
+    importances = {k[len(IMPORTANCE_PREFIX):]: v for k, v in run.data.metrics.items() if k.startswith(IMPORTANCE_PREFIX)}
+    return StudyParent(
+        run_id=run.info.run_id,
+        artifact_uri=run.info.artifact_uri,
+        metric=run.data.params.get(PARAM_OBJECTIVE),
+        knobs=[k[len(SPACE_PREFIX):] for k in run.data.params if k.startswith(SPACE_PREFIX)],
+        importances=dict(sorted(importances.items(), key=lambda kv: -kv[1])),
+        plots=sorted(f.path for f in client.list_artifacts(run.info.run_id, "plots") if f.path.endswith(".png")),
+    )
 
 
 def _parse_param(text: str) -> Any:
@@ -79,6 +106,8 @@ def _record(client: MlflowClient, run: Run, objective: tuple[str, str] | None = 
         values = [m.value for m in histories.get(objective[0]) or client.get_metric_history(run_id, objective[0])]
         metrics["objective"] = (min if metric_mode(*objective) == "min" else max)(values)
     epoch = int(metrics["best_epoch"]) if "best_epoch" in metrics else None
+    if histories:
+        metrics["epochs"] = float(max(len(h) for h in histories.values()))
     if histories.get("val_loss"):
         lowest = min(histories["val_loss"], key=lambda m: (m.value, m.step))
         epoch = lowest.step if epoch is None else epoch
@@ -93,6 +122,7 @@ def _record(client: MlflowClient, run: Run, objective: tuple[str, str] | None = 
         name=run.info.run_name or run_id,
         status=run.info.status,
         start_time=run.info.start_time or 0,
+        end_time=run.info.end_time,
         notes=run.data.tags.get(TAG_NOTE, ""),
         params={k: _parse_param(v) for k, v in run.data.params.items() if k not in _NOT_HYPERPARAMS},
         metrics=metrics,
@@ -129,9 +159,10 @@ def load_runs(runs: Sequence[str] = (), *, experiment: str | None = None) -> lis
     return [_record(client, r) for r in ordinary]
 
 
-def load_study(study: str, experiment: str | None = None) -> tuple[list[RunRecord], str | None]:
+def load_study(study: str, experiment: str | None = None) -> tuple[list[RunRecord], str | None, StudyParent | None]:
     """A study's trial runs (children of its parent run, tagged with its name) in start order,
-    each with its `objective` when the parent names the metric; and the study's direction."""
+    each with its `objective` when the parent names the metric; the study's direction; and
+    its parent run (None if it was deleted)."""
     from mlflow import MlflowClient
 
     client = MlflowClient()
@@ -145,7 +176,9 @@ def load_study(study: str, experiment: str | None = None) -> tuple[list[RunRecor
             f"{TAG_STUDY}={study!r} with a parent run). Studies there: "
             f"{', '.join(studies) or 'none'}. Check the name given to `capexp study --name`."
         )
-    parent = next((r.data.params for r in every if TAG_PARENT not in r.data.tags), {})
-    metric, direction = parent.get(PARAM_OBJECTIVE), parent.get(PARAM_DIRECTION)
+    parent = next((r for r in every if TAG_PARENT not in r.data.tags), None)
+    params = parent.data.params if parent else {}
+    metric, direction = params.get(PARAM_OBJECTIVE), params.get(PARAM_DIRECTION)
     objective = (metric, direction or "") if metric else None
-    return [_record(client, r, objective) for r in trials], direction if metric else None
+    records = [_record(client, r, objective) for r in trials]
+    return records, direction if metric else None, _study_parent(client, parent) if parent else None

@@ -10,15 +10,18 @@ from __future__ import annotations
 import csv
 import html
 import io
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from capexp.compare.table import NOTES, Cell, Comparison, Ranking
+from capexp.compare.table import NOTES, Cell, Comparison, Ranking, Trials
 from capexp.errors import CapexpError
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-__all__ = ["FORMATS", "render", "terminal_tables", "terminal_text"]
+    from capexp.compare.records import StudyParent
+
+__all__ = ["FORMATS", "render", "study_markdown", "importance_grid", "terminal_tables", "terminal_text"]
 
 FORMATS = ("term", "md", "csv", "html")
 
@@ -115,7 +118,7 @@ def terminal_text(tables: list[Table], width: int) -> str:
     return console.export_text()
 
 
-def render(table: Comparison | Ranking, fmt: str, *, width: int = 100) -> str:
+def render(table: Comparison | Trials | Ranking, fmt: str, *, width: int = 100) -> str:
     """`table` as Markdown, CSV, HTML or plain terminal text `width` columns wide."""
     header, rows = table.grid()
     if fmt == "md":
@@ -127,3 +130,24 @@ def render(table: Comparison | Ranking, fmt: str, *, width: int = 100) -> str:
     if fmt == "term":
         return terminal_text(terminal_tables(header, rows, width), width)
     raise CapexpError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}. Pick one of these.")
+
+
+def importance_grid(parent: StudyParent) -> tuple[list[str], list[list[Cell]]]:
+    """The knobs by fANOVA importance, largest first, as a two-column table."""
+    return ["knob", "importance"], [[Cell(k), Cell(f"{v:.3f}")] for k, v in parent.importances.items()]
+
+
+def study_markdown(parent: StudyParent, plot_links: dict[str, str]) -> str:
+    """A study's importances and its Optuna plots (`plot_links`: artifact path -> link) as Markdown,
+    to follow its trials table."""
+    parts = []
+    if parent.importances:
+        parts.append(
+            f"### Which knobs mattered\n\nfANOVA importance of each knob for the objective "
+            f"({parent.metric or 'objective'}) over the complete trials (pruned trials do not count); "
+            f"they sum to 1.\n\n" + _markdown(*importance_grid(parent))
+        )
+    if plot_links:
+        images = [f"![{Path(p).stem.replace('_', ' ')}]({link})" for p, link in plot_links.items()]
+        parts.append("### Optuna plots\n\n" + "\n".join(images) + "\n")
+    return "".join("\n" + part for part in parts)

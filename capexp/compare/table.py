@@ -1,7 +1,8 @@
-"""The table model: a comparison (one column per run) or a ranking, as a DataFrame of `Cell`s.
+"""The table model: a comparison (one column per run), a study's trials (one row per trial) or a
+ranking, as a DataFrame of `Cell`s.
 
-Rows are dotted spec keys, then Notes, then metric rows; columns are runs. A value that
-differs from the previous column is bold, with an arrow when it grew or shrank (lists
+In a comparison, rows are dotted spec keys, then Notes, then metric rows; columns are runs. A
+value that differs from the previous column is bold, with an arrow when it grew or shrank (lists
 compared elementwise). The renderers (capexp.compare.render) only lay these cells out.
 """
 
@@ -17,11 +18,15 @@ from typing import TYPE_CHECKING, Any
 from capexp.compare.records import RunRecord
 from capexp.errors import CapexpError
 from capexp.spec import metric_mode
+from capexp.tracking import PARAM_TRIAL_NUMBER, TAG_OPTUNA_STATE, TAG_TRIAL
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["SEED_ROWS", "METRIC_ROWS", "NOTES", "KEY_HEADER", "Cell", "Comparison", "Ranking", "build_comparison", "build_ranking"]
+__all__ = [
+    "SEED_ROWS", "METRIC_ROWS", "NOTES", "KEY_HEADER", "Cell", "Comparison", "Trials", "Ranking",
+    "build_comparison", "build_trials", "build_ranking",
+]
 
 # The hyperparameter rows of the seed study's table, always shown (when logged), in this order.
 SEED_ROWS = (
@@ -157,6 +162,13 @@ def _best_ids(records: Sequence[RunRecord], metric: str, mode: str) -> set[str]:
     return {run_id for v, run_id in scored if v == best}
 
 
+def _best_first(records: Sequence[RunRecord], metric: str, mode: str) -> list[RunRecord]:
+    """Finished runs by `metric`, best first, then pruned and unfinished ones (each in start order)."""
+    sign = 1 if mode == "min" else -1
+    return sorted(records, key=lambda r: (r.pruned or r.status != "FINISHED", metric not in r.metrics,
+                                          sign * r.metrics.get(metric, 0.0), r.start_time))
+
+
 def _labels(records: Sequence[RunRecord], best: set[str]) -> list[str]:
     """Column headers: run name (with a short id where names repeat) and (best)/(pruned)/status."""
     counts: dict[str, int] = {}
@@ -215,6 +227,17 @@ class Comparison:
 
 
 @dataclass
+class Trials:
+    """A study's trials, one row each, best first: trial number, the searched values, the objective
+    (and the ranking metric when it is another), state, epochs run and minutes (as `Cell`s)."""
+
+    frame: pd.DataFrame
+
+    def grid(self) -> tuple[list[str], list[list[Cell]]]:
+        return list(self.frame.columns), [list(row) for row in self.frame.itertuples(index=False)]
+
+
+@dataclass
 class Ranking:
     """The human-score ranking table: Ranking, Model_ID, Total Score, Accuracy (as `Cell`s)."""
 
@@ -224,41 +247,22 @@ class Ranking:
         return list(self.frame.columns), [list(row) for row in self.frame.itertuples(index=False)]
 
 
-def build_comparison(
-    records: Sequence[RunRecord],
-    *,
-    metric: str | None = None,
-    only_changed: bool = False,
-    sort_by_metric: bool = False,
-    direction: str | None = None,
-) -> Comparison:
+def build_comparison(records: Sequence[RunRecord], *, metric: str | None = None, only_changed: bool = False) -> Comparison:
     """One column per run: the seed study's hyperparameter rows plus every key that differs, Notes,
-    then metric rows; the best run by `metric` (default: `objective` for study trials when
-    logged, else `best_val_loss`; `direction` "minimize"/"maximize", default by the name) is
-    starred. `sort_by_metric` orders runs best first, pruned and unfinished ones last."""
+    then metric rows; the best run by `metric` (default `best_val_loss`) is starred."""
     import pandas as pd
 
     if not records:
         raise CapexpError("No runs to compare. Name runs, or pass --experiment or --study.")
     available = sorted({k for r in records for k in r.metrics})
-    if metric == "val_loss":
-        metric = "best_val_loss"
-    if metric is None:
-        metric = "objective" if sort_by_metric and "objective" in available else "best_val_loss"
-    elif metric not in available:
+    if metric is not None and metric != "val_loss" and metric not in available:
         raise CapexpError(
             f"--metric {metric!r} is not logged by any of the compared runs. Metrics they have: "
             f"{', '.join(available) or 'none'}. Pass one of these."
         )
-    mode = metric_mode(metric, direction)
+    metric = "best_val_loss" if metric in (None, "val_loss") else metric
     records = list(records)
-    if sort_by_metric:
-        sign = 1 if mode == "min" else -1
-        records.sort(
-            key=lambda r: (r.pruned or r.status != "FINISHED", metric not in r.metrics,
-                           sign * r.metrics.get(metric, 0.0), r.start_time)
-        )
-    best = _best_ids(records, metric, mode)
+    best = _best_ids(records, metric, metric_mode(metric))
 
     rows: dict[str, list[Cell]] = {}
     for key in _hyperparam_rows(records):
@@ -275,6 +279,59 @@ def build_comparison(
     frame = pd.DataFrame(rows, index=_labels(records, best), dtype=object).T
     frame.index.name = KEY_HEADER
     return Comparison(frame=frame, records=records, metric=metric, best=best)
+
+
+def _state(r: RunRecord) -> str:
+    """complete, pruned, failed, running or killed (runs of older studies have no Optuna state tag)."""
+    if r.pruned:
+        return "pruned"
+    if r.status == "RUNNING":
+        return "running"
+    state = r.tags.get(TAG_OPTUNA_STATE) or {"FINISHED": "COMPLETE", "FAILED": "FAIL"}.get(r.status, r.status)
+    return {"COMPLETE": "complete", "FAIL": "failed"}.get(state, state.lower())
+
+
+def build_trials(
+    records: Sequence[RunRecord],
+    knobs: Sequence[str],
+    *,
+    objective: str | None = None,
+    metric: str | None = None,
+    direction: str | None = None,
+) -> Trials:
+    """One row per trial run, best first by `metric` (default: the study's objective, named
+    `objective`), with the searched `knobs` (dotted keys, named as the study's progress lines
+    name them); the best trial's number and state are bold."""
+    import pandas as pd
+
+    from capexp.study.progress import short_key, short_value
+
+    if not records:
+        raise CapexpError("The study has no trial runs yet. Run `capexp study` first.")
+    metric = "best_val_loss" if metric == "val_loss" else metric or "objective"
+    if not any(metric in r.metrics for r in records) and any(r.status == "FINISHED" for r in records):
+        available = sorted({k for r in records for k in r.metrics})
+        raise CapexpError(f"--metric {metric!r} is not logged by the study's trials. They have: {', '.join(available)}.")
+    mode = metric_mode(metric, direction)
+    records = _best_first(records, metric, mode)
+    best = _best_ids(records, metric, mode)
+    knobs = sorted(knobs, key=lambda k: (SEED_ROWS.index(k) if k in SEED_ROWS else len(SEED_ROWS), k))
+    columns = ["objective", *([metric] if metric != "objective" else [])]
+    rows = []
+    for r in records:
+        number = r.params.get(PARAM_TRIAL_NUMBER, r.tags.get(TAG_TRIAL, "?"))
+        seconds = (r.end_time - r.start_time) / 1000 if r.end_time and r.start_time else None
+        rows.append([
+            Cell(str(number), changed=r.run_id in best),
+            *[Cell(short_value(r.params[k]) if k in r.params else _MISSING) for k in knobs],
+            *[Cell(_fmt_metric(c, r.metrics[c]) if c in r.metrics else _MISSING) for c in columns],
+            Cell("best" if r.run_id in best else _state(r), changed=r.run_id in best),
+            Cell(str(int(r.metrics["epochs"])) if "epochs" in r.metrics else _MISSING),
+            Cell(f"{seconds / 60:.1f}" if seconds is not None else _MISSING),
+        ])
+    names = [objective or "objective" if c == "objective" else c for c in columns]
+    header = ["#", *[short_key(k) for k in knobs], *names, "state", "epochs", "min"]
+    return Trials(frame=pd.DataFrame(rows, columns=header, dtype=object))
 
 
 def build_ranking(records: Sequence[RunRecord]) -> Ranking:

@@ -27,11 +27,11 @@ def short_key(key: str) -> str:
 
 
 def short_value(value: Any) -> str:
-    """224 for [224, 224], 0.0003 as 3e-04, others as JSON would print them, shortly."""
+    """224 for [224, 224], 0.000748 as 0.00075, others as JSON would print them, shortly."""
     if isinstance(value, list):
         return short_value(value[0]) if value and all(v == value[0] for v in value) else "x".join(map(short_value, value))
     if isinstance(value, float):
-        return f"{value:.0e}" if value and abs(value) < 1e-3 else f"{value:.3g}"
+        return f"{value:.2g}" if abs(value) < 1e-3 else f"{value:.3g}"
     return str(value)
 
 

@@ -1,4 +1,5 @@
-"""What a study's MLflow parent run holds: the best trial, `trials.csv` and the Optuna plots."""
+"""What a study's MLflow parent run holds: the best trial, `trials.csv`, each knob's importance
+and the Optuna plots."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from capexp.tracking import (
     ATTR_RUN_ID,
     ATTR_RUN_NAME,
     BEST_PREFIX,
+    IMPORTANCE_PREFIX,
     PARAM_DIRECTION,
     PARAM_OBJECTIVE,
     PARAM_PRUNER,
@@ -94,6 +96,25 @@ def _trials_table(study, space: SearchSpace) -> Any:
     return pd.DataFrame(rows)
 
 
+def _evaluator() -> Any:
+    """fANOVA with a fixed seed, so the importances table and its plot show the same numbers."""
+    from optuna.importance import FanovaImportanceEvaluator
+
+    return FanovaImportanceEvaluator(seed=0)
+
+
+def _importances(study) -> dict[str, float]:
+    """Each searched knob's share of the objective's variance over the complete trials (fANOVA);
+    empty with fewer than two complete trials."""
+    from optuna.importance import get_param_importances
+    from optuna.trial import TrialState
+
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
+        return {}
+    with quiet_experimental():
+        return get_param_importances(study, evaluator=_evaluator())
+
+
 def _plots(study, folder: Path) -> list[Path]:
     """The four Optuna plots as PNGs (one with too few trials to show anything is drawn empty)."""
     import matplotlib
@@ -104,7 +125,7 @@ def _plots(study, folder: Path) -> list[Path]:
 
     made = []
     for name, plot in (("optimization_history", ovm.plot_optimization_history),
-                       ("param_importances", ovm.plot_param_importances),
+                       ("param_importances", lambda s: ovm.plot_param_importances(s, evaluator=_evaluator())),
                        ("parallel_coordinate", ovm.plot_parallel_coordinate),
                        ("intermediate_values", ovm.plot_intermediate_values)):
         with quiet_experimental(), warnings.catch_warnings():
@@ -147,6 +168,7 @@ def summarize(study, plan: Plan, status: str) -> StudySummary:
         metrics.append(Metric(f"best_{plan.metric}", float(best.value), now, 0))
         tags += [RunTag(TAG_BEST_TRIAL, str(best.number)), RunTag(TAG_BEST_RUN_ID, summary.best_run_id or "")]
         tags += [RunTag(f"{BEST_PREFIX}{k}", param_value(v)) for k, v in params.items()]
+    metrics += [Metric(f"{IMPORTANCE_PREFIX}{k}", float(v), now, 0) for k, v in _importances(study).items()]
     client.log_batch(plan.parent_run_id, metrics=metrics, tags=tags)
     with tempfile.TemporaryDirectory(prefix="capexp-study-") as tmp:
         folder = Path(tmp)

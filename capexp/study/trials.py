@@ -163,6 +163,7 @@ def work(plan: Plan, index: int) -> None:
 def _work(plan: Plan, index: int) -> None:
     import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a spawned worker too: capexp prints its own line per trial
     if plan.threads:
         import torch
 
@@ -227,8 +228,19 @@ def run_workers(plan: Plan, workers: int) -> list[str]:
     ctx = multiprocessing.get_context("spawn")
     errors = ctx.SimpleQueue()
     procs = [ctx.Process(target=_worker_main, args=(plan, i, errors), name=f"capexp-study-{i}") for i in range(workers)]
-    for proc in procs:
-        proc.start()
+    # Workers' training bars would overwrite one another on the console: with several, the
+    # progress lines say enough. A spawned process reads its environment as it starts.
+    saved = os.environ.get("TQDM_DISABLE")
+    if workers > 1:
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        for proc in procs:
+            proc.start()
+    finally:
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
     try:
         for proc in procs:
             proc.join()
