@@ -137,7 +137,8 @@ def test_study_is_a_parent_run_with_trial_children_pruned_ones_marked(
     for knob, value in importances.items():
         assert f"| {knob} | {value:.3f} |" in text
     links = [line[line.index("](") + 2:-1] for line in text.splitlines() if line.startswith("![")]
-    assert sorted(links) == sorted(f"nest-plots/{name}" for name in plots)
+    assert links == [f"nest-plots/{name}.png" for name in ("optimization_history", "param_importances",
+                                                           "parallel_coordinate", "intermediate_values")]
     assert all((report.parent / link).read_bytes().startswith(b"\x89PNG") for link in links)
 
     # The same command again: nothing left to run, the same parent run.

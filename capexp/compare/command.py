@@ -92,8 +92,10 @@ def compare(
 def _plot_links(parent: StudyParent, output: Path | None) -> dict[str, str]:
     """Each plot's link: a copy in `<output stem>-plots/` beside `output`, linked relatively;
     without `output`, the artifact's own URI."""
+    import os
     import shutil
     import tempfile
+    from unittest import mock
 
     import mlflow
 
@@ -102,7 +104,8 @@ def _plot_links(parent: StudyParent, output: Path | None) -> dict[str, str]:
     folder = output.parent / f"{output.stem}-plots"
     folder.mkdir(parents=True, exist_ok=True)
     links = {}
-    with tempfile.TemporaryDirectory(prefix="capexp-plots-") as tmp:
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # no download bars around the report
+    with tempfile.TemporaryDirectory(prefix="capexp-plots-") as tmp, mock.patch.dict(os.environ, quiet):
         for p in parent.plots:
             local = mlflow.artifacts.download_artifacts(run_id=parent.run_id, artifact_path=p, dst_path=tmp)
             shutil.copyfile(local, folder / Path(p).name)

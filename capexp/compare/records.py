@@ -16,6 +16,7 @@ from capexp.tracking import (
     PARAM_OBJECTIVE,
     PARAM_VOCABULARY_SIZE,
     SPACE_PREFIX,
+    STUDY_PLOTS,
     TAG_NOTE,
     TAG_PARENT,
     TAG_PRUNED,
@@ -42,6 +43,7 @@ _EPOCH_METRICS = frozenset(
 _NOT_HYPERPARAMS = frozenset(
     {"id", "notes", "training_config.trained_model_path", "training_config.monitoring_plots_path", PARAM_VOCABULARY_SIZE}
 )
+_PLOT_ORDER = {name: i for i, name in enumerate(STUDY_PLOTS)}
 
 
 @dataclass
@@ -83,7 +85,8 @@ def _study_parent(client: MlflowClient, run: Run) -> StudyParent:
         metric=run.data.params.get(PARAM_OBJECTIVE),
         knobs=[k[len(SPACE_PREFIX):] for k in run.data.params if k.startswith(SPACE_PREFIX)],
         importances=dict(sorted(importances.items(), key=lambda kv: -kv[1])),
-        plots=sorted(f.path for f in client.list_artifacts(run.info.run_id, "plots") if f.path.endswith(".png")),
+        plots=sorted((f.path for f in client.list_artifacts(run.info.run_id, "plots") if f.path.endswith(".png")),
+                     key=lambda p: _PLOT_ORDER.get(p.rsplit("/", 1)[-1].removesuffix(".png"), len(_PLOT_ORDER))),
     )
 
 

@@ -133,8 +133,11 @@ def render(table: Comparison | Trials | Ranking, fmt: str, *, width: int = 100) 
 
 
 def importance_grid(parent: StudyParent) -> tuple[list[str], list[list[Cell]]]:
-    """The knobs by fANOVA importance, largest first, as a two-column table."""
-    return ["knob", "importance"], [[Cell(k), Cell(f"{v:.3f}")] for k, v in parent.importances.items()]
+    """The knobs by fANOVA importance, largest first: short name (as in the trials table), key, importance."""
+    from capexp.study.progress import short_key
+
+    rows = [[Cell(short_key(k)), Cell(k), Cell(f"{v:.3f}")] for k, v in parent.importances.items()]
+    return ["knob", "key", "importance"], rows
 
 
 def study_markdown(parent: StudyParent, plot_links: dict[str, str]) -> str:

@@ -27,6 +27,7 @@ from capexp.tracking import (
     PARAM_STUDY_STORAGE,
     SPACE_PREFIX,
     STUDY_PARENT,
+    STUDY_PLOTS,
     TAG_BEST_RUN_ID,
     TAG_BEST_TRIAL,
     TAG_NOTE,
@@ -115,22 +116,27 @@ def _importances(study) -> dict[str, float]:
         return get_param_importances(study, evaluator=_evaluator())
 
 
-def _plots(study, folder: Path) -> list[Path]:
-    """The four Optuna plots as PNGs (one with too few trials to show anything is drawn empty)."""
+def _plots(study, folder: Path, metric: str) -> list[Path]:
+    """The four Optuna plots as PNGs, the objective named by its metric (one with too few trials
+    to show anything is drawn empty)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
 
+    target = f"{metric} (validation)"
+    drawers = {
+        "optimization_history": lambda s: ovm.plot_optimization_history(s, target_name=target),
+        "param_importances": lambda s: ovm.plot_param_importances(s, evaluator=_evaluator(), target_name=target),
+        "parallel_coordinate": lambda s: ovm.plot_parallel_coordinate(s, target_name=target),
+        "intermediate_values": ovm.plot_intermediate_values,
+    }
     made = []
-    for name, plot in (("optimization_history", ovm.plot_optimization_history),
-                       ("param_importances", lambda s: ovm.plot_param_importances(s, evaluator=_evaluator())),
-                       ("parallel_coordinate", ovm.plot_parallel_coordinate),
-                       ("intermediate_values", ovm.plot_intermediate_values)):
+    for name in STUDY_PLOTS:
         with quiet_experimental(), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "identical low and high ylims" and the like
-            fig = plot(study).figure
+            fig = drawers[name](study).figure
         fig.set_size_inches(9, 5)
         fig.tight_layout()
         path = folder / f"{name}.png"
@@ -175,7 +181,7 @@ def summarize(study, plan: Plan, status: str) -> StudySummary:
         _trials_table(study, plan.space).to_csv(folder / "trials.csv", index=False)
         client.log_artifact(plan.parent_run_id, str(folder / "trials.csv"))
         if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False)):
-            for path in _plots(study, folder):
+            for path in _plots(study, folder, plan.metric):
                 client.log_artifact(plan.parent_run_id, str(path), artifact_path="plots")
     if status != "RUNNING":
         client.set_terminated(plan.parent_run_id, status)

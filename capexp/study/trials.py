@@ -224,23 +224,16 @@ def run_workers(plan: Plan, workers: int) -> list[str]:
     """Run `workers` processes (spawned: they share only the storage and the MLflow store);
     return what went wrong in each that failed."""
     import multiprocessing
+    from unittest import mock
 
     ctx = multiprocessing.get_context("spawn")
     errors = ctx.SimpleQueue()
     procs = [ctx.Process(target=_worker_main, args=(plan, i, errors), name=f"capexp-study-{i}") for i in range(workers)]
     # Workers' training bars would overwrite one another on the console: with several, the
     # progress lines say enough. A spawned process reads its environment as it starts.
-    saved = os.environ.get("TQDM_DISABLE")
-    if workers > 1:
-        os.environ["TQDM_DISABLE"] = "1"
-    try:
+    with mock.patch.dict(os.environ, {"TQDM_DISABLE": "1"} if workers > 1 else {}):
         for proc in procs:
             proc.start()
-    finally:
-        if saved is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = saved
     try:
         for proc in procs:
             proc.join()

@@ -12,7 +12,7 @@ __all__ = [
     "TAG_STUDY", "TAG_TRIAL", "TAG_STUDY_ROLE", "STUDY_PARENT", "TAG_BEST_TRIAL", "TAG_BEST_RUN_ID", "BEST_PREFIX",
     "TAG_EVAL_DECODING", "TAG_NOTE", "TAG_PARENT", "TAG_OPTUNA_STATE", "PARAM_TRIAL_NUMBER",
     "PARAM_VOCABULARY_SIZE", "PARAM_OBJECTIVE", "PARAM_DIRECTION", "PARAM_STUDY_BASE", "PARAM_STUDY_SPACE",
-    "PARAM_STUDY_STORAGE", "PARAM_SAMPLER", "PARAM_PRUNER", "SPACE_PREFIX", "IMPORTANCE_PREFIX",
+    "PARAM_STUDY_STORAGE", "PARAM_SAMPLER", "PARAM_PRUNER", "SPACE_PREFIX", "IMPORTANCE_PREFIX", "STUDY_PLOTS",
     "ARTIFACT_CHECKPOINT", "CHECKPOINT_META", "CHECKPOINT_WEIGHTS", "MODEL_NAME", "TAG_REGISTERED",
     "ATTR_WORKER", "ATTR_RUN_ID", "ATTR_RUN_NAME", "ATTR_METRIC", "ATTR_BASE_HASH", "ATTR_BASE", "ATTR_SPACE", "ATTR_ERROR",
     "ATTR_RETRY_OWED",
@@ -57,6 +57,7 @@ PARAM_STUDY_SPACE = "study.space"
 PARAM_STUDY_STORAGE = "study.storage"
 PARAM_SAMPLER = "sampler"
 PARAM_PRUNER = "pruner"
+STUDY_PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "intermediate_values")  # plots/<name>.png
 IMPORTANCE_PREFIX = "importance."  # importance.<dotted key>: a knob's fANOVA importance, on a study's parent run
 SPACE_PREFIX = "space."  # space.<dotted key>: each searched parameter's definition
 
