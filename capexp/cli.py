@@ -199,7 +199,8 @@ def evaluate(run: str, split: str, beam: int | None, length_penalty: float | Non
 @click.argument("runs", nargs=-1)
 @click.option("--experiment", default=None,
               help="MLflow experiment (default: capexp; run names and --study are looked up in every experiment).")
-@click.option("--study", default=None, help="Compare the trials of this study, best first, pruned ones marked.")
+@click.option("--study", default=None,
+              help="List this study's trials, one row each, best first, then the knobs' importances (Markdown: and its plots).")
 @click.option("--format", "fmt", type=click.Choice(["term", "md", "csv", "html"]), default=None,
               help="Default: from --output's suffix, else term.")
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the table to this file.")

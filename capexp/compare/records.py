@@ -72,7 +72,7 @@ class StudyParent:
     run_id: str
     artifact_uri: str
     metric: str | None  # the objective, e.g. "cider"
-    knobs: list[str]  # the searched dotted keys, in the space's order
+    knobs: list[str]  # the searched dotted keys
     importances: dict[str, float]  # knob (dotted key) -> fANOVA importance, largest first
     plots: list[str]  # the Optuna plots' artifact paths, e.g. "plots/param_importances.png"
 
