@@ -209,6 +209,7 @@ def test_two_workers_share_a_journal_file(
     err = capfd.readouterr().err  # the spawned workers' console: our progress lines, not Optuna's
     assert sum(line.startswith("trial ") for line in err.splitlines()) == len(trials), err
     assert "finished with value" not in err and "Trial 0 finished" not in err
+    assert "INFO mlflow" not in err  # nor MLflow's console lines from logging each trial's model
     assert "epoch 1/1" not in err  # nor two workers' training bars, which would overwrite each other
 
 

@@ -140,9 +140,11 @@ def _tag_state(plan: Plan, number: int, state: str, run_id: str | None = None) -
 def _console_warnings_only(plan: Plan) -> Iterator[None]:
     """Trial runs log to their run.log as usual, but the console shows only warnings and the progress
     lines (everything with -v)."""
+    import mlflow  # noqa: F401 - importing it adds MLflow's own console handler, quieted here too
     from rich.logging import RichHandler
 
-    handlers = [h for h in logging.getLogger().handlers if isinstance(h, RichHandler) or type(h) is logging.StreamHandler]
+    loggers = (logging.getLogger(), logging.getLogger("mlflow"))
+    handlers = [h for lg in loggers for h in lg.handlers if isinstance(h, RichHandler) or type(h) is logging.StreamHandler]
     levels = [h.level for h in handlers]
     if plan.log_level > logging.DEBUG:
         for handler in handlers:
