@@ -432,3 +432,17 @@ def test_optuna_dashboard_reads_the_study_journal(tmp_path: Path, tracking_uri: 
     assert [s["study_name"] for s in studies] == ["dash"]
     missing = CliRunner().invoke(cli, ["dashboard", "nosuch", "--storage", str(tmp_path / "nosuch.journal")])
     assert missing.exit_code == 2 and "no study journal" in missing.output
+
+
+def test_trials_with_equal_objectives_have_no_importances_and_still_four_plots(tmp_path: Path) -> None:
+    from capexp.study.report import _importances, _plots
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    # every trial scores the same: there is nothing for fANOVA to attribute
+    study.optimize(lambda t: 0.5 + 0 * t.suggest_int("k", 2, 6) + 0 * t.suggest_float("lr", 1e-4, 1e-2), n_trials=3)
+    assert _importances(study) == {}
+    paths = _plots(study, tmp_path, "cider", {})
+    assert [p.name for p in paths] == [f"{n}.png" for n in ("optimization_history", "param_importances",
+                                                            "parallel_coordinate", "intermediate_values")]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)

@@ -106,19 +106,22 @@ def _evaluator() -> Any:
 
 def _importances(study) -> dict[str, float]:
     """Each searched knob's share of the objective's variance over the complete trials (fANOVA);
-    empty with fewer than two complete trials."""
+    empty with fewer than two complete trials, or when their objectives do not vary."""
     from optuna.importance import get_param_importances
     from optuna.trial import TrialState
 
     if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < 2:
         return {}
     with quiet_experimental():
-        return get_param_importances(study, evaluator=_evaluator())
+        try:
+            return get_param_importances(study, evaluator=_evaluator())
+        except RuntimeError:  # "zero total variance in all trees": nothing to attribute
+            return {}
 
 
-def _plots(study, folder: Path, metric: str) -> list[Path]:
+def _plots(study, folder: Path, metric: str, importances: dict[str, float]) -> list[Path]:
     """The four Optuna plots as PNGs, the objective named by its metric (one with too few trials
-    to show anything is drawn empty)."""
+    to show anything is drawn empty, the importances too when there are none)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,7 +131,9 @@ def _plots(study, folder: Path, metric: str) -> list[Path]:
     target = f"{metric} (validation)"
     drawers = {
         "optimization_history": lambda s: ovm.plot_optimization_history(s, target_name=target),
-        "param_importances": lambda s: ovm.plot_param_importances(s, evaluator=_evaluator(), target_name=target),
+        "param_importances": lambda s: (ovm.plot_param_importances(s, evaluator=_evaluator(), target_name=target)
+                                        if importances else plt.figure().add_subplot(title="No importances: the complete "
+                                                                                     "trials' objectives do not vary")),
         "parallel_coordinate": lambda s: ovm.plot_parallel_coordinate(s, target_name=target),
         "intermediate_values": ovm.plot_intermediate_values,
     }
@@ -174,14 +179,15 @@ def summarize(study, plan: Plan, status: str) -> StudySummary:
         metrics.append(Metric(f"best_{plan.metric}", float(best.value), now, 0))
         tags += [RunTag(TAG_BEST_TRIAL, str(best.number)), RunTag(TAG_BEST_RUN_ID, summary.best_run_id or "")]
         tags += [RunTag(f"{BEST_PREFIX}{k}", param_value(v)) for k, v in params.items()]
-    metrics += [Metric(f"{IMPORTANCE_PREFIX}{k}", float(v), now, 0) for k, v in _importances(study).items()]
+    importances = _importances(study)
+    metrics += [Metric(f"{IMPORTANCE_PREFIX}{k}", float(v), now, 0) for k, v in importances.items()]
     client.log_batch(plan.parent_run_id, metrics=metrics, tags=tags)
     with tempfile.TemporaryDirectory(prefix="capexp-study-") as tmp:
         folder = Path(tmp)
         _trials_table(study, plan.space).to_csv(folder / "trials.csv", index=False)
         client.log_artifact(plan.parent_run_id, str(folder / "trials.csv"))
         if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False)):
-            for path in _plots(study, folder, plan.metric):
+            for path in _plots(study, folder, plan.metric, importances):
                 client.log_artifact(plan.parent_run_id, str(path), artifact_path="plots")
     if status != "RUNNING":
         client.set_terminated(plan.parent_run_id, status)
