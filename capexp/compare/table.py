@@ -227,24 +227,22 @@ class Comparison:
 
 
 @dataclass
-class Trials:
+class _RowTable:
+    """A table of one row per item: `frame`'s columns are the header, its rows hold `Cell`s."""
+
+    frame: pd.DataFrame
+
+    def grid(self) -> tuple[list[str], list[list[Cell]]]:
+        return list(self.frame.columns), [list(row) for row in self.frame.itertuples(index=False)]
+
+
+class Trials(_RowTable):
     """A study's trials, one row each, best first: trial number, the searched values, the objective
-    (and the ranking metric when it is another), state, epochs run and minutes (as `Cell`s)."""
-
-    frame: pd.DataFrame
-
-    def grid(self) -> tuple[list[str], list[list[Cell]]]:
-        return list(self.frame.columns), [list(row) for row in self.frame.itertuples(index=False)]
+    (and the ranking metric when it is another), state, epochs run and minutes."""
 
 
-@dataclass
-class Ranking:
-    """The human-score ranking table: Ranking, Model_ID, Total Score, Accuracy (as `Cell`s)."""
-
-    frame: pd.DataFrame
-
-    def grid(self) -> tuple[list[str], list[list[Cell]]]:
-        return list(self.frame.columns), [list(row) for row in self.frame.itertuples(index=False)]
+class Ranking(_RowTable):
+    """The human-score ranking table: Ranking, Model_ID, Total Score, Accuracy."""
 
 
 def build_comparison(records: Sequence[RunRecord], *, metric: str | None = None, only_changed: bool = False) -> Comparison:
