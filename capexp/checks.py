@@ -17,7 +17,7 @@ from capexp.errors import CapexpError
 from capexp.spec import Spec
 
 __all__ = ["ALWAYS_LOGGED", "COCO_METRICS", "logged_metrics", "decoder_config", "check_decoder_fit",
-           "check_best_metric", "check_spec"]
+           "check_best_metric", "check_init_from", "check_spec"]
 
 ALWAYS_LOGGED = ("train_loss", "val_loss", "bertscore_precision", "bertscore_recall", "bertscore_f1")
 COCO_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")  # need Java at run time
@@ -135,6 +135,27 @@ def check_decoder_fit(spec: Spec, origin: str, config: dict[str, Any] | None = N
         raise CapexpError(
             f"{origin}: `gpt2_config.n_layers_to_freeze` is {freeze} but {g.model} has {layers} blocks. "
             f"Use a value from 0 to {layers}."
+        )
+
+
+# keys that size or wire the model: a checkpoint loads only into a model built with the same values
+_MODEL_KEYS = {"clip_config": ("model", "image_size", "features"),
+               "gpt2_config": ("model", "tokenizer", "visual_tokens_length", "n_layers_to_freeze", "mapper",
+                               "mapper_layers", "vocabulary")}
+
+
+def check_init_from(spec: Spec, origin: str, base: Spec) -> None:
+    """The model `spec` builds must be the one `training_config.init_from` saved (`base`, its spec)."""
+    differ = [
+        f"{section}.{key} ({getattr(getattr(base, section), key)!r} there, {getattr(getattr(spec, section), key)!r} here)"
+        for section, keys in _MODEL_KEYS.items() for key in keys
+        if getattr(getattr(base, section), key) != getattr(getattr(spec, section), key)
+    ]
+    if differ:
+        raise CapexpError(
+            f"{origin}: `training_config.init_from` is {spec.training_config.init_from!r}, a model built with other "
+            f"settings: {'; '.join(differ)}. Set these keys to the checkpoint's values (or start from a run "
+            f"whose model matches this spec)."
         )
 
 

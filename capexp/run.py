@@ -29,6 +29,7 @@ from capexp.tracking import (
     TAG_DEVICE,
     TAG_ENCODER_SKIPPED,
     TAG_GIT,
+    TAG_INIT_FROM,
     TAG_PRUNED,
     TAG_SPEC_HASH,
     TAG_STUDY,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
     from capexp.backbones import EncoderCard
     from capexp.datasets import Splits
+    from capexp.inference import Checkpoint
     from capexp.model import CheckpointMeta, ClipCap
     from capexp.train import CaptionData, EpochResult
 
@@ -98,20 +100,26 @@ class _Inputs:
     tokenizer: Any
     blocks: Any  # the decoder's transformer blocks (torch.nn.ModuleList)
     device: torch.device
+    init: Checkpoint | None  # `training_config.init_from`, found and checked against the spec
 
 
 def _prepare(spec: Spec, origin: str, experiment: str, tracking_uri: str | None) -> _Inputs:
     import torch
 
     from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
-    from capexp.checks import check_decoder_fit, check_spec
+    from capexp.checks import check_decoder_fit, check_init_from, check_spec
     from capexp.datasets import check_inputs, load_data
+    from capexp.inference import find_checkpoint
     from capexp.train import pick_device
 
     check_inputs(spec, origin)
     check_spec(spec, origin)
     use_store(tracking_uri)
     exp_id = experiment_id(experiment)
+    init = None
+    if spec.training_config.init_from:
+        init = find_checkpoint(spec.training_config.init_from, tracking_uri=tracking_uri)
+        check_init_from(spec, origin, init.spec)
     splits = load_data(spec)
     card = resolve_encoder(spec.clip_config.model, spec.clip_config.image_size, spec.clip_config.features)
     torch.manual_seed(spec.seed)
@@ -124,7 +132,7 @@ def _prepare(spec: Spec, origin: str, experiment: str, tracking_uri: str | None)
             f"{len(blocks)} blocks. Use a value from 0 to {len(blocks)}."
         )
     check_decoder_fit(spec, origin, decoder.config.to_dict())  # a hub id that validate could not see
-    return _Inputs(exp_id, splits, card, decoder, tokenizer, blocks, pick_device(spec.training_config.enable_GPU))
+    return _Inputs(exp_id, splits, card, decoder, tokenizer, blocks, pick_device(spec.training_config.enable_GPU), init)
 
 
 def _run_tags(spec: Spec, device: torch.device, extra: dict[str, str] | None) -> dict[str, str]:
@@ -180,6 +188,23 @@ def _vocabulary(spec: Spec, inputs: _Inputs, references: list[list[str]]) -> tup
         log.info("vocabulary cut to the %d tokens of the training captions", len(kept))
     mlflow.log_param(PARAM_VOCABULARY_SIZE, len(tokenizer))
     return tokenizer, kept
+
+
+def _start_from(init: Checkpoint, model: ClipCap, kept: list[int] | None, origin: str) -> None:
+    """Load `training_config.init_from`'s weights into `model`; tag the run with where they came from."""
+    import mlflow
+
+    from capexp.model import load_state
+
+    if init.meta.vocabulary != kept:
+        raise CapexpError(
+            f"{origin}: `training_config.init_from` ({init.name}) kept a vocabulary of "
+            f"{len(init.meta.vocabulary or [])} tokens, this run's training captions keep {len(kept or [])}: "
+            f"its token ids would mean other words here. Start from a run trained on the same captions."
+        )
+    load_state(model, init.folder)
+    mlflow.set_tags({TAG_INIT_FROM: str(init.folder)})
+    log.info("starting from %s (epoch %s of run %s)", init.folder, init.meta.epoch, init.name)
 
 
 class _Recorder:
@@ -269,6 +294,8 @@ def run_spec(
         train, val = _encode_data(spec, origin, inputs, workdir)
         tokenizer, kept = _vocabulary(spec, inputs, train.references)
         model = build_model(spec, inputs.decoder, inputs.blocks, inputs.card.feature_dim)
+        if inputs.init:
+            _start_from(inputs.init, model, kept, origin)
         meta = CheckpointMeta(__version__, spec, inputs.card.feature_dim, inputs.card.cache_id, kept)
         recorder = _Recorder(spec, origin, model, meta, val, workdir, on_epoch)
         best = recorder.best

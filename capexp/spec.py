@@ -136,7 +136,7 @@ class ScstConfig(_Section):
 class TrainingConfig(_Section):
     subset_ratio: float = Field(1.0, gt=0.0, le=1.0)  # share of training images, sampled from `seed`
     batch_size: int = Field(64, ge=1)
-    num_epochs: int = Field(10, ge=1)
+    num_epochs: int = Field(10, ge=0)  # cross-entropy epochs; 0 with `scst` and `init_from`: self-critical only
     learning_rate: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warmup
@@ -145,11 +145,19 @@ class TrainingConfig(_Section):
     one_caption_per_image: bool = False  # each epoch samples one reference per image
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # cross-entropy label smoothing
     scst: ScstConfig | None = None  # self-critical epochs after the `num_epochs` cross-entropy ones
+    init_from: str | None = None  # start from this run's best checkpoint (run id or name) or checkpoint folder
     best_metric: str = "val_loss"  # the checkpoint kept is best by this metric
     best_mode: Literal["min", "max"] | None = None  # None: min for losses, max otherwise
     enable_GPU: bool = False  # CUDA with bf16 autocast when available
     trained_model_path: str | None = None  # also copy the best checkpoint here (safetensors + JSON)
     monitoring_plots_path: str | None = None  # also copy the curves PNG here
+
+    @model_validator(mode="after")
+    def _something_to_train(self) -> TrainingConfig:
+        if self.num_epochs == 0 and self.scst is None:
+            raise ValueError("num_epochs is 0 and `scst` is not set, so there is nothing to train: set num_epochs "
+                             "to 1 or more, or add self-critical epochs (`scst`) to a model given by `init_from`")
+        return self
 
     @property
     def total_epochs(self) -> int:

@@ -87,6 +87,53 @@ def test_a_run_with_self_critical_epochs_logs_reward_and_baseline(tracking_uri: 
     assert run.data.tags.get("capexp.pruned") is None
 
 
+_SMALL = ["--set", "data_paths.num_train=48", "--set", "data_paths.num_val=12", "--set", "training_config.batch_size=16",
+          "--set", "evaluation.max_images=12"]
+_SCST = ["--set", 'training_config.scst={"epochs": 1, "batch_size": 16}', "--set", "training_config.best_metric=val_loss"]
+
+
+def _history(client: MlflowClient, run_name: str, metric: str) -> list[tuple[int, float]]:
+    run = client.search_runs([client.get_experiment_by_name("capexp").experiment_id],
+                             filter_string=f"attributes.run_name = '{run_name}'")[0]
+    return [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, metric)]
+
+
+def test_self_critical_epochs_from_a_finished_run_equal_those_of_one_run_that_does_both(tracking_uri: str) -> None:
+    runner, client = CliRunner(), MlflowClient(tracking_uri)
+    both = runner.invoke(cli, ["run", str(QUICKSTART), *_SMALL, *_SCST, "--set", "id=both",
+                               "--set", "training_config.num_epochs=1"])
+    assert both.exit_code == 0, both.output
+    first = runner.invoke(cli, ["run", str(QUICKSTART), *_SMALL, "--set", "id=xe", "--set", "training_config.num_epochs=1"])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(cli, ["run", str(QUICKSTART), *_SMALL, *_SCST, "--set", "id=scst-only",
+                                 "--set", "training_config.num_epochs=0", "--set", "training_config.init_from=xe"])
+    assert second.exit_code == 0, second.output
+
+    assert _history(client, "scst-only", "scst_reward") == [(1, _history(client, "both", "scst_reward")[0][1])]
+    assert _history(client, "scst-only", "val_loss") == [(1, _history(client, "both", "val_loss")[1][1])]
+    run = client.search_runs([client.get_experiment_by_name("capexp").experiment_id],
+                             filter_string="attributes.run_name = 'scst-only'")[0]
+    assert run.data.params["training_config.init_from"] == "xe"
+    assert "checkpoint" in run.data.tags["capexp.init_from"]
+
+
+def test_init_from_a_model_built_otherwise_fails_before_a_run_exists(tracking_uri: str) -> None:
+    runner, client = CliRunner(), MlflowClient(tracking_uri)
+    first = runner.invoke(cli, ["run", str(QUICKSTART), *_SMALL, "--set", "id=xe", "--set", "training_config.num_epochs=1"])
+    assert first.exit_code == 0, first.output
+    other = runner.invoke(cli, ["run", str(QUICKSTART), *_SMALL, *_SCST, "--set", "id=other", "--set", "training_config.num_epochs=0",
+                                "--set", "training_config.init_from=xe", "--set", "gpt2_config.visual_tokens_length=6"])
+    assert other.exit_code == 2
+    assert "gpt2_config.visual_tokens_length (4 there, 6 here)" in " ".join(other.output.split())
+    assert [r.info.run_name for r in client.search_runs([client.get_experiment_by_name("capexp").experiment_id])] == ["xe"]
+
+
+def test_zero_cross_entropy_epochs_without_self_critical_ones_is_nothing_to_train() -> None:
+    result = CliRunner().invoke(cli, ["validate", str(QUICKSTART), "--set", "training_config.num_epochs=0"])
+    assert result.exit_code == 2
+    assert "nothing to train" in result.output
+
+
 def test_train_loss_cannot_pick_the_checkpoint_of_a_self_critical_run() -> None:
     result = CliRunner().invoke(cli, ["validate", str(QUICKSTART), "--set", 'training_config.scst={"epochs": 1}',
                                       "--set", "training_config.best_metric=train_loss"])

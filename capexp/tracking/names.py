@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "DEFAULT_EXPERIMENT", "TAG_EXPERIMENT_KIND", "EXPERIMENT_KIND",
-    "TAG_SPEC_HASH", "TAG_VERSION", "TAG_GIT", "TAG_DEVICE", "TAG_ENCODER_SKIPPED", "TAG_PRUNED",
+    "TAG_SPEC_HASH", "TAG_VERSION", "TAG_GIT", "TAG_INIT_FROM", "TAG_DEVICE", "TAG_ENCODER_SKIPPED", "TAG_PRUNED",
     "TAG_STUDY", "TAG_TRIAL", "TAG_STUDY_ROLE", "STUDY_PARENT", "TAG_BEST_TRIAL", "TAG_BEST_RUN_ID", "BEST_PREFIX",
     "TAG_EVAL_DECODING", "TAG_NOTE", "TAG_PARENT", "TAG_OPTUNA_STATE", "PARAM_TRIAL_NUMBER",
     "PARAM_VOCABULARY_SIZE", "PARAM_OBJECTIVE", "PARAM_DIRECTION", "PARAM_STUDY_BASE", "PARAM_STUDY_SPACE",
@@ -30,6 +30,7 @@ EXPERIMENT_KIND = "custom_model_development"
 TAG_SPEC_HASH = "capexp.spec_hash"
 TAG_VERSION = "capexp.version"
 TAG_GIT = "capexp.git_commit"
+TAG_INIT_FROM = "capexp.init_from"  # the checkpoint folder a run's weights started from (`training_config.init_from`)
 TAG_DEVICE = "capexp.device"
 TAG_ENCODER_SKIPPED = "capexp.skipped_images"
 TAG_PRUNED = "capexp.pruned"  # "true" on a trial stopped early by the pruner
