@@ -105,27 +105,22 @@ def test_self_critical_epochs_from_a_finished_run_equal_those_of_one_run_that_do
     assert both.exit_code == 0, both.output
     first = runner.invoke(cli, ["run", str(QUICKSTART), *_SMALL, "--set", "id=xe", "--set", "training_config.num_epochs=1"])
     assert first.exit_code == 0, first.output
-    second = runner.invoke(cli, ["run", str(QUICKSTART), *_SMALL, *_SCST, "--set", "id=scst-only",
-                                 "--set", "training_config.num_epochs=0", "--set", "training_config.init_from=xe"])
-    assert second.exit_code == 0, second.output
+    scst_only = [*_SMALL, *_SCST, "--set", "training_config.num_epochs=0", "--set", "training_config.init_from=xe"]
 
+    other = runner.invoke(cli, ["run", str(QUICKSTART), *scst_only, "--set", "id=other",
+                                "--set", "gpt2_config.visual_tokens_length=6"])
+    assert other.exit_code == 2  # a model built otherwise: refused before a run exists
+    assert "gpt2_config.visual_tokens_length (4 there, 6 here)" in " ".join(other.output.split())
+    experiment = client.get_experiment_by_name("capexp").experiment_id
+    assert not client.search_runs([experiment], "attributes.run_name = 'other'")
+
+    second = runner.invoke(cli, ["run", str(QUICKSTART), *scst_only, "--set", "id=scst-only"])
+    assert second.exit_code == 0, second.output
     assert _history(client, "scst-only", "scst_reward") == [(1, _history(client, "both", "scst_reward")[0][1])]
     assert _history(client, "scst-only", "val_loss") == [(1, _history(client, "both", "val_loss")[1][1])]
-    run = client.search_runs([client.get_experiment_by_name("capexp").experiment_id],
-                             filter_string="attributes.run_name = 'scst-only'")[0]
+    run = client.search_runs([experiment], "attributes.run_name = 'scst-only'")[0]
     assert run.data.params["training_config.init_from"] == "xe"
     assert "checkpoint" in run.data.tags["capexp.init_from"]
-
-
-def test_init_from_a_model_built_otherwise_fails_before_a_run_exists(tracking_uri: str) -> None:
-    runner, client = CliRunner(), MlflowClient(tracking_uri)
-    first = runner.invoke(cli, ["run", str(QUICKSTART), *_SMALL, "--set", "id=xe", "--set", "training_config.num_epochs=1"])
-    assert first.exit_code == 0, first.output
-    other = runner.invoke(cli, ["run", str(QUICKSTART), *_SMALL, *_SCST, "--set", "id=other", "--set", "training_config.num_epochs=0",
-                                "--set", "training_config.init_from=xe", "--set", "gpt2_config.visual_tokens_length=6"])
-    assert other.exit_code == 2
-    assert "gpt2_config.visual_tokens_length (4 there, 6 here)" in " ".join(other.output.split())
-    assert [r.info.run_name for r in client.search_runs([client.get_experiment_by_name("capexp").experiment_id])] == ["xe"]
 
 
 def test_zero_cross_entropy_epochs_without_self_critical_ones_is_nothing_to_train() -> None:
