@@ -118,7 +118,10 @@ def _prepare(spec: Spec, origin: str, experiment: str, tracking_uri: str | None)
     exp_id = experiment_id(experiment)
     init = None
     if spec.training_config.init_from:
-        init = find_checkpoint(spec.training_config.init_from, tracking_uri=tracking_uri)
+        try:
+            init = find_checkpoint(spec.training_config.init_from, tracking_uri=tracking_uri)
+        except CapexpError as e:
+            raise CapexpError(f"{origin}: `training_config.init_from`: {e}") from None
         check_init_from(spec, origin, init.spec)
     splits = load_data(spec)
     card = resolve_encoder(spec.clip_config.model, spec.clip_config.image_size, spec.clip_config.features)

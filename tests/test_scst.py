@@ -114,6 +114,10 @@ def test_self_critical_epochs_from_a_finished_run_equal_those_of_one_run_that_do
     experiment = client.get_experiment_by_name("capexp").experiment_id
     assert not client.search_runs([experiment], "attributes.run_name = 'other'")
 
+    missing = runner.invoke(cli, ["run", str(QUICKSTART), *scst_only, "--set", "training_config.init_from=no-such-run"])
+    assert missing.exit_code == 2
+    assert "`training_config.init_from`: run 'no-such-run': no run is named" in " ".join(missing.output.split())
+
     second = runner.invoke(cli, ["run", str(QUICKSTART), *scst_only, "--set", "id=scst-only"])
     assert second.exit_code == 0, second.output
     assert _history(client, "scst-only", "scst_reward") == [(1, _history(client, "both", "scst_reward")[0][1])]
