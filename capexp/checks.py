@@ -146,11 +146,11 @@ _MODEL_KEYS = {"clip_config": ("model", "image_size", "features"),
 
 def check_init_from(spec: Spec, origin: str, base: Spec) -> None:
     """The model `spec` builds must be the one `training_config.init_from` saved (`base`, its spec)."""
-    differ = [
-        f"{section}.{key} ({getattr(getattr(base, section), key)!r} there, {getattr(getattr(spec, section), key)!r} here)"
-        for section, keys in _MODEL_KEYS.items() for key in keys
-        if getattr(getattr(base, section), key) != getattr(getattr(spec, section), key)
-    ]
+    differ = []
+    for section, keys in _MODEL_KEYS.items():
+        there, here = getattr(base, section), getattr(spec, section)
+        differ += [f"{section}.{key} ({getattr(there, key)!r} there, {getattr(here, key)!r} here)"
+                   for key in keys if getattr(there, key) != getattr(here, key)]
     if differ:
         raise CapexpError(
             f"{origin}: `training_config.init_from` is {spec.training_config.init_from!r}, a model built with other "
