@@ -181,16 +181,19 @@ def dashboard(name: str, storage: str | None, port: int) -> None:
 @click.option("--beam", type=int, default=None, help="Beam size (default: the run's evaluation.beam_size).")
 @click.option("--length-penalty", type=float, default=None)
 @click.option("--no-repeat-ngram-size", type=int, default=None)
+@click.option("--ensemble", "ensemble", multiple=True, metavar="RUN",
+              help="Decode with this run and RUN as one model (mean next-token probabilities; repeatable). "
+                   "The scores go to a run named after the members, tagged capexp.ensemble.")
 @click.option("--experiment", default=None, help="Where the run name is looked up (default: every experiment).")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @_URI
 def evaluate(run: str, split: str, beam: int | None, length_penalty: float | None, no_repeat_ngram_size: int | None,
-             experiment: str | None, device: str | None, tracking_uri: str | None) -> None:
+             ensemble: tuple[str, ...], experiment: str | None, device: str | None, tracking_uri: str | None) -> None:
     """Score RUN's best checkpoint on a held-out split; log <split>_* metrics and captions to the run."""
     from capexp.evaluate import evaluate_run
 
     metrics = evaluate_run(run, split=split, beam=beam, length_penalty=length_penalty,
-                           no_repeat_ngram_size=no_repeat_ngram_size, experiment=experiment,
+                           no_repeat_ngram_size=no_repeat_ngram_size, ensemble=ensemble, experiment=experiment,
                            tracking_uri=tracking_uri, device=device)
     click.echo("\n".join(f"{k}: {v:.4f}" for k, v in metrics.items()))
 

@@ -3,6 +3,7 @@
 One code path for training-time validation, `capexp evaluate` and inference. Both methods feed
 the k visual tokens once as `inputs_embeds`, then one token per step with `past_key_values`.
 Lengths count generated tokens, EOS included; a caption holds at most `max_tokens` tokens.
+Several models decode as one ensemble: each step uses the mean of their next-token probabilities.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class DecodeOptions:
         return f"beam={self.beam_size} length_penalty={self.length_penalty} no_repeat_ngram_size={self.no_repeat_ngram_size}"
 
 
-def decode(model: ClipCap, tokenizer, features: torch.Tensor, options: DecodeOptions, *, batch_size: int = 64,
+def decode(model: ClipCap | list[ClipCap], tokenizer, features: torch.Tensor, options: DecodeOptions, *, batch_size: int = 64,
            device: str | torch.device = "cpu") -> list[str]:
     """`generate_captions` with its options as one `DecodeOptions`."""
     return generate_captions(
@@ -57,7 +58,7 @@ def decode(model: ClipCap, tokenizer, features: torch.Tensor, options: DecodeOpt
 
 @torch.inference_mode()
 def generate_captions(
-    model: ClipCap,
+    model: ClipCap | list[ClipCap],
     tokenizer,
     features: torch.Tensor,
     *,
@@ -71,10 +72,11 @@ def generate_captions(
     """One caption per feature row, in order; greedy when `beam_size` is 1, beam search otherwise.
 
     `features` is (N, F) pooled or (N, T, F) grid, on any device; `model` must already be on
-    `device`. Beam hypotheses are ranked by sum(log p) / length ** `length_penalty` (the
-    transformers convention). `no_repeat_ngram_size` > 0 forbids any n-gram of that size
+    `device`. A list of models decodes as their ensemble: they must share the tokenizer (and its
+    vocabulary) and the features. Beam hypotheses are ranked by sum(log p) / length ** `length_penalty`
+    (the transformers convention). `no_repeat_ngram_size` > 0 forbids any n-gram of that size
     twice in a caption. Decoding stops at the tokenizer's EOS, which is not part of the text.
-    The model is put in eval mode for the call and restored afterwards; on CUDA it runs
+    The models are put in eval mode for the call and restored afterwards; on CUDA they run
     under bf16 autocast.
     """
     if beam_size < 1 or max_tokens < 1 or no_repeat_ngram_size < 0 or batch_size < 1:
@@ -82,27 +84,34 @@ def generate_captions(
             f"beam_size, max_tokens and batch_size must be >= 1 and no_repeat_ngram_size >= 0; got "
             f"{beam_size}, {max_tokens}, {batch_size}, {no_repeat_ngram_size}"
         )
+    models = model if isinstance(model, list) else [model]
     eos = tokenizer.eos_token_id
     device = torch.device(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    was_training = model.training
-    model.eval()
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
     tokens: list[list[int]] = []
     try:
         for start in range(0, len(features), batch_size):
             batch = features[start : start + batch_size].to(device)
             with autocast:
-                prefix = model.prefix(batch)  # (B, k, D)
-                prefix = prefix.to(model.decoder.get_input_embeddings().weight.dtype)
+                steps = [_Cached(m.decoder, _decoder_prefix(m, batch)) for m in models]
+                stepper = steps[0] if len(steps) == 1 else _Ensemble(steps)
                 if beam_size == 1:
-                    tokens += _greedy(model.decoder, prefix, eos, max_tokens, no_repeat_ngram_size)
+                    tokens += _greedy_steps(stepper, len(batch), eos, max_tokens, no_repeat_ngram_size)
                 else:
-                    tokens += _beam_search(
-                        model.decoder, prefix, eos, beam_size, max_tokens, length_penalty, no_repeat_ngram_size
-                    )
+                    tokens += _beam_steps(stepper, len(batch), eos, beam_size, max_tokens, length_penalty,
+                                          no_repeat_ngram_size)
     finally:
-        model.train(was_training)
+        for m, training in zip(models, was_training):
+            m.train(training)
     return texts(tokenizer, tokens)
+
+
+def _decoder_prefix(model: ClipCap, features: torch.Tensor) -> torch.Tensor:
+    """The visual tokens of `features`, in the decoder's dtype."""
+    return model.prefix(features).to(model.decoder.get_input_embeddings().weight.dtype)  # (B, k, D)
 
 
 def texts(tokenizer, tokens: list[list[int]]) -> list[str]:
@@ -141,15 +150,67 @@ def _ban_repeated_ngrams(scores: torch.Tensor, history: torch.Tensor, n: int) ->
     scores[rows, windows[rows, cols, -1]] = -math.inf
 
 
-def _left_to_right(decoder, prefix: torch.Tensor, eos: int, max_tokens: int,
+class _Cached:
+    """One decoder stepping over its KV cache: next-token logits for the running rows."""
+
+    def __init__(self, decoder, prefix: torch.Tensor) -> None:
+        self.decoder, self.prefix = decoder, prefix  # prefix (R, k, D)
+        self.cache: Cache | None = None
+        self.with_cache: dict[str, Any] = {}
+
+    def start(self, repeat: int = 1) -> torch.Tensor:
+        """Logits (R * repeat, V) after the visual tokens, each row repeated `repeat` times in a row."""
+        prefix = self.prefix.repeat_interleave(repeat, dim=0) if repeat > 1 else self.prefix
+        out = self.decoder(inputs_embeds=prefix, use_cache=True, logits_to_keep=1)
+        self.cache = _cache_of(out)
+        self.with_cache = _with_cache(self.decoder, self.cache)  # the cache object is updated in place from here on
+        return out.logits[:, -1]
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits (R, V) after feeding one token (R,) to each running row."""
+        return self.decoder(input_ids=tokens[:, None], **self.with_cache).logits[:, -1]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Run on with only the rows `rows`."""
+        self.cache.batch_select_indices(rows)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row i runs on from the state of row `rows[i]` (beam search)."""
+        self.cache.reorder_cache(rows)
+
+
+class _Ensemble:
+    """Several `_Cached` decoders as one: log of the mean of their next-token probabilities."""
+
+    def __init__(self, members: list[_Cached]) -> None:
+        self.members = members
+
+    def _mean(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        logp = torch.stack([x.float().log_softmax(dim=-1) for x in logits])  # (M, R, V)
+        return logp.logsumexp(dim=0) - math.log(len(logits))
+
+    def start(self, repeat: int = 1) -> torch.Tensor:
+        return self._mean([m.start(repeat) for m in self.members])
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._mean([m.step(tokens) for m in self.members])
+
+    def keep(self, rows: torch.Tensor) -> None:
+        for m in self.members:
+            m.keep(rows)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        for m in self.members:
+            m.reorder(rows)
+
+
+def _left_to_right(steps: _Cached | _Ensemble, n_rows: int, eos: int, max_tokens: int,
                    choose: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """One token per step for each row of `prefix` (R, k, D), picked by `choose(logits (R', V), history (R', t))`:
-    tokens (R, max_tokens), EOS-padded. Rows leave the batch and the cache once they emit EOS."""
-    out = decoder(inputs_embeds=prefix, use_cache=True, logits_to_keep=1)
-    cache, logits = _cache_of(out), out.logits[:, -1]  # (R', V) for the R' rows still running
-    with_cache = _with_cache(decoder, cache)  # the cache object is updated in place from here on
-    tokens = torch.full((prefix.shape[0], max_tokens), eos, dtype=torch.long, device=prefix.device)
-    rows = torch.arange(prefix.shape[0], device=prefix.device)  # (R',) batch index of each running row
+    """One token per step for each of `n_rows` rows, picked by `choose(logits (R', V), history (R', t))`:
+    tokens (n_rows, max_tokens), EOS-padded. Rows leave the batch and the cache once they emit EOS."""
+    logits = steps.start()  # (R', V) for the R' rows still running
+    tokens = torch.full((n_rows, max_tokens), eos, dtype=torch.long, device=logits.device)
+    rows = torch.arange(n_rows, device=logits.device)  # (R',) batch index of each running row
     for t in range(max_tokens):
         step = choose(logits, tokens[rows, :t])  # (R',)
         tokens[rows, t] = step
@@ -158,22 +219,25 @@ def _left_to_right(decoder, prefix: torch.Tensor, eos: int, max_tokens: int,
             break
         if not bool(running.all()):
             keep = running.nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
+            steps.keep(keep)
             rows, step = rows[keep], step[keep]
-        logits = decoder(input_ids=step[:, None], **with_cache).logits[:, -1]
+        logits = steps.step(step)
     return tokens
 
 
 def _greedy(decoder, prefix: torch.Tensor, eos: int, max_tokens: int, ngram: int) -> list[list[int]]:
     """Argmax decoding of a batch (EOS-padded), never repeating an n-gram of size `ngram` (0: no limit)."""
+    return _greedy_steps(_Cached(decoder, prefix), prefix.shape[0], eos, max_tokens, ngram)
 
+
+def _greedy_steps(steps: _Cached | _Ensemble, n_rows: int, eos: int, max_tokens: int, ngram: int) -> list[list[int]]:
     def argmax(logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         if ngram:
             logits = logits.float()
             _ban_repeated_ngrams(logits, history, ngram)
         return logits.argmax(dim=-1)
 
-    return _left_to_right(decoder, prefix, eos, max_tokens, argmax).tolist()
+    return _left_to_right(steps, n_rows, eos, max_tokens, argmax).tolist()
 
 
 @torch.no_grad()
@@ -185,7 +249,7 @@ def sample_tokens(decoder, prefix: torch.Tensor, eos: int, max_tokens: int, gene
         probs = torch.softmax(logits.float(), dim=-1).cpu()
         return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
 
-    return _left_to_right(decoder, prefix, eos, max_tokens, draw)
+    return _left_to_right(_Cached(decoder, prefix), prefix.shape[0], eos, max_tokens, draw)
 
 
 @torch.no_grad()
@@ -197,17 +261,22 @@ def greedy_tokens(decoder, prefix: torch.Tensor, eos: int, max_tokens: int) -> t
 def _beam_search(
     decoder, prefix: torch.Tensor, eos: int, beams: int, max_tokens: int, length_penalty: float, ngram: int
 ) -> list[list[int]]:
-    """Batched beam search; returns the best finished hypothesis of each row (EOS-padded).
+    """Batched beam search over the rows of `prefix` (B, k, D); the best finished hypothesis of each (EOS-padded)."""
+    return _beam_steps(_Cached(decoder, prefix), prefix.shape[0], eos, beams, max_tokens, length_penalty, ngram)
+
+
+def _beam_steps(
+    steps: _Cached | _Ensemble, B: int, eos: int, beams: int, max_tokens: int, length_penalty: float, ngram: int
+) -> list[list[int]]:
+    """Batched beam search over `B` rows; returns the best finished hypothesis of each row (EOS-padded).
 
     Each step keeps the 2K best continuations of the K running beams: those ending (EOS, or
     the last step) among the top K become finished hypotheses, the best K others run on. A
     row stops once no running beam can beat its K-th finished hypothesis.
     """
-    B, K = prefix.shape[0], beams
-    dev = prefix.device
-    out = decoder(inputs_embeds=prefix.repeat_interleave(K, dim=0), use_cache=True, logits_to_keep=1)
-    cache, logits = _cache_of(out), out.logits[:, -1]  # (B*K, V)
-    with_cache = _with_cache(decoder, cache)  # the cache object is updated in place from here on
+    K = beams
+    logits = steps.start(repeat=K)  # (B*K, V)
+    dev = logits.device
     running = torch.full((B, K), -math.inf, device=dev)  # sum of log-probs of each running beam
     running[:, 0] = 0.0  # all beams start identical: expand only the first
     history = torch.empty((B * K, 0), dtype=torch.long, device=dev)  # (B*K, t)
@@ -242,6 +311,6 @@ def _beam_search(
         closed |= running[:, 0] / best_length**length_penalty <= done_scores[:, -1]
         if bool(closed.all()):
             break
-        cache.reorder_cache((row_offset + parent.gather(1, keep)).view(-1))
-        logits = decoder(input_ids=history[:, -1:], **with_cache).logits[:, -1]
+        steps.reorder((row_offset + parent.gather(1, keep)).view(-1))
+        logits = steps.step(history[:, -1])
     return done_seqs[:, 0].tolist()

@@ -4,7 +4,8 @@ The run's spec (kept in its checkpoint) rebuilds the data; the split is encoded 
 feature cache, captioned by the shared decoder (`capexp.decoding`, as the spec's `evaluation`
 section says unless overridden) and scored against all references with `caption_metrics`.
 The scores land on the run as `<split>_<metric>` (test_bleu4, test_cider, test_bertscore_f1,
-...) even when it has ended, beside `evaluation/<split>_captions.csv`.
+...) even when it has ended, beside `evaluation/<split>_captions.csv`. Several runs can be
+scored as one ensemble; its scores go to a run of its own, tagged with its members.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import tempfile
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
 from capexp.errors import CapexpError
@@ -20,6 +22,7 @@ from capexp.errors import CapexpError
 if TYPE_CHECKING:
     from capexp.datasets import Split, Splits
     from capexp.decoding import DecodeOptions
+    from capexp.inference import Captioner
 
 __all__ = ["evaluate_run"]
 
@@ -44,6 +47,7 @@ def evaluate_run(
     beam: int | None = None,
     length_penalty: float | None = None,
     no_repeat_ngram_size: int | None = None,
+    ensemble: Sequence[str] = (),
     experiment: str | None = None,
     tracking_uri: str | None = None,
     device: str | None = None,
@@ -53,6 +57,10 @@ def evaluate_run(
     `run` is a run id or name (the latest of that name with a checkpoint, in `experiment` when
     given). Decoding follows the run's `evaluation` section; `beam`, `length_penalty` and
     `no_repeat_ngram_size` override it, and the decoding used is tagged `capexp.<split>_decoding`.
+    `ensemble` names other runs (ids or names) that decode with `run` as one model: the mean of their
+    next-token probabilities at each step. They must share its encoder and token vocabulary. An
+    ensemble's scores go to its own run, named after its members and tagged `capexp.ensemble` with
+    their ids (created on first use, in `run`'s experiment), not to any member.
     Writes `evaluation/<split>_captions.csv` (image_id, caption, references joined by " | ") as an
     artifact, beside the training's own `val_captions.csv`, which stays as it was. Metrics are
     logged again (a new value) by each call. `device` None: CUDA when
@@ -71,6 +79,9 @@ def evaluate_run(
     run_id = find_run(run, experiment)
     captioner = load_captioner(run_id, device=device)
     origin = f"run {run!r}"
+    member_ids = [run_id] + [find_run(other, experiment) for other in ensemble]
+    members = [captioner] + [_member(captioner, origin, other, load_captioner(i, device=device))
+                             for other, i in zip(ensemble, member_ids[1:])]
     updates = {"beam_size": beam, "length_penalty": length_penalty, "no_repeat_ngram_size": no_repeat_ngram_size}
     ev = captioner.spec.evaluation.model_copy(update={k: v for k, v in updates.items() if v is not None})
     ev = type(ev).model_validate(ev.model_dump())  # a bad override (beam 0) fails here, with pydantic's message
@@ -83,14 +94,54 @@ def evaluate_run(
     data, enc = encode_split(captioner.card, data, captioner.device, ev.batch_size)
     if not data.images:
         raise CapexpError(f"{origin}: none of the {split} images could be read; nothing to evaluate.")
-    captions, scores = evaluate_epoch(captioner.model, captioner.tokenizer, enc.features, data.captions, options, ev,
+    models = [m.model for m in members] if ensemble else captioner.model
+    captions, scores = evaluate_epoch(models, captioner.tokenizer, enc.features, data.captions, options, ev,
                                       captioner.device)  # captions (N,) in split order
     metrics = {f"{split}_{name}": value for name, value in scores.items()}
     metrics[f"{split}_images"] = float(len(captions))
-    log.info("%s on %s (%d images, %s, %.0fs): %s", captioner.name, split, len(captions), options.describe(),
+    name = "+".join(m.name for m in members)
+    log.info("%s on %s (%d images, %s, %.0fs): %s", name, split, len(captions), options.describe(),
              time.perf_counter() - started, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    _log_to_run(run_id, split, metrics, options, [im.image_id for im in data.images], captions, data.captions)
+    target = _ensemble_run(member_ids, name) if ensemble else run_id
+    _log_to_run(target, split, metrics, options, [im.image_id for im in data.images], captions, data.captions)
     return metrics
+
+
+def _member(first: Captioner, origin: str, source: str, other: Captioner) -> Captioner:
+    """`other`, checked to decode with `first` as one ensemble: the same image features and token vocabulary."""
+    for what, here, there in (
+        ("image features (clip_config)", first.card.cache_id, other.card.cache_id),
+        ("tokenizer", first.spec.gpt2_config.tokenizer or first.spec.gpt2_config.model,
+         other.spec.gpt2_config.tokenizer or other.spec.gpt2_config.model),
+        ("token vocabulary (gpt2_config.vocabulary and the training captions)", first.meta.vocabulary, other.meta.vocabulary),
+    ):
+        if here != there:
+            raise CapexpError(
+                f"{origin} and run {source!r} cannot decode as one ensemble: their {what} differ. Ensemble members "
+                f"must see the same features and predict over the same tokens: pick runs trained with the same "
+                f"clip_config, gpt2_config.tokenizer and gpt2_config.vocabulary on the same training captions."
+            )
+    return other
+
+
+def _ensemble_run(member_ids: list[str], name: str) -> str:
+    """The run that holds the ensemble of `member_ids`' scores: found by its tag, else created (ended) in the
+    first member's experiment."""
+    from mlflow import MlflowClient
+
+    from capexp.tracking import TAG_ENSEMBLE, TAG_NOTE
+
+    client = MlflowClient()
+    key = ",".join(member_ids)
+    experiment_id = client.get_run(member_ids[0]).info.experiment_id
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_ENSEMBLE}` = '{key}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    note = (f"Ensemble of runs {', '.join(member_ids)}: each decoding step uses the mean of their next-token "
+            f"probabilities. Scored by `capexp evaluate {member_ids[0]} --ensemble ...`.")
+    run = client.create_run(experiment_id, run_name=name, tags={TAG_ENSEMBLE: key, TAG_NOTE: note})
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
 
 
 def _log_to_run(run_id: str, split: str, metrics: dict[str, float], options: DecodeOptions, image_ids: list[str],

@@ -233,3 +233,34 @@ def test_older_transformers_cache_keyword_gives_the_same_captions(tokenizer, fea
     expected = generate_captions(model, tokenizer, features, beam_size=beam, max_tokens=8)
     old_style = ClipCap(_PastKeyValuesDecoder(model.decoder), model.mapper).eval()
     assert generate_captions(old_style, tokenizer, features, beam_size=beam, max_tokens=8) == expected
+
+
+@torch.inference_mode()
+def _uncached_ensemble_greedy(models: list[ClipCap], features: torch.Tensor, max_tokens: int) -> list[list[int]]:
+    """One image at a time, every model re-run on the whole sequence each step, argmax of their mean probabilities."""
+    out = []
+    for row in features:
+        embeds = [m.prefix(row[None]) for m in models]  # per model (1, k, D)
+        ids: list[int] = []
+        for _ in range(max_tokens):
+            probs = sum(m.decoder(inputs_embeds=e).logits[0, -1].softmax(-1) for m, e in zip(models, embeds))
+            token = int(probs.argmax())
+            ids.append(token)
+            if token == EOS:
+                break
+            embeds = [torch.cat([e, m.embed_tokens(torch.tensor([[token]]))], dim=1) for m, e in zip(models, embeds)]
+        out.append(ids)
+    return out
+
+
+def test_an_ensemble_decodes_with_its_members_mean_probabilities(tokenizer, features: torch.Tensor) -> None:
+    gpt2, llama = _tiny_captioner("gpt2"), _tiny_captioner("llama", eos_bias=7.0)
+    expected = _texts(tokenizer, _uncached_ensemble_greedy([gpt2, llama], features, max_tokens=10))
+    assert expected != generate_captions(gpt2, tokenizer, features, max_tokens=10), "the members should disagree"
+    assert expected != generate_captions(llama, tokenizer, features, max_tokens=10), "the members should disagree"
+    assert generate_captions([gpt2, llama], tokenizer, features, max_tokens=10, batch_size=4) == expected
+    # beam search reorders every member's cache: two copies of one model decode exactly as that model
+    for beam in (3, 5):
+        single = generate_captions(gpt2, tokenizer, features, beam_size=beam, max_tokens=10, no_repeat_ngram_size=2)
+        assert generate_captions([gpt2, gpt2], tokenizer, features, beam_size=beam, max_tokens=10,
+                                 no_repeat_ngram_size=2) == single

@@ -47,3 +47,18 @@ def test_evaluate_logs_split_metrics_and_captions_to_a_finished_run(tracking_uri
         evaluate_run("tiny")
     with pytest.raises(CapexpError, match="no run is named 'nope'"):
         evaluate_run("nope", split="val")
+
+    # an ensemble's scores go to a run of its own; two copies of one model score as that model
+    same = evaluate_run("tiny", split="val", beam=2, no_repeat_ngram_size=2, ensemble=["tiny"])
+    assert same == pytest.approx(metrics)
+    (ensemble,) = client.search_runs([run.info.experiment_id], "tags.`capexp.ensemble` != ''")
+    assert ensemble.info.run_name == "tiny+tiny"
+    assert ensemble.data.tags["capexp.ensemble"] == f"{result.run_id},{result.run_id}"
+    assert ensemble.data.metrics["val_cider"] == pytest.approx(metrics["val_cider"])
+    assert len(client.get_metric_history(result.run_id, "val_cider")) == 1  # the member kept only its own evaluation
+    # a member that predicts over other tokens cannot join
+    run_spec(load_spec(REPO / "experiments" / "quickstart.json", [*TINY, "id=full", "gpt2_config.vocabulary=full"]),
+             tracking_uri=tracking_uri)
+    with pytest.raises(CapexpError, match=r"run 'tiny' and run 'full' cannot decode as one ensemble: their token "
+                                          r"vocabulary .*gpt2_config.vocabulary"):
+        evaluate_run("tiny", split="val", ensemble=["full"])

@@ -10,7 +10,7 @@ __all__ = [
     "DEFAULT_EXPERIMENT", "TAG_EXPERIMENT_KIND", "EXPERIMENT_KIND",
     "TAG_SPEC_HASH", "TAG_VERSION", "TAG_GIT", "TAG_INIT_FROM", "TAG_DEVICE", "TAG_ENCODER_SKIPPED", "TAG_PRUNED",
     "TAG_STUDY", "TAG_TRIAL", "TAG_STUDY_ROLE", "STUDY_PARENT", "TAG_BEST_TRIAL", "TAG_BEST_RUN_ID", "BEST_PREFIX",
-    "TAG_EVAL_DECODING", "TAG_NOTE", "TAG_PARENT", "TAG_OPTUNA_STATE", "PARAM_TRIAL_NUMBER",
+    "TAG_EVAL_DECODING", "TAG_ENSEMBLE", "TAG_NOTE", "TAG_PARENT", "TAG_OPTUNA_STATE", "PARAM_TRIAL_NUMBER",
     "PARAM_VOCABULARY_SIZE", "PARAM_OBJECTIVE", "PARAM_DIRECTION", "PARAM_STUDY_BASE", "PARAM_STUDY_SPACE",
     "PARAM_STUDY_STORAGE", "PARAM_SAMPLER", "PARAM_PRUNER", "SPACE_PREFIX", "IMPORTANCE_PREFIX", "STUDY_PLOTS",
     "ARTIFACT_CHECKPOINT", "CHECKPOINT_META", "CHECKPOINT_WEIGHTS", "MODEL_NAME", "TAG_REGISTERED",
@@ -43,6 +43,7 @@ TAG_BEST_TRIAL = "capexp.best_trial"  # on a study's parent run
 TAG_BEST_RUN_ID = "capexp.best_run_id"
 BEST_PREFIX = "best."  # best.<dotted key>: the best trial's values, as tags of the parent run
 TAG_EVAL_DECODING = "capexp.{split}_decoding"  # how the logged <split>_* captions were decoded
+TAG_ENSEMBLE = "capexp.ensemble"  # on an ensemble's evaluation run: its members' run ids, comma-separated
 TAG_NOTE = "mlflow.note.content"  # MLflow's own: the run description
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: set on child runs
 
