@@ -181,9 +181,9 @@ def dashboard(name: str, storage: str | None, port: int) -> None:
 @click.option("--beam", type=int, default=None, help="Beam size (default: the run's evaluation.beam_size).")
 @click.option("--length-penalty", type=float, default=None)
 @click.option("--no-repeat-ngram-size", type=int, default=None)
-@click.option("--ensemble", "ensemble", multiple=True, metavar="RUN",
-              help="Decode with this run and RUN as one model (mean next-token probabilities; repeatable). "
-                   "The scores go to a run named after the members, tagged capexp.ensemble.")
+@click.option("--ensemble", "ensemble", multiple=True, metavar="OTHER",
+              help="RUN and run OTHER decode as one model (mean next-token probabilities; repeatable). "
+                   "The scores go to a run named RUN+OTHER, tagged capexp.ensemble, not to RUN.")
 @click.option("--experiment", default=None, help="Where the run name is looked up (default: every experiment).")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @_URI
@@ -237,17 +237,20 @@ def score(scores: Path, experiment: str, tracking_uri: str | None) -> None:
 @click.option("--experiment", default=None, help="Every run with a checkpoint in this experiment (with --run: where names are looked up).")
 @click.option("--model", "models", multiple=True, help="A logged model (models:/m-...), a registered one (models:/NAME@alias) or a checkpoint folder (repeatable).")
 @click.option("--output", type=click.Path(path_type=Path, dir_okay=False), required=True, help="CSV: image_id, model_name, caption.")
+@click.option("--ensemble", is_flag=True,
+              help="The selected models decode as one (mean next-token probabilities); model_name joins theirs with '+'.")
 @click.option("--beam", type=int, default=None, help="Beam size (default: each run's evaluation.beam_size).")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @_URI
 def caption(images_dir: Path, runs: tuple[str, ...], experiment: str | None, models: tuple[str, ...], output: Path,
-            beam: int | None, batch_size: int, device: str | None, tracking_uri: str | None) -> None:
+            ensemble: bool, beam: int | None, batch_size: int, device: str | None, tracking_uri: str | None) -> None:
     """Caption every image in IMAGES_DIR with every selected model into one CSV."""
     from capexp.inference import caption_folder, select_checkpoints
 
     checkpoints = select_checkpoints([*runs, *models], experiment=experiment, tracking_uri=tracking_uri)
-    result = caption_folder(images_dir, checkpoints, output, beam=beam, batch_size=batch_size, device=device)
+    result = caption_folder(images_dir, checkpoints, output, beam=beam, batch_size=batch_size, device=device,
+                            ensemble=ensemble)
     click.echo(f"{result.images} images x {len(result.models)} models -> {result.output} "
                f"({result.seconds:.1f}s; {len(result.skipped)} unreadable files skipped)")
 

@@ -22,7 +22,6 @@ from capexp.errors import CapexpError
 if TYPE_CHECKING:
     from capexp.datasets import Split, Splits
     from capexp.decoding import DecodeOptions
-    from capexp.inference import Captioner
 
 __all__ = ["evaluate_run"]
 
@@ -69,19 +68,20 @@ def evaluate_run(
     from capexp.datasets import check_inputs, load_data
     from capexp.decoding import DecodeOptions
     from capexp.features import encode_split
-    from capexp.inference import load_captioner
+    from capexp.inference import check_ensemble, find_checkpoint
     from capexp.tracking import find_run, use_store
     from capexp.train import evaluate_epoch
 
     if split not in ("test", "val"):
         raise CapexpError(f"--split must be 'test' or 'val', got {split!r}.")
     use_store(tracking_uri)
-    run_id = find_run(run, experiment)
-    captioner = load_captioner(run_id, device=device)
+    member_ids = [find_run(source, experiment) for source in (run, *ensemble)]
+    run_id = member_ids[0]
+    checkpoints = [find_checkpoint(i, tracking_uri=tracking_uri) for i in member_ids]
+    check_ensemble(checkpoints)
+    members = [c.load(device) for c in checkpoints]
+    captioner = members[0]
     origin = f"run {run!r}"
-    member_ids = [run_id] + [find_run(other, experiment) for other in ensemble]
-    members = [captioner] + [_member(captioner, origin, other, load_captioner(i, device=device))
-                             for other, i in zip(ensemble, member_ids[1:])]
     updates = {"beam_size": beam, "length_penalty": length_penalty, "no_repeat_ngram_size": no_repeat_ngram_size}
     ev = captioner.spec.evaluation.model_copy(update={k: v for k, v in updates.items() if v is not None})
     ev = type(ev).model_validate(ev.model_dump())  # a bad override (beam 0) fails here, with pydantic's message
@@ -105,23 +105,6 @@ def evaluate_run(
     target = _ensemble_run(member_ids, name) if ensemble else run_id
     _log_to_run(target, split, metrics, options, [im.image_id for im in data.images], captions, data.captions)
     return metrics
-
-
-def _member(first: Captioner, origin: str, source: str, other: Captioner) -> Captioner:
-    """`other`, checked to decode with `first` as one ensemble: the same image features and token vocabulary."""
-    for what, here, there in (
-        ("image features (clip_config)", first.card.cache_id, other.card.cache_id),
-        ("tokenizer", first.spec.gpt2_config.tokenizer or first.spec.gpt2_config.model,
-         other.spec.gpt2_config.tokenizer or other.spec.gpt2_config.model),
-        ("token vocabulary (gpt2_config.vocabulary and the training captions)", first.meta.vocabulary, other.meta.vocabulary),
-    ):
-        if here != there:
-            raise CapexpError(
-                f"{origin} and run {source!r} cannot decode as one ensemble: their {what} differ. Ensemble members "
-                f"must see the same features and predict over the same tokens: pick runs trained with the same "
-                f"clip_config, gpt2_config.tokenizer and gpt2_config.vocabulary on the same training captions."
-            )
-    return other
 
 
 def _ensemble_run(member_ids: list[str], name: str) -> str:

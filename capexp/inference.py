@@ -5,7 +5,8 @@ its folder (`model.safetensors` + `capexp.json`, see capexp.model, read in place
 MLflow store is local), its spec and its encoder's card, without loading weights. `load()`
 turns it into a `Captioner`, a ClipCap ready to run. `caption_folder` encodes the images once
 per distinct encoder through the feature cache, so models that share an encoder share its
-features, loads one model at a time, and writes the seed's CSV: `image_id, model_name, caption`.
+features, loads one model at a time (or, for an ensemble, its members together), and writes the
+seed's CSV: `image_id, model_name, caption`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "find_checkpoint",
     "load_captioner",
     "select_checkpoints",
+    "check_ensemble",
     "find_run",
     "run_checkpoint",
     "experiment_runs",
@@ -202,6 +204,26 @@ def select_checkpoints(sources: list[str], *, experiment: str | None = None,
     return [find_checkpoint(s, experiment=experiment, tracking_uri=tracking_uri) for s in sources]
 
 
+def check_ensemble(checkpoints: list[Checkpoint]) -> None:
+    """Refuse checkpoints that cannot decode as one ensemble: each must see the first one's image features
+    and predict over its tokens (same tokenizer and `gpt2_config.vocabulary` on the same captions)."""
+    first = checkpoints[0]
+    for other in checkpoints[1:]:
+        for what, here, there in (
+            ("image features (clip_config)", first.card.cache_id, other.card.cache_id),
+            ("tokenizers", first.spec.gpt2_config.tokenizer or first.spec.gpt2_config.model,
+             other.spec.gpt2_config.tokenizer or other.spec.gpt2_config.model),
+            ("token vocabularies (gpt2_config.vocabulary and the training captions)", first.meta.vocabulary,
+             other.meta.vocabulary),
+        ):
+            if here != there:
+                raise CapexpError(
+                    f"{first.name!r} and {other.name!r} cannot decode as one ensemble: their {what} differ. Ensemble "
+                    f"members must see the same features and predict over the same tokens: pick runs trained with "
+                    f"the same clip_config, gpt2_config.tokenizer and gpt2_config.vocabulary on the same training captions."
+                )
+
+
 def list_images(images_dir: Path) -> list[Path]:
     """Files in `images_dir` (not below) with an extension Pillow can open, sorted by name."""
     from PIL import Image
@@ -253,24 +275,34 @@ def caption_refs(
     beam: int | None = None,
     batch_size: int = 32,
     device: str | None = None,
+    ensemble: bool = False,
 ) -> ImageCaptions:
     """Caption images (`capexp.datasets.ImageRef`s) with every checkpoint.
 
     Each distinct encoder (`card.cache_id`) runs once over the images through the feature cache,
     so a second call (say, with a newly trained run) encodes nothing; models are loaded one at a
-    time. Images that cannot be read are skipped (encode_images warns once). `beam` None: each
-    run's own `evaluation.beam_size`. `device` None: CUDA when available, else CPU.
+    time. With `ensemble`, the checkpoints decode as one model instead (`check_ensemble`; its
+    model_name joins theirs with "+"), all loaded at once. Images that cannot be read are skipped
+    (encode_images warns once). `beam` None: each run's own `evaluation.beam_size` (an
+    ensemble's: the first run's). `device` None: CUDA when available, else CPU.
     """
 
     if not checkpoints:
         raise CapexpError("no model to caption with: pass --run, --experiment or --model.")
+    if ensemble:
+        check_ensemble(checkpoints)
     dev = _device(device)
     names = unique_names(checkpoints)
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(checkpoints):
         groups.setdefault(c.card.cache_id, []).append(i)
     todo, encoded, skipped = _encode_per_encoder(checkpoints, groups, refs, dev, batch_size)
-    captions = _caption_per_model(checkpoints, groups, encoded, names, len(todo), dev, beam, batch_size)
+    if ensemble:
+        (features,) = encoded.values()
+        captions = [_caption_as_ensemble(checkpoints, features, dev, beam, batch_size)]
+        names = ["+".join(names)]
+    else:
+        captions = _caption_per_model(checkpoints, groups, encoded, names, len(todo), dev, beam, batch_size)
     return ImageCaptions([refs[i] for i in todo], names, captions, skipped)
 
 
@@ -282,8 +314,10 @@ def caption_folder(
     beam: int | None = None,
     batch_size: int = 32,
     device: str | None = None,
+    ensemble: bool = False,
 ) -> FolderCaptions:
-    """Caption every image in `images_dir` with every checkpoint; write `image_id, model_name, caption`.
+    """Caption every image in `images_dir` with every checkpoint (`ensemble`: with all of them as one model);
+    write `image_id, model_name, caption`.
 
     Rows are grouped by image (sorted file names), then by model in the given order; the
     captions come from `caption_refs` (one encoding per encoder, through the feature cache).
@@ -294,7 +328,7 @@ def caption_folder(
 
     started = time.perf_counter()
     made = caption_refs(image_refs(list_images(images_dir)), checkpoints, beam=beam, batch_size=batch_size,
-                        device=device)
+                        device=device, ensemble=ensemble)
     if not made.images:
         first = "; ".join(f"{name}: {reason}" for name, reason in made.skipped[:3])
         raise CapexpError(
@@ -353,3 +387,14 @@ def _caption_per_model(checkpoints: list[Checkpoint], groups: dict[str, list[int
                     bar.update(len(batch))
                 del captioner  # one model in memory at a time
     return captions
+
+
+def _caption_as_ensemble(checkpoints: list[Checkpoint], features: torch.Tensor, dev: torch.device, beam: int | None,
+                         batch_size: int) -> list[str]:
+    """The ensemble's captions of the encoded images, decoded as the first run's `evaluation` says."""
+    from capexp.decoding import decode
+
+    members = [c.load(str(dev)) for c in checkpoints]
+    first = members[0]
+    return decode([m.model for m in members], first.tokenizer, features, first.options(beam), batch_size=batch_size,
+                  device=dev)

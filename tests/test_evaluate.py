@@ -59,6 +59,6 @@ def test_evaluate_logs_split_metrics_and_captions_to_a_finished_run(tracking_uri
     # a member that predicts over other tokens cannot join
     run_spec(load_spec(REPO / "experiments" / "quickstart.json", [*TINY, "id=full", "gpt2_config.vocabulary=full"]),
              tracking_uri=tracking_uri)
-    with pytest.raises(CapexpError, match=r"run 'tiny' and run 'full' cannot decode as one ensemble: their token "
-                                          r"vocabulary .*gpt2_config.vocabulary"):
+    with pytest.raises(CapexpError, match=r"'tiny' and 'full' cannot decode as one ensemble: their token "
+                                          r"vocabularies .*gpt2_config.vocabulary"):
         evaluate_run("tiny", split="val", ensemble=["full"])

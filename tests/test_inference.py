@@ -80,6 +80,15 @@ def test_three_runs_caption_forty_photos_with_one_encoding(runs, photos, tmp_pat
     assert [r["caption"] for r in _read(tmp_path / "again.csv")] == [r["caption"] for r in rows[::3]]
     assert again.images == 40
 
+    # as one ensemble: two copies of a run caption as that run; three runs give one model_name
+    pair = caption_folder(photos, [checkpoints[0], checkpoints[0]], tmp_path / "pair.csv", batch_size=16, ensemble=True)
+    assert pair.models == ["tiny-a#1+tiny-a#2"]
+    assert [r["caption"] for r in _read(tmp_path / "pair.csv")] == [r["caption"] for r in rows[::3]]
+    caption_folder(photos, checkpoints, tmp_path / "three.csv", batch_size=16, ensemble=True)
+    three = _read(tmp_path / "three.csv")
+    assert len(three) == 40 and {r["model_name"] for r in three} == {"tiny-a+tiny-b+tiny-c"}
+    assert all(r["caption"].strip() for r in three)
+
 
 def test_every_source_kind_loads_the_same_model(runs, make_photos, tmp_path) -> None:
     uri, ids = runs
