@@ -120,8 +120,7 @@ def _ensemble_run(member_ids: list[str], name: str) -> str:
     found = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_ENSEMBLE}` = '{key}'", max_results=1)
     if found:
         return found[0].info.run_id
-    note = (f"Ensemble of runs {', '.join(member_ids)}: each decoding step uses the mean of their next-token "
-            f"probabilities. Scored by `capexp evaluate {member_ids[0]} --ensemble ...`.")
+    note = f"Ensemble (mean next-token probabilities) of the runs in tag {TAG_ENSEMBLE}."
     run = client.create_run(experiment_id, run_name=name, tags={TAG_ENSEMBLE: key, TAG_NOTE: note})
     client.set_terminated(run.info.run_id)
     return run.info.run_id
