@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from capexp.errors import CapexpError
