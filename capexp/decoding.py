@@ -99,10 +99,9 @@ def generate_captions(
                 steps = [_Cached(m.decoder, _decoder_prefix(m, batch)) for m in models]
                 stepper = steps[0] if len(steps) == 1 else _Ensemble(steps)
                 if beam_size == 1:
-                    tokens += _greedy_steps(stepper, len(batch), eos, max_tokens, no_repeat_ngram_size)
+                    tokens += _greedy(stepper, eos, max_tokens, no_repeat_ngram_size)
                 else:
-                    tokens += _beam_steps(stepper, len(batch), eos, beam_size, max_tokens, length_penalty,
-                                          no_repeat_ngram_size)
+                    tokens += _beam_search(stepper, eos, beam_size, max_tokens, length_penalty, no_repeat_ngram_size)
     finally:
         for m, training in zip(models, was_training):
             m.train(training)
@@ -158,6 +157,11 @@ class _Cached:
         self.cache: Cache | None = None
         self.with_cache: dict[str, Any] = {}
 
+    @property
+    def rows(self) -> int:
+        """R, the rows (images) decoded."""
+        return self.prefix.shape[0]
+
     def start(self, repeat: int = 1) -> torch.Tensor:
         """Logits (R * repeat, V) after the visual tokens, each row repeated `repeat` times in a row."""
         prefix = self.prefix.repeat_interleave(repeat, dim=0) if repeat > 1 else self.prefix
@@ -185,6 +189,10 @@ class _Ensemble:
     def __init__(self, members: list[_Cached]) -> None:
         self.members = members
 
+    @property
+    def rows(self) -> int:
+        return self.members[0].rows
+
     def _mean(self, logits: list[torch.Tensor]) -> torch.Tensor:
         logp = torch.stack([x.float().log_softmax(dim=-1) for x in logits])  # (M, R, V)
         return logp.logsumexp(dim=0) - math.log(len(logits))
@@ -204,13 +212,13 @@ class _Ensemble:
             m.reorder(rows)
 
 
-def _left_to_right(steps: _Cached | _Ensemble, n_rows: int, eos: int, max_tokens: int,
+def _left_to_right(steps: _Cached | _Ensemble, eos: int, max_tokens: int,
                    choose: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """One token per step for each of `n_rows` rows, picked by `choose(logits (R', V), history (R', t))`:
-    tokens (n_rows, max_tokens), EOS-padded. Rows leave the batch and the cache once they emit EOS."""
+    """One token per step for each of the R rows of `steps`, picked by `choose(logits (R', V), history (R', t))`:
+    tokens (R, max_tokens), EOS-padded. Rows leave the batch and the cache once they emit EOS."""
     logits = steps.start()  # (R', V) for the R' rows still running
-    tokens = torch.full((n_rows, max_tokens), eos, dtype=torch.long, device=logits.device)
-    rows = torch.arange(n_rows, device=logits.device)  # (R',) batch index of each running row
+    tokens = torch.full((steps.rows, max_tokens), eos, dtype=torch.long, device=logits.device)
+    rows = torch.arange(steps.rows, device=logits.device)  # (R',) batch index of each running row
     for t in range(max_tokens):
         step = choose(logits, tokens[rows, :t])  # (R',)
         tokens[rows, t] = step
@@ -225,19 +233,16 @@ def _left_to_right(steps: _Cached | _Ensemble, n_rows: int, eos: int, max_tokens
     return tokens
 
 
-def _greedy(decoder, prefix: torch.Tensor, eos: int, max_tokens: int, ngram: int) -> list[list[int]]:
+def _greedy(steps: _Cached | _Ensemble, eos: int, max_tokens: int, ngram: int) -> list[list[int]]:
     """Argmax decoding of a batch (EOS-padded), never repeating an n-gram of size `ngram` (0: no limit)."""
-    return _greedy_steps(_Cached(decoder, prefix), prefix.shape[0], eos, max_tokens, ngram)
 
-
-def _greedy_steps(steps: _Cached | _Ensemble, n_rows: int, eos: int, max_tokens: int, ngram: int) -> list[list[int]]:
     def argmax(logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         if ngram:
             logits = logits.float()
             _ban_repeated_ngrams(logits, history, ngram)
         return logits.argmax(dim=-1)
 
-    return _left_to_right(steps, n_rows, eos, max_tokens, argmax).tolist()
+    return _left_to_right(steps, eos, max_tokens, argmax).tolist()
 
 
 @torch.no_grad()
@@ -249,32 +254,25 @@ def sample_tokens(decoder, prefix: torch.Tensor, eos: int, max_tokens: int, gene
         probs = torch.softmax(logits.float(), dim=-1).cpu()
         return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
 
-    return _left_to_right(_Cached(decoder, prefix), prefix.shape[0], eos, max_tokens, draw)
+    return _left_to_right(_Cached(decoder, prefix), eos, max_tokens, draw)
 
 
 @torch.no_grad()
 def greedy_tokens(decoder, prefix: torch.Tensor, eos: int, max_tokens: int) -> torch.Tensor:
     """The greedy caption of each row of `prefix` (R, k, D): tokens (R, max_tokens), EOS-padded."""
-    return torch.tensor(_greedy(decoder, prefix, eos, max_tokens, 0), dtype=torch.long, device=prefix.device)
+    return torch.tensor(_greedy(_Cached(decoder, prefix), eos, max_tokens, 0), dtype=torch.long, device=prefix.device)
 
 
 def _beam_search(
-    decoder, prefix: torch.Tensor, eos: int, beams: int, max_tokens: int, length_penalty: float, ngram: int
+    steps: _Cached | _Ensemble, eos: int, beams: int, max_tokens: int, length_penalty: float, ngram: int
 ) -> list[list[int]]:
-    """Batched beam search over the rows of `prefix` (B, k, D); the best finished hypothesis of each (EOS-padded)."""
-    return _beam_steps(_Cached(decoder, prefix), prefix.shape[0], eos, beams, max_tokens, length_penalty, ngram)
-
-
-def _beam_steps(
-    steps: _Cached | _Ensemble, B: int, eos: int, beams: int, max_tokens: int, length_penalty: float, ngram: int
-) -> list[list[int]]:
-    """Batched beam search over `B` rows; returns the best finished hypothesis of each row (EOS-padded).
+    """Batched beam search over the rows of `steps`; returns the best finished hypothesis of each row (EOS-padded).
 
     Each step keeps the 2K best continuations of the K running beams: those ending (EOS, or
     the last step) among the top K become finished hypotheses, the best K others run on. A
     row stops once no running beam can beat its K-th finished hypothesis.
     """
-    K = beams
+    B, K = steps.rows, beams
     logits = steps.start(repeat=K)  # (B*K, V)
     dev = logits.device
     running = torch.full((B, K), -math.inf, device=dev)  # sum of log-probs of each running beam

@@ -94,8 +94,7 @@ def evaluate_run(
     data, enc = encode_split(captioner.card, data, captioner.device, ev.batch_size)
     if not data.images:
         raise CapexpError(f"{origin}: none of the {split} images could be read; nothing to evaluate.")
-    models = [m.model for m in members] if ensemble else captioner.model
-    captions, scores = evaluate_epoch(models, captioner.tokenizer, enc.features, data.captions, options, ev,
+    captions, scores = evaluate_epoch([m.model for m in members], captioner.tokenizer, enc.features, data.captions, options, ev,
                                       captioner.device)  # captions (N,) in split order
     metrics = {f"{split}_{name}": value for name, value in scores.items()}
     metrics[f"{split}_images"] = float(len(captions))

@@ -116,7 +116,7 @@ def _val_loss(model: ClipCap, features, image_index, ids, mask, batch_size: int,
 
 
 def evaluate_epoch(
-    model: ClipCap,
+    model: ClipCap | list[ClipCap],
     tokenizer,
     features: torch.Tensor,
     references: list[list[str]],
@@ -124,7 +124,8 @@ def evaluate_epoch(
     ev: EvaluationConfig,
     device: torch.device,
 ) -> tuple[list[str], dict[str, float]]:
-    """Caption `features` (one row per image) as `options` say and score them against all `references`."""
+    """Caption `features` (one row per image) as `options` say (a list of models: as one ensemble) and score them
+    against all `references`."""
     from capexp.metrics import caption_metrics
 
     captions = decode(model, tokenizer, features, options, batch_size=ev.batch_size, device=device)
