@@ -96,14 +96,20 @@ class ClipCap(nn.Module):
         """Visual tokens for a batch of image features."""
         return self.mapper(features)  # (B, k, D)
 
-    def _caption_hidden(self, prefix: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Decoder states (B, L, D) at the positions that predict caption tokens 0..L-1."""
+    def _caption_states(self, prefix: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Decoder states (n, D) at the n positions that predict the caption tokens where `attention_mask` is 1,
+        in row-major order (as `input_ids[attention_mask.bool()]`).
+
+        Captions are right-padded, so columns past the longest caption are cut before the decoder runs.
+        """
+        width = int(attention_mask.sum(dim=1).max())
+        input_ids, attention_mask = input_ids[:, :width], attention_mask[:, :width]
         tokens = self.embed_tokens(input_ids)  # (B, L, D)
         embeds = torch.cat([prefix.to(tokens.dtype), tokens], dim=1)  # (B, k+L, D)
         mask = torch.cat([attention_mask.new_ones(prefix.shape[:2]), attention_mask], dim=1)  # (B, k+L)
         hidden = self.decoder.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state  # (B, k+L, D)
         k = prefix.shape[1]
-        return hidden[:, k - 1 : -1]  # position k+i-1 predicts caption token i
+        return hidden[:, k - 1 : -1][attention_mask.bool()]  # position k+i-1 predicts caption token i
 
     def forward(self, features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 label_smoothing: float = 0.0) -> torch.Tensor:
@@ -112,18 +118,17 @@ class ClipCap(nn.Module):
         `input_ids` (B, L) hold the caption followed by EOS, right-padded; `attention_mask` (B, L)
         is 1 on caption and EOS tokens.
         """
-        hidden = self._caption_hidden(self.prefix(features), input_ids, attention_mask)  # (B, L, D)
-        keep = attention_mask.bool()  # the LM head runs on caption and EOS positions only
-        logits = self.decoder.get_output_embeddings()(hidden[keep])  # (n_tokens, V)
-        return nn.functional.cross_entropy(logits.float(), input_ids[keep], label_smoothing=label_smoothing)
+        states = self._caption_states(self.prefix(features), input_ids, attention_mask)  # (n, D)
+        logits = self.decoder.get_output_embeddings()(states)  # (n, V): the LM head runs on caption and EOS positions only
+        return nn.functional.cross_entropy(logits.float(), input_ids[attention_mask.bool()], label_smoothing=label_smoothing)
 
     def token_logprobs(self, prefix: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """log p (B, L) of each caption token given the visual tokens `prefix` (B, k, D) and the tokens
-        before it; 0 where `attention_mask` is 0."""
-        hidden = self._caption_hidden(prefix, input_ids, attention_mask)
-        logits = self.decoder.get_output_embeddings()(hidden).float()  # (B, L, V)
-        picked = logits.gather(-1, input_ids.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)  # (B, L)
-        return picked * attention_mask
+        before it; 0 where `attention_mask` is 0 (right padding)."""
+        keep = attention_mask.bool()
+        logits = self.decoder.get_output_embeddings()(self._caption_states(prefix, input_ids, attention_mask)).float()
+        picked = logits.gather(-1, input_ids[keep].unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)  # (n,)
+        return torch.zeros(keep.shape, dtype=picked.dtype, device=picked.device).masked_scatter(keep, picked)
 
 
 def freeze_blocks(blocks: nn.ModuleList, n: int | None) -> int:

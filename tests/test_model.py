@@ -44,6 +44,21 @@ def test_loss_ignores_padding_and_matches_full_logits(mapper: str) -> None:
     assert torch.allclose(loss, (first + rest) / mask.sum(), atol=1e-5)
 
 
+def test_token_logprobs_of_a_padded_batch_equal_each_caption_decoded_alone() -> None:
+    decoder = _gpt2()
+    model = ClipCap(decoder, build_mapper("mlp", 16, 32, k=3)).eval()
+    feats = torch.randn(3, 16)
+    ids = torch.tensor([[5, 6, 7, 0, 0, 0], [8, 9, 10, 11, 0, 0], [12, 13, 0, 0, 0, 0]])  # last 2 columns: padding only
+    mask = (torch.arange(6) < torch.tensor([[3], [4], [2]])).long()
+    got = model.token_logprobs(model.prefix(feats), ids, mask)
+    assert got.shape == ids.shape and bool((got[mask == 0] == 0).all())
+    with torch.no_grad():
+        for row, n in enumerate(mask.sum(dim=1).tolist()):
+            embeds = torch.cat([model.prefix(feats[row : row + 1]), model.embed_tokens(ids[row : row + 1, :n])], dim=1)
+            logp = decoder(inputs_embeds=embeds).logits[0, 2 : 2 + n].log_softmax(dim=-1)  # position 2 predicts token 0
+            assert torch.allclose(got[row, :n], logp.gather(1, ids[row, :n, None]).squeeze(1), atol=1e-5)
+
+
 def test_grid_features_work_with_both_mappers() -> None:
     grid = torch.randn(2, 9, 16)  # (B, T, F)
     for kind in ("mlp", "transformer"):
