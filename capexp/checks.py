@@ -141,7 +141,7 @@ def check_decoder_fit(spec: Spec, origin: str, config: dict[str, Any] | None = N
 # keys that size or wire the model: a checkpoint loads only into a model built with the same values
 _MODEL_KEYS = {"clip_config": ("model", "image_size", "features"),
                "gpt2_config": ("model", "tokenizer", "visual_tokens_length", "n_layers_to_freeze", "mapper",
-                               "mapper_layers", "vocabulary")}
+                               "mapper_layers", "mapper_regions", "vocabulary")}
 
 
 def check_init_from(spec: Spec, origin: str, base: Spec) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from capexp.spec import Spec
 
 __all__ = [
-    "ClipCap", "MlpMapper", "TransformerMapper", "build_mapper", "freeze_blocks", "build_model",
+    "ClipCap", "MlpMapper", "RegionMapper", "TransformerMapper", "build_mapper", "freeze_blocks", "build_model",
     "CheckpointMeta", "frozen_base", "is_checkpoint", "save_checkpoint", "load_state",
 ]
 
@@ -46,6 +47,31 @@ class MlpMapper(nn.Module):
         if features.dim() == 3:
             features = features.mean(dim=1)  # (B, F)
         return self.act(self.proj(features)).view(-1, self.k, self.width)  # (B, k, D)
+
+
+class RegionMapper(nn.Module):
+    """The MLP mapper's k tokens from the whole image, then one token per cell of the grid average-pooled to
+    `regions` x `regions` cells: a shared Linear -> Tanh plus a learned embedding of the cell's position.
+
+    Needs grid features (B, T, F) of a square grid; makes k + regions ** 2 tokens.
+    """
+
+    def __init__(self, feature_dim: int, width: int, k: int, regions: int) -> None:
+        super().__init__()
+        self.regions = regions
+        self.whole = MlpMapper(feature_dim, width, k)
+        self.proj = nn.Linear(feature_dim, width)
+        self.act = nn.Tanh()
+        self.position = nn.Parameter(torch.randn(regions * regions, width) * 0.02)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.dim() != 3 or math.isqrt(features.shape[1]) ** 2 != features.shape[1]:
+            raise ValueError(f"the regions mapper needs grid features (B, T, F) with T a square; got {tuple(features.shape)}")
+        b, t, f = features.shape
+        side = math.isqrt(t)
+        grid = features.transpose(1, 2).reshape(b, f, side, side)
+        cells = nn.functional.adaptive_avg_pool2d(grid, self.regions).flatten(2).transpose(1, 2)  # (B, r*r, F)
+        return torch.cat([self.whole(features), self.act(self.proj(cells)) + self.position], dim=1)  # (B, k + r*r, D)
 
 
 class TransformerMapper(nn.Module):
@@ -72,13 +98,15 @@ class TransformerMapper(nn.Module):
         return out[:, -self.k :]  # (B, k, D)
 
 
-def build_mapper(kind: str, feature_dim: int, width: int, k: int, layers: int = 4) -> nn.Module:
+def build_mapper(kind: str, feature_dim: int, width: int, k: int, layers: int = 4, regions: int = 2) -> nn.Module:
     """The mapper named by `gpt2_config.mapper`."""
     if kind == "mlp":
         return MlpMapper(feature_dim, width, k)
     if kind == "transformer":
         return TransformerMapper(feature_dim, width, k, layers)
-    raise ValueError(f"unknown mapper {kind!r}; use 'mlp' or 'transformer'")
+    if kind == "regions":
+        return RegionMapper(feature_dim, width, k, regions)
+    raise ValueError(f"unknown mapper {kind!r}; use 'mlp', 'transformer' or 'regions'")
 
 
 class ClipCap(nn.Module):
@@ -146,7 +174,7 @@ def build_model(spec: Spec, decoder, blocks: nn.ModuleList, feature_dim: int) ->
     """Mapper + decoder as the spec says, with the first `n_layers_to_freeze` blocks frozen."""
     cfg = spec.gpt2_config
     width = decoder.get_input_embeddings().embedding_dim
-    mapper = build_mapper(cfg.mapper, feature_dim, width, cfg.visual_tokens_length, cfg.mapper_layers)
+    mapper = build_mapper(cfg.mapper, feature_dim, width, cfg.visual_tokens_length, cfg.mapper_layers, cfg.mapper_regions)
     freeze_blocks(blocks, cfg.n_layers_to_freeze)
     return ClipCap(decoder, mapper)
 

@@ -61,8 +61,9 @@ class Gpt2Config(_Section):
     visual_tokens_length: int = Field(5, ge=1)  # k, visual tokens made by the mapper
     text_tokens_max_length: int = Field(10, ge=1)  # captions cut to this many tokens
     n_layers_to_freeze: int | None = Field(None, ge=0)  # first N decoder blocks frozen
-    mapper: Literal["mlp", "transformer"] = "mlp"  # seed's Linear->Tanh, or ClipCap's transformer
+    mapper: Literal["mlp", "transformer", "regions"] = "mlp"  # seed's Linear->Tanh, ClipCap's transformer, or mlp + cells
     mapper_layers: int = Field(4, ge=1)  # transformer mapper depth
+    mapper_regions: int = Field(2, ge=1)  # regions mapper: the grid pooled to this many cells a side, one token each
     vocabulary: Literal["full", "train"] = "full"  # train: only the training captions' tokens (capexp.vocabulary)
 
 
@@ -215,6 +216,13 @@ class Spec(_Section):
                 data = {**data, "data_paths": {"source": "caption_list", **data_paths}}
         return data
 
+    @model_validator(mode="after")
+    def _regions_need_a_grid(self) -> Spec:
+        if self.gpt2_config.mapper == "regions" and self.clip_config.features != "grid":
+            raise ValueError('gpt2_config.mapper "regions" pools the image\'s grid of features into cells, but '
+                             'clip_config.features is "pooled": set clip_config.features to "grid" (or use mapper "mlp")')
+        return self
+
 
 # ---------------------------------------------------------------------------- loading
 _ENV = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}|\$(\w+)")
@@ -355,6 +363,8 @@ def _explain(err: ValidationError, origin: str) -> CapexpError:
             sentences.append(
                 f"`{shown}.source` must be one of caption_list, coco, flickr8k, karpathy, generated; got {e['input'].get('source')!r}."
             )
+        elif not loc:  # a check across sections: its message names the keys
+            sentences.append(f"{e['msg'].removeprefix('Value error, ')}.")
         else:
             got = json.dumps(e.get("input"), default=str)
             sentences.append(f"`{shown}` {e['msg'][0].lower()}{e['msg'][1:]} (got {got}).")

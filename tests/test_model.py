@@ -65,6 +65,21 @@ def test_grid_features_work_with_both_mappers() -> None:
         assert build_mapper(kind, 16, 32, k=4, layers=1)(grid).shape == (2, 4, 32)
 
 
+def test_regions_mapper_gives_each_cell_a_token_from_its_own_part_of_the_grid() -> None:
+    torch.manual_seed(0)
+    mapper = build_mapper("regions", 8, 16, k=3, regions=2)
+    grid = torch.randn(1, 16, 8)  # a 4 x 4 grid
+    changed = grid.clone()
+    changed[0, [0, 1, 4, 5]] += 1.0  # the top-left 2 x 2 cells only
+    before, after = mapper(grid), mapper(changed)
+    assert before.shape == (1, 3 + 4, 16)
+    moved = (before - after).abs().amax(dim=-1)[0]  # per token
+    assert bool((moved[:3] > 0).all()) and moved[3] > 0  # the whole-image tokens and the top-left cell's token
+    assert bool((moved[4:] == 0).all())  # the other three cells' tokens do not move
+    with pytest.raises(ValueError, match="needs grid features"):
+        mapper(torch.randn(1, 8))
+
+
 @pytest.mark.parametrize("make, blocks", [(_gpt2, lambda m: m.transformer.h), (_llama, lambda m: m.model.layers)])
 def test_freeze_first_blocks_for_gpt2_and_llama(make, blocks) -> None:
     decoder = make()

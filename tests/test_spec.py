@@ -84,6 +84,8 @@ def test_spec_hash_ignores_id_and_notes_but_not_values() -> None:
         ('gpt2_config.visual_tokens_length="many"', r"`gpt2_config.visual_tokens_length` input should be a valid integer"),
         ("gpt2_config.visual_tokens_length=0", r"`gpt2_config.visual_tokens_length` input should be greater than or equal to 1"),
         ('data_paths.source="imagenet"', r"`data_paths.source` must be one of caption_list, coco, flickr8k, karpathy, generated"),
+        ('gpt2_config.mapper="regions"', r'quickstart.json with --set gpt2_config.mapper="regions": gpt2_config.mapper "regions" '
+                                         r'pools .* clip_config.features is "pooled": set clip_config.features to "grid"'),
     ],
 )
 def test_bad_values_name_file_field_and_fix(override: str, expected: str) -> None:
