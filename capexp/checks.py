@@ -120,10 +120,11 @@ def check_decoder_fit(spec: Spec, origin: str, config: dict[str, Any] | None = N
         # training feeds k visual tokens + the caption + EOS; decoding k + (max tokens - 1)
         text = g.text_tokens_max_length + 1
         generated = (spec.evaluation.max_caption_tokens or g.text_tokens_max_length) - 1
-        need = g.visual_tokens_length + max(text, generated)
+        need = g.prefix_length + max(text, generated)
         if need > positions:
+            cells = f" and the regions mapper's {g.mapper_regions ** 2} cell tokens" if g.mapper == "regions" else ""
             raise CapexpError(
-                f"{origin}: `gpt2_config.visual_tokens_length` ({g.visual_tokens_length}) plus the caption tokens "
+                f"{origin}: `gpt2_config.visual_tokens_length` ({g.visual_tokens_length}){cells} plus the caption tokens "
                 f"(`gpt2_config.text_tokens_max_length` {g.text_tokens_max_length} + EOS"
                 + (f", or `evaluation.max_caption_tokens` {spec.evaluation.max_caption_tokens}" if spec.evaluation.max_caption_tokens else "")
                 + f") need {need} positions, but the decoder {g.model} has {positions}. Lower them so that "

@@ -66,6 +66,11 @@ class Gpt2Config(_Section):
     mapper_regions: int = Field(2, ge=1)  # regions mapper: the grid pooled to this many cells a side, one token each
     vocabulary: Literal["full", "train"] = "full"  # train: only the training captions' tokens (capexp.vocabulary)
 
+    @property
+    def prefix_length(self) -> int:
+        """Visual tokens the mapper makes: k, plus one per cell with the regions mapper."""
+        return self.visual_tokens_length + (self.mapper_regions**2 if self.mapper == "regions" else 0)
+
 
 # ---------------------------------------------------------------------------- data sources
 class CaptionListData(_Section):

@@ -50,6 +50,11 @@ def test_visual_tokens_past_decoder_positions_fail_validate_and_run_before_a_run
         check_spec(load("gpt2_config.visual_tokens_length=52"), "q")
     with pytest.raises(CapexpError, match="max_caption_tokens"):
         check_spec(load("gpt2_config.visual_tokens_length=4", "evaluation.max_caption_tokens=100"), "q")
+    # the regions mapper's cell tokens count too: 42 + 3 x 3 cells + 13 = 64 fits, 4 x 4 cells do not
+    regions = ('gpt2_config.mapper="regions"', 'clip_config.features="grid"', "gpt2_config.visual_tokens_length=42")
+    check_spec(load(*regions, "gpt2_config.mapper_regions=3"), "q")
+    with pytest.raises(CapexpError, match="regions mapper's 16 cell tokens .* need 71 positions"):
+        check_spec(load(*regions, "gpt2_config.mapper_regions=4"), "q")
 
 
 def test_freeze_depth_is_checked_by_validate_from_the_config() -> None:
