@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from capexp.spec import Spec
 
 __all__ = [
-    "ClipCap", "MlpMapper", "RegionMapper", "TransformerMapper", "build_mapper", "freeze_blocks", "build_model",
+    "ClipCap", "MlpMapper", "crop_pool", "RegionMapper", "TransformerMapper", "build_mapper", "freeze_blocks", "build_model",
     "CheckpointMeta", "frozen_base", "is_checkpoint", "save_checkpoint", "load_state",
 ]
 
@@ -47,6 +47,25 @@ class MlpMapper(nn.Module):
         if features.dim() == 3:
             features = features.mean(dim=1)  # (B, F)
         return self.act(self.proj(features)).view(-1, self.k, self.width)  # (B, k, D)
+
+
+def crop_pool(features: torch.Tensor, min_share: float, gen: torch.Generator) -> torch.Tensor:
+    """Each image's mean feature over a random window of its square grid: (B, T, F) -> (B, F), for the MLP mapper.
+
+    A window's height and width are drawn from ceil(min_share * side) to side cells, then its place:
+    training's crop augmentation, with no image encoded again (at test time the MLP mapper pools the whole grid).
+    """
+    b, t, _ = features.shape
+    side = math.isqrt(t)
+    low = max(1, math.ceil(min_share * side - 1e-9))
+    height, width = (torch.randint(low, side + 1, (b,), generator=gen) for _ in range(2))
+    top = (torch.rand(b, generator=gen) * (side - height + 1)).long()
+    left = (torch.rand(b, generator=gen) * (side - width + 1)).long()
+    cells = torch.arange(side)
+    rows = (cells >= top[:, None]) & (cells < (top + height)[:, None])  # (B, side)
+    cols = (cells >= left[:, None]) & (cells < (left + width)[:, None])  # (B, side)
+    window = (rows[:, :, None] & cols[:, None, :]).reshape(b, t, 1).to(features.dtype)  # (B, T, 1)
+    return (features * window).sum(dim=1) / window.sum(dim=1)
 
 
 class RegionMapper(nn.Module):

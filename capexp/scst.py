@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from capexp.cider import CiderD, ptb_words
 from capexp.decoding import greedy_tokens, sample_tokens, texts
-from capexp.model import ClipCap
+from capexp.model import ClipCap, crop_pool
 
 if TYPE_CHECKING:
     from capexp.spec import ScstConfig
@@ -34,9 +34,10 @@ class SelfCritical:
     """The self-critical phase for one model: `epoch` trains one pass over the training images."""
 
     def __init__(self, model: ClipCap, tokenizer, features: torch.Tensor, references: list[list[str]], cfg: ScstConfig,
-                 *, max_tokens: int, weight_decay: float, grad_clip: float | None, seed: int, device: torch.device) -> None:
+                 *, max_tokens: int, weight_decay: float, grad_clip: float | None, seed: int, device: torch.device,
+                 feature_crop: float | None = None) -> None:
         self.model, self.tokenizer, self.features, self.cfg, self.device = model, tokenizer, features, cfg, device
-        self.max_tokens, self.grad_clip = max_tokens, grad_clip
+        self.max_tokens, self.grad_clip, self.feature_crop = max_tokens, grad_clip, feature_crop
         self.eos = tokenizer.eos_token_id
         self.cider = CiderD([[ptb_words(r) for r in refs] for refs in references])
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -51,7 +52,10 @@ class SelfCritical:
     def step(self, images: torch.Tensor) -> tuple[float, float]:
         """One policy-gradient step on the training images `images` (B,); their mean reward and baseline."""
         n, model = self.cfg.samples, self.model
-        prefix = model.prefix(self.features[images].to(self.device))  # (B, k, D), with gradients
+        features = self.features[images]
+        if self.feature_crop is not None:
+            features = crop_pool(features, self.feature_crop, self.gen)
+        prefix = model.prefix(features.to(self.device))  # (B, k, D), with gradients
         decoder_prefix = prefix.detach().to(model.decoder.get_input_embeddings().weight.dtype)
         repeated = images.repeat_interleave(n)  # (B*n,)
         tokens = sample_tokens(model.decoder, decoder_prefix.repeat_interleave(n, dim=0), self.eos, self.max_tokens, self.gen)

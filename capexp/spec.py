@@ -150,6 +150,7 @@ class TrainingConfig(_Section):
     grad_clip: float | None = Field(1.0, gt=0.0)  # max gradient norm; None disables
     one_caption_per_image: bool = False  # each epoch samples one reference per image
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # cross-entropy label smoothing
+    feature_crop: float | None = Field(None, gt=0.0, le=1.0)  # pool a random window of the grid, sides >= this share
     scst: ScstConfig | None = None  # self-critical epochs after the `num_epochs` cross-entropy ones
     init_from: str | None = None  # start from this run's best checkpoint (run id or name) or checkpoint folder
     best_metric: str = "val_loss"  # the checkpoint kept is best by this metric
@@ -226,6 +227,19 @@ class Spec(_Section):
         if self.gpt2_config.mapper == "regions" and self.clip_config.features != "grid":
             raise ValueError('gpt2_config.mapper "regions" pools the image\'s grid of features into cells, but '
                              'clip_config.features is "pooled": set clip_config.features to "grid" (or use mapper "mlp")')
+        return self
+
+    @model_validator(mode="after")
+    def _crops_need_a_grid_and_the_mlp(self) -> Spec:
+        if self.training_config.feature_crop is None:
+            return self
+        if self.clip_config.features != "grid":
+            raise ValueError('training_config.feature_crop pools a random window of the image\'s grid of features, but '
+                             'clip_config.features is "pooled": set clip_config.features to "grid" (or remove feature_crop)')
+        if self.gpt2_config.mapper != "mlp":
+            raise ValueError(f'training_config.feature_crop feeds the pooled window to the MLP mapper, but '
+                             f'gpt2_config.mapper is "{self.gpt2_config.mapper}": set the mapper to "mlp" '
+                             f'(or remove feature_crop)')
         return self
 
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from capexp.decoding import DecodeOptions, decode
 from capexp.errors import TrainingDiverged, warn
-from capexp.model import ClipCap
+from capexp.model import ClipCap, crop_pool
 
 if TYPE_CHECKING:
     from capexp.spec import EvaluationConfig, Spec
@@ -156,8 +156,11 @@ class _Batches:
         bar = tqdm(range(0, len(rows), cfg.batch_size), desc=f"epoch {epoch}/{cfg.num_epochs}", leave=False)
         for start in bar:
             batch = rows[start : start + cfg.batch_size]
+            features = self.train.features[self.index[batch]]
+            if cfg.feature_crop is not None:
+                features = crop_pool(features, cfg.feature_crop, self.gen)
             with _autocast(self.device):
-                loss = model(self.train.features[self.index[batch]].to(self.device), self.ids[batch].to(self.device),
+                loss = model(features.to(self.device), self.ids[batch].to(self.device),
                              self.mask[batch].to(self.device), cfg.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -227,7 +230,8 @@ def fit(
         from capexp.scst import SelfCritical
 
         scst = SelfCritical(model, tokenizer, train.features, train.references, cfg.scst, max_tokens=options.max_tokens,
-                            weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, seed=spec.seed, device=device)
+                            weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, seed=spec.seed, device=device,
+                            feature_crop=cfg.feature_crop)
         for epoch in range(cfg.num_epochs + 1, total + 1):
             started = time.perf_counter()
             if finish_epoch(epoch, scst.epoch(f"self-critical epoch {epoch}/{total}"), started):

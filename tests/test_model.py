@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from capexp.model import ClipCap, build_mapper, freeze_blocks, load_state, save_checkpoint
+from capexp.model import ClipCap, build_mapper, crop_pool, freeze_blocks, load_state, save_checkpoint
 
 
 def _gpt2() -> GPT2LMHeadModel:
@@ -78,6 +78,24 @@ def test_regions_mapper_gives_each_cell_a_token_from_its_own_part_of_the_grid() 
     assert bool((moved[4:] == 0).all())  # the other three cells' tokens do not move
     with pytest.raises(ValueError, match="needs grid features"):
         mapper(torch.randn(1, 8))
+
+
+def test_feature_crops_pool_a_random_window_of_at_least_the_share_of_each_side() -> None:
+    gen = torch.Generator().manual_seed(0)
+    grid = torch.eye(49).expand(1000, -1, -1)  # cell i of the 7 x 7 grid is feature i: a pooled row shows its window
+    pooled = crop_pool(grid, 0.7, gen)
+    windows = set()
+    for row in pooled:
+        cells = (row > 0).view(7, 7)
+        rows, cols = cells.any(dim=1).nonzero().flatten(), cells.any(dim=0).nonzero().flatten()
+        height, width = len(rows), len(cols)
+        assert bool(cells[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1].all()) and int(cells.sum()) == height * width
+        assert 5 <= height <= 7 and 5 <= width <= 7  # ceil(0.7 * 7) = 5 cells a side at least
+        assert torch.allclose(row[row > 0], torch.tensor(1.0 / (height * width)))  # the window's mean
+        windows.add((int(rows[0]), int(cols[0]), height, width))
+    assert len(windows) == 36  # every window: (3 + 2 + 1) ** 2 sizes and places
+    features = torch.randn(3, 49, 8)
+    assert torch.allclose(crop_pool(features, 1.0, gen), features.mean(dim=1))  # share 1: the whole grid, as at test time
 
 
 @pytest.mark.parametrize("make, blocks", [(_gpt2, lambda m: m.transformer.h), (_llama, lambda m: m.model.layers)])

@@ -86,11 +86,15 @@ def test_spec_hash_ignores_id_and_notes_but_not_values() -> None:
         ('data_paths.source="imagenet"', r"`data_paths.source` must be one of caption_list, coco, flickr8k, karpathy, generated"),
         ('gpt2_config.mapper="regions"', r'quickstart.json with --set gpt2_config.mapper="regions": gpt2_config.mapper "regions" '
                                          r'pools .* clip_config.features is "pooled": set clip_config.features to "grid"'),
+        ("training_config.feature_crop=0.7", r'training_config.feature_crop pools .* clip_config.features is "pooled": '
+                                             r'set clip_config.features to "grid"'),
+        ('training_config.feature_crop=0.7 --set clip_config.features="grid" --set gpt2_config.mapper="transformer"',
+         r'gpt2_config.mapper is "transformer": set the mapper to "mlp"'),
     ],
 )
 def test_bad_values_name_file_field_and_fix(override: str, expected: str) -> None:
     with pytest.raises(CapexpError, match=expected) as err:
-        load_spec(REPO / "experiments" / "quickstart.json", [override])
+        load_spec(REPO / "experiments" / "quickstart.json", override.split(" --set "))
     assert "quickstart.json" in str(err.value) and "Fix the file or the --set value" in str(err.value)
     assert "\n" not in str(err.value)
 
