@@ -34,6 +34,16 @@ def _real_data(folder: str) -> Path:
     return root
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker's torch takes its share of the cores (as `capexp study` workers do), so
+    the workers do not oversubscribe the machine."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The real data folder ($CAPEXP_DATA, else `../shared/data`) holding Flickr8k."""
