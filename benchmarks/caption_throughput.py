@@ -4,7 +4,7 @@
                                             [--n 32] [--batch-size 32] [--device cpu]
 
 Three stages, each at batch 1 and batched:
-- decode: captions from precomputed features, greedy and beam 5, with capexp.decoding and with
+- decode: captions from precomputed features, greedy and beam 5, with capexp.model.decoding and with
   transformers' `generate(inputs_embeds=...)` on the same model (same prefix, same limits);
   the last column is how many captions the two agree on;
 - encode: the image encoder alone (read, preprocess, forward), no cache;
@@ -36,8 +36,8 @@ def _default_images() -> Path:
 
 
 def _train_quickstart(store: Path) -> str:
-    from capexp.run import run_spec
-    from capexp.spec import load_spec
+    from capexp.training.run import run_spec
+    from capexp.spec.schema import load_spec
 
     spec = load_spec(REPO / "experiments" / "quickstart.json", [
         "training_config.num_epochs=2", "data_paths.num_train=128", "data_paths.num_val=16",
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from capexp.inference import caption_folder, find_checkpoint, list_images
+    from capexp.serving.folder import caption_folder, find_checkpoint, list_images
 
     work = Path(tempfile.mkdtemp(prefix="capexp-bench-"))
     os.environ["CAPEXP_CACHE"] = str(work / "cache")  # a private feature cache: the cold run is really cold
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 hf_s, hf = _timed(lambda: _hf_captions(captioner, features, beam, bs))
                 same = f"{sum(a == b for a, b in zip(ours, hf))}/{len(ours)}"
                 kind = "greedy" if beam == 1 else "beam"
-                rows.append(("decode", "capexp.decoding", kind, bs, len(files) / ours_s, same))
+                rows.append(("decode", "capexp.model.decoding", kind, bs, len(files) / ours_s, same))
                 rows.append(("decode", "transformers generate", kind, bs, len(files) / hf_s, same))
 
         for bs in (1, args.batch_size):

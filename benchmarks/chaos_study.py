@@ -188,9 +188,9 @@ def _cache_reads_back(folder: Path) -> dict[str, Any]:
     import torch
 
     from capexp.backbones import resolve_encoder
-    from capexp.datasets import load_data
-    from capexp.features import encode_images
-    from capexp.spec import load_spec
+    from capexp.data import load_data
+    from capexp.backbones.feature_cache import encode_images
+    from capexp.spec.schema import load_spec
 
     spec = load_spec(BASE, TINY)
     splits = load_data(spec)

@@ -1,4 +1,4 @@
-"""Epoch time: capexp (feature cache + `capexp.train.fit`) against the seed's pipeline, same data and model.
+"""Epoch time: capexp (feature cache + `capexp.training.cross_entropy.fit`) against the seed's pipeline, same data and model.
 
     python benchmarks/epoch_time.py [--images 32] [--epochs 3] [--batch-size 64] [--threads 1]
                                     [--encoder clip-b32-random|efficientnet-lite0] [--vocabulary train|full]
@@ -21,7 +21,7 @@ What one epoch's time holds:
   caption tokens, backward, grad clip, AdamW). Every epoch encodes every image 5 times.
   Epoch 1 also holds loading the encoder.
 - capexp: the wall time between `fit`'s epoch callbacks. Epoch 1 also holds
-  `capexp.features.encode_images` on an empty cache (a fresh $CAPEXP_CACHE: encoder load,
+  `capexp.backbones.feature_cache.encode_images` on an empty cache (a fresh $CAPEXP_CACHE: encoder load,
   batched encoding, writing the shards, reading them back) and `fit`'s setup (tokenizing).
   Every capexp epoch also holds `fit`'s per-epoch evaluation, kept as small as it goes: one
   validation image (validation loss, one greedy caption, its BERTScore; the BERTScore model is
@@ -82,7 +82,7 @@ class _SeedStyleItems:
     def __getitem__(self, index: int):
         import torch
 
-        from capexp.train import tokenize
+        from capexp.training.cross_entropy import tokenize
 
         image, caption = self.pairs[index]
         pixels = self.card.preprocess([self.images[image].load()])  # (1, 3, H, W)
@@ -132,8 +132,8 @@ def _capexp(model, spec, train_split, val_split, card, tokenizer) -> tuple[list[
     """Train through the feature cache and `fit`; returns seconds and mean training loss per epoch, images encoded."""
     import torch
 
-    from capexp.features import encode_images
-    from capexp.train import CaptionData, fit
+    from capexp.backbones.feature_cache import encode_images
+    from capexp.training.cross_entropy import CaptionData, fit
 
     marks = [time.perf_counter()]
     train_enc = encode_images(card, train_split.images, batch_size=64, progress=False)
@@ -194,12 +194,12 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
     import torch
 
     from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
-    from capexp.datasets import load_data
-    from capexp.features import encode_images
-    from capexp.metrics import bertscore
-    from capexp.spec import Spec
-    from capexp.model import build_model
-    from capexp.vocabulary import restrict_vocabulary, training_vocabulary
+    from capexp.data import load_data
+    from capexp.backbones.feature_cache import encode_images
+    from capexp.evaluation.metrics import bertscore
+    from capexp.spec.schema import Spec
+    from capexp.model.captioner import build_model
+    from capexp.model.vocabulary import restrict_vocabulary, training_vocabulary
 
     if args.threads:
         torch.set_num_threads(args.threads)

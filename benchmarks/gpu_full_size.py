@@ -9,7 +9,7 @@ projection) and `GPT2Config()` (GPT-2 small, 50,257 tokens) with random weights 
 depend on them) and saved as local model folders, which capexp then reads as a user's
 `clip_config.model` / `gpt2_config.model`. The decoder's tokenizer is a word-level one over the
 token ids written as numbers ("17 4032 ..."): GPT-2's vocabulary size, no BPE files needed. A
-`capexp.spec.Spec` (pydantic) holds the run: mapper mlp, k=5 visual tokens, captions cut to 10
+`capexp.spec.schema.Spec` (pydantic) holds the run: mapper mlp, k=5 visual tokens, captions cut to 10
 tokens + EOS, the first 10 of 12 blocks frozen, AdamW 1e-4, grad clip 1.0, bf16 autocast on CUDA.
 The images are JPEG files (500x375, smooth random colours) read through `ImageRef.from_file`,
 5 random captions each.
@@ -19,7 +19,7 @@ Rows (each says what it runs):
   the encoder on the device, safetensors shards written); then its parts alone: `card.preprocess`
   on the CPU, and the module `card.load(device)` on ready pixels as `encode_images` calls it (fp32
   under inference_mode) and the same under bf16 autocast.
-- train: `capexp.train.fit` from the cached features: `CaptionData` from `encode_images` on the
+- train: `capexp.training.cross_entropy.fit` from the cached features: `CaptionData` from `encode_images` on the
   warm cache, `build_model` (the spec's mapper and freezing on a decoder from `load_decoder`),
   then `fit` for a few epochs with its per-epoch evaluation of 1 validation image (val loss, a
   greedy caption, BERTScore with a tiny random BERT folder as `evaluation.bertscore_model`; COCO
@@ -28,7 +28,7 @@ Rows (each says what it runs):
   epoch. A row times that evaluation alone (`generate_captions` + `caption_metrics`, 1 image).
 - caption: greedy, 10 tokens, from the cached features, with the untrained model (random weights
   rarely emit EOS, so every caption runs its 10 tokens; the mean length is shown):
-  `capexp.decoding.generate_captions` (KV cache) against transformers'
+  `capexp.model.decoding.generate_captions` (KV cache) against transformers'
   `generate(inputs_embeds=...)` on the same model under the same autocast, at the big batch and at
   batch 1, each after one untimed call; the last line counts identical captions.
 Then, for every row with a target that it misses (every such row with --tiny), one call of it
@@ -61,14 +61,14 @@ try:  # capexp's code this benchmark drives, in one block (module moves are fixe
     import torch
 
     from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
-    from capexp.datasets import ImageRef
-    from capexp.decoding import generate_captions
-    from capexp.features import encode_images
-    from capexp.metrics import caption_metrics
-    from capexp.spec import Spec
-    from capexp.model import build_model
-    from capexp.train import CaptionData, fit, pick_device
-except ImportError as _missing:  # pydantic (capexp.spec) or bert-score are not on the GPU image
+    from capexp.data import ImageRef
+    from capexp.model.decoding import generate_captions
+    from capexp.backbones.feature_cache import encode_images
+    from capexp.evaluation.metrics import caption_metrics
+    from capexp.spec.schema import Spec
+    from capexp.model.captioner import build_model
+    from capexp.training.cross_entropy import CaptionData, fit, pick_device
+except ImportError as _missing:  # pydantic (capexp.spec.schema) or bert-score are not on the GPU image
     print(f"gpu_full_size.py: {_missing}; on the GPU machine install the wheelhouse first "
           "(benchmarks/gpu_wheelhouse.sh, then the command in benchmarks/README.md)", file=sys.stderr)
     sys.exit(3)
@@ -379,7 +379,7 @@ def _bench(sizes: _Sizes, device: torch.device, tmp: Path) -> None:
             return (n_pairs * len(later) / sum(later),
                     f"epochs 2-{epochs}: {sum(later) / len(later):.2f} s each; 1st {seconds[0]:.2f} s")
 
-        row("train: capexp.train.fit, epochs after the 1st, samples/s", batch, steady, f"train {batch}")
+        row("train: capexp.training.cross_entropy.fit, epochs after the 1st, samples/s", batch, steady, f"train {batch}")
         if "fit" in done:
             total, seconds = done["fit"]
             row("train: cache read + build_model + fit, all epochs, samp/s", batch,

@@ -52,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from capexp.backbones import decoder_blocks, load_decoder
-    from capexp.datasets import load_data
-    from capexp.model import build_model
-    from capexp.spec import load_spec
-    from capexp.train import tokenize
-    from capexp.vocabulary import restrict_vocabulary, training_vocabulary
+    from capexp.data import load_data
+    from capexp.model.captioner import build_model
+    from capexp.spec.schema import load_spec
+    from capexp.training.cross_entropy import tokenize
+    from capexp.model.vocabulary import restrict_vocabulary, training_vocabulary
 
     if args.threads:
         torch.set_num_threads(args.threads)

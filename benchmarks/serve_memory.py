@@ -92,8 +92,8 @@ def _peak_during(pid: int, port: int, rows: list[str]) -> dict:
 
 
 def main() -> None:
-    from capexp.images import max_image_pixels
-    from capexp.request_limits import RequestLimits
+    from capexp.data.images import max_image_pixels
+    from capexp.serving.request_limits import RequestLimits
 
     folder = Path(tempfile.mkdtemp(prefix="capexp-serve-memory-"))
     uri = f"sqlite:///{folder / 'mlflow.db'}"

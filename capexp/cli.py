@@ -76,8 +76,8 @@ def cli(verbose: bool) -> None:
 @click.option("--strict", is_flag=True, help="Also fail (exit 2) when a data file the spec names is missing.")
 def validate(spec: Path, overrides: tuple[str, ...], strict: bool) -> None:
     """Print the resolved SPEC (after `extends` and --set) as JSON."""
-    from capexp.checks import check_spec
-    from capexp.spec import load_spec, missing_paths
+    from capexp.spec.checks import check_spec
+    from capexp.spec.schema import load_spec, missing_paths
 
     resolved = load_spec(spec, overrides)
     check_spec(resolved, str(spec) + (" with --set " + " ".join(overrides) if overrides else ""))
@@ -97,8 +97,8 @@ def validate(spec: Path, overrides: tuple[str, ...], strict: bool) -> None:
 @_NO_SYSTEM_METRICS
 def run(spec: Path, overrides: tuple[str, ...], experiment: str, tracking_uri: str | None) -> None:
     """Train the captioner SPEC describes and track it as an MLflow run."""
-    from capexp.run import run_spec
-    from capexp.spec import load_spec
+    from capexp.training.run import run_spec
+    from capexp.spec.schema import load_spec
 
     resolved = load_spec(spec, overrides)
     result = run_spec(resolved, origin=str(spec), experiment=experiment, tracking_uri=tracking_uri)
@@ -190,7 +190,7 @@ def dashboard(name: str, storage: str | None, port: int) -> None:
 def evaluate(run: str, split: str, beam: int | None, length_penalty: float | None, no_repeat_ngram_size: int | None,
              ensemble: tuple[str, ...], experiment: str | None, device: str | None, tracking_uri: str | None) -> None:
     """Score RUN's best checkpoint on a held-out split; log <split>_* metrics and captions to the run."""
-    from capexp.evaluate import evaluate_run
+    from capexp.evaluation.evaluate import evaluate_run
 
     metrics = evaluate_run(run, split=split, beam=beam, length_penalty=length_penalty,
                            no_repeat_ngram_size=no_repeat_ngram_size, ensemble=ensemble, experiment=experiment,
@@ -226,7 +226,7 @@ def compare(runs: tuple[str, ...], experiment: str | None, study: str | None, fm
 @_URI
 def score(scores: Path, experiment: str, tracking_uri: str | None) -> None:
     """Import human 0/1/2 caption SCORES (image_id, model_name, caption, score) into their runs."""
-    from capexp.scores import import_scores
+    from capexp.evaluation.human_scores import import_scores
 
     click.echo(import_scores(scores, experiment=experiment, tracking_uri=tracking_uri).report())
 
@@ -246,7 +246,7 @@ def score(scores: Path, experiment: str, tracking_uri: str | None) -> None:
 def caption(images_dir: Path, runs: tuple[str, ...], experiment: str | None, models: tuple[str, ...], output: Path,
             ensemble: bool, beam: int | None, batch_size: int, device: str | None, tracking_uri: str | None) -> None:
     """Caption every image in IMAGES_DIR with every selected model into one CSV."""
-    from capexp.inference import caption_folder, select_checkpoints
+    from capexp.serving.folder import caption_folder, select_checkpoints
 
     checkpoints = select_checkpoints([*runs, *models], experiment=experiment, tracking_uri=tracking_uri)
     result = caption_folder(images_dir, checkpoints, output, beam=beam, batch_size=batch_size, device=device,
@@ -278,7 +278,7 @@ def gallery(images: str, runs: tuple[str, ...], experiment: str | None, models: 
             batch_size: int, device: str | None, tracking_uri: str | None) -> None:
     """Every model's caption of IMAGES (a folder, or train/val/test of the first run's data) on one HTML page."""
     from capexp.gallery import make_gallery
-    from capexp.inference import model_sources
+    from capexp.serving.folder import model_sources
 
     sources = model_sources([*runs, *models], experiment=experiment, tracking_uri=tracking_uri)
     made = make_gallery(images, sources, output, sheet=sheet, blind=blind, seed=seed, log_artifacts=not no_log,
@@ -298,7 +298,7 @@ def gallery(images: str, runs: tuple[str, ...], experiment: str | None, models: 
 @_URI
 def register(run: str, name: str, alias: str, experiment: str | None, tracking_uri: str | None) -> None:
     """Register RUN's logged model (its best checkpoint as an MLflow pyfunc model) under NAME@ALIAS."""
-    from capexp.serving import register_run
+    from capexp.serving.register import register_run
     from capexp.tracking import resolve_tracking_uri
 
     model = register_run(run, name, alias=alias, experiment=experiment, tracking_uri=tracking_uri)
@@ -325,7 +325,7 @@ def backbones_cmd() -> None:
 @click.option("--keep-archives", is_flag=True, help="Keep the downloaded archives in TO/.downloads.")
 def data_cmd(name: str | None, to: Path | None, sources: tuple[Path, ...], mirror: str | None, keep_archives: bool) -> None:
     """Fetch data set NAME into the layout its spec source reads (without NAME: list them)."""
-    from capexp.fetch import DATASETS, fetch_dataset
+    from capexp.data.fetch import DATASETS, fetch_dataset
 
     if name is None:
         for d in DATASETS.values():

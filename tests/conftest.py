@@ -59,8 +59,8 @@ def coco_sample() -> Path:
 @pytest.fixture(scope="session")
 def make_photos() -> Callable[..., list[tuple[Path, list[str]]]]:
     """`make_photos(folder, n, px=96)`: n JPEG photos of generated shape scenes, with their five captions."""
-    from capexp.datasets import load_data
-    from capexp.spec import GeneratedData, Spec
+    from capexp.data import load_data
+    from capexp.spec.schema import GeneratedData, Spec
 
     def make(folder: Path, n: int, px: int = 96, suffix: str = ".jpg") -> list[tuple[Path, list[str]]]:
         data = GeneratedData(source="generated", num_train=n, num_val=1, image_px=px, seed=7)
@@ -123,8 +123,8 @@ def quickstart_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable:
 
     @contextlib.contextmanager
     def make(names: list[str], overrides: list[str], env: dict[str, str | None] | None = None) -> Iterator[tuple[str, list[str]]]:
-        from capexp.run import run_spec
-        from capexp.spec import load_spec
+        from capexp.training.run import run_spec
+        from capexp.spec.schema import load_spec
 
         uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
         with pytest.MonkeyPatch.context() as mp:

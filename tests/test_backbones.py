@@ -58,7 +58,7 @@ def test_list_backbones_names_every_offline_preset() -> None:
 
 # ---------------------------------------------------------------------------- EfficientNet-Lite0
 def test_efficientnet_lite0_recognizes_dogs_and_a_cat(shared_data: Path) -> None:
-    from capexp.efficientnet import load_lite0
+    from capexp.backbones.efficientnet import load_lite0
 
     card = resolve_encoder("efficientnet-lite0", (224, 224))
     net = load_lite0()  # strict=True load of the packaged ImageNet state dict
@@ -133,13 +133,13 @@ def test_cache_id_changes_with_size_features_and_weights(tiny_clip: Path, tmp_pa
 
 
 def test_preset_features_are_shared_across_installs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import capexp.efficientnet
+    import capexp.backbones.efficientnet
 
     before = resolve_encoder("efficientnet-lite0", (64, 64)).cache_id
-    reinstalled = tmp_path / "other-venv" / capexp.efficientnet.lite0_weights_path().name
+    reinstalled = tmp_path / "other-venv" / capexp.backbones.efficientnet.lite0_weights_path().name
     reinstalled.parent.mkdir()
-    shutil.copy(capexp.efficientnet.lite0_weights_path(), reinstalled)  # another path, a new mtime
-    monkeypatch.setattr(capexp.efficientnet, "lite0_weights_path", lambda: reinstalled)
+    shutil.copy(capexp.backbones.efficientnet.lite0_weights_path(), reinstalled)  # another path, a new mtime
+    monkeypatch.setattr(capexp.backbones.efficientnet, "lite0_weights_path", lambda: reinstalled)
     assert resolve_encoder("efficientnet-lite0", (64, 64)).cache_id == before  # no re-encoding after a reinstall
 
 

@@ -22,7 +22,7 @@ from capexp.cli import cli
 from capexp.compare import compare
 from capexp.errors import CapexpError
 from capexp.gallery import make_gallery
-from capexp.scores import COLUMNS, import_scores
+from capexp.evaluation.human_scores import COLUMNS, import_scores
 from capexp.tracking import EXPERIMENT_KIND, TAG_EXPERIMENT_KIND, experiment_id, use_store
 from capexp.tracking.system import ENV_SYSTEM_METRICS, system_metrics
 from capexp.tracking.ui import ui_command, ui_url

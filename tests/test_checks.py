@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from capexp.checks import check_spec, decoder_config
+from capexp.spec.checks import check_spec, decoder_config
 from capexp.cli import cli
 from capexp.errors import CapexpError
-from capexp.spec import load_spec
+from capexp.spec.schema import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "experiments" / "quickstart.json")

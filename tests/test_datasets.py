@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from capexp.datasets import ImageRef, Split, dataset_frame, load_data
+from capexp.data import ImageRef, Split, dataset_frame, load_data
 from capexp.errors import CapexpError
-from capexp.images import UnreadableImage
-from capexp.spec import CaptionListData, CocoData, Flickr8kData, KarpathyData, Spec, TrainingConfig, load_spec
+from capexp.data.images import UnreadableImage
+from capexp.spec.schema import CaptionListData, CocoData, Flickr8kData, KarpathyData, Spec, TrainingConfig, load_spec
 
 
 def _spec(data: object, subset_ratio: float = 1.0, seed: int = 0) -> Spec:

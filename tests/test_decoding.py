@@ -8,8 +8,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from capexp.decoding import _beam_search, _Cached, _greedy, generate_captions
-from capexp.model import ClipCap, MlpMapper
+from capexp.model.decoding import _beam_search, _Cached, _greedy, generate_captions
+from capexp.model.captioner import ClipCap, MlpMapper
 
 EOS = 50256  # GPT-2's <|endoftext|>
 FEATURE_DIM, WIDTH, K = 16, 64, 4

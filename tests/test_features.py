@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from capexp.backbones import EncoderCard, resolve_encoder
-from capexp.datasets import ImageRef
-from capexp.features import cache_root, encode_images
+from capexp.data import ImageRef
+from capexp.backbones.feature_cache import cache_root, encode_images
 
 def _ref(path: Path) -> ImageRef:
     st = path.stat()
@@ -136,8 +136,8 @@ def test_two_processes_filling_one_cache_encode_each_image_once(
     script = textwrap.dedent(f"""
         from pathlib import Path
         from capexp.backbones import resolve_encoder
-        from capexp.datasets import ImageRef
-        from capexp.features import encode_images
+        from capexp.data import ImageRef
+        from capexp.backbones.feature_cache import encode_images
         refs = []
         for p in {[str(p) for p in photos]!r}:
             st = Path(p).stat()

@@ -20,10 +20,10 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from capexp import fetch
+from capexp.data import fetch
 from capexp.cli import cli
-from capexp.datasets import load_data
-from capexp.spec import Flickr8kData, Spec
+from capexp.data import load_data
+from capexp.spec.schema import Flickr8kData, Spec
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from capexp.datasets import load_data
-from capexp.datasets.generated import COLOURS, GENERATOR_VERSION, SHAPES, load_generated
-from capexp.spec import GeneratedData, Spec, TrainingConfig
+from capexp.data import load_data
+from capexp.data.generated import COLOURS, GENERATOR_VERSION, SHAPES, load_generated
+from capexp.spec.schema import GeneratedData, Spec, TrainingConfig
 
 _NUMBERS = {"two": 2, "three": 3}
 # What the colour words mean, independent of the generator's palette; "background" is the grey.

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from capexp.images import MAX_PIXELS_ENV, UnreadableImage, image_size, max_image_pixels, read_image
+from capexp.data.images import MAX_PIXELS_ENV, UnreadableImage, image_size, max_image_pixels, read_image
 
 
 def _bomb(path: Path) -> Path:

@@ -64,6 +64,6 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_package_has_no_import_cycle() -> None:
     graph = _graph()
-    assert "capexp.run" in graph and graph["capexp.run"], "the graph was not read"
+    assert "capexp.training.run" in graph and graph["capexp.training.run"], "the graph was not read"
     cycle = _cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])

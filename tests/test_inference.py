@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from capexp.errors import CapexpError
-from capexp.inference import caption_folder, find_checkpoint, list_images, load_captioner
+from capexp.serving.folder import caption_folder, find_checkpoint, list_images, load_captioner
 from capexp.tracking import experiment_runs, find_run, run_checkpoint, use_store
 
 # 12 optimizer steps per run (3 epochs of 4): enough that captions are words, not an immediate EOS
@@ -46,18 +46,18 @@ def _read(path: Path) -> list[dict[str, str]]:
 
 
 def test_three_runs_caption_forty_photos_with_one_encoding(runs, photos, tmp_path, monkeypatch, caplog) -> None:
-    import capexp.features
+    import capexp.backbones.feature_cache
 
     uri, ids = runs
     calls = []
-    real = capexp.features.encode_images
+    real = capexp.backbones.feature_cache.encode_images
 
     def spy(card, images, **kwargs):
         result = real(card, images, **kwargs)
         calls.append(result)
         return result
 
-    monkeypatch.setattr(capexp.features, "encode_images", spy)
+    monkeypatch.setattr(capexp.backbones.feature_cache, "encode_images", spy)
     checkpoints = [find_checkpoint(run_id, tracking_uri=uri) for run_id in ids]
     out = tmp_path / "out" / "captions.csv"
     with caplog.at_level(logging.WARNING, logger="capexp"):

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from capexp import metrics
-from capexp.metrics import bertscore, caption_metrics, coco_metrics, java_available
-from capexp.spec import EvaluationConfig
+from capexp.evaluation import metrics
+from capexp.evaluation.metrics import bertscore, caption_metrics, coco_metrics, java_available
+from capexp.spec.schema import EvaluationConfig
 
 COCO_KEYS = {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"}
 BERT_KEYS = {"bertscore_precision", "bertscore_recall", "bertscore_f1"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from capexp.model import ClipCap, build_mapper, crop_pool, freeze_blocks, load_state, save_checkpoint
+from capexp.model.captioner import ClipCap, build_mapper, crop_pool, freeze_blocks, load_state, save_checkpoint
 
 
 def _gpt2() -> GPT2LMHeadModel:
@@ -126,7 +126,7 @@ def test_a_checkpoint_leaves_out_frozen_blocks_and_checks_its_base_on_load(tmp_p
     from safetensors import safe_open
 
     from capexp.errors import CapexpError
-    from capexp.model import frozen_base
+    from capexp.model.captioner import frozen_base
 
     def frozen_model() -> ClipCap:
         decoder = _gpt2()

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from capexp.cli import cli
-from capexp.run import run_spec
-from capexp.spec import load_spec
+from capexp.training.run import run_spec
+from capexp.spec.schema import load_spec
 from capexp.tracking import run_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

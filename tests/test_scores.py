@@ -11,7 +11,7 @@ from rich.console import Console
 
 from capexp.compare import compare
 from capexp.errors import CapexpError
-from capexp.scores import import_scores, run_name_of
+from capexp.evaluation.human_scores import import_scores, run_name_of
 from capexp.tracking import experiment_id, use_store
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

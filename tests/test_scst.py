@@ -9,15 +9,15 @@ from mlflow.tracking import MlflowClient
 
 from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
 from capexp.cli import cli
-from capexp.datasets import load_data
-from capexp.decoding import sample_tokens
-from capexp.features import encode_images
-from capexp.model import build_model
+from capexp.data import load_data
+from capexp.model.decoding import sample_tokens
+from capexp.backbones.feature_cache import encode_images
+from capexp.model.captioner import build_model
 from capexp.paths import project_file
-from capexp.scst import SelfCritical, _caption_mask
-from capexp.spec import ScstConfig, load_spec
-from capexp.train import CaptionData, _Batches
-from capexp.vocabulary import restrict_vocabulary, training_vocabulary
+from capexp.training.self_critical import SelfCritical, _caption_mask
+from capexp.spec.schema import ScstConfig, load_spec
+from capexp.training.cross_entropy import CaptionData, _Batches
+from capexp.model.vocabulary import restrict_vocabulary, training_vocabulary
 
 QUICKSTART = project_file("experiments", "quickstart.json")
 

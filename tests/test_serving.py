@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from capexp.inference import caption_folder, find_checkpoint
-from capexp.run import run_spec
-from capexp.serving import register_run
-from capexp.spec import load_spec
+from capexp.serving.folder import caption_folder, find_checkpoint
+from capexp.training.run import run_spec
+from capexp.serving.register import register_run
+from capexp.spec.schema import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 # one optimizer step per run: tests stay fast
@@ -161,7 +161,7 @@ def test_request_limits_refuse_before_decoding_and_errors_stay_one_line(make_pho
     error of the model reaches the client as one line (HTTP 500), its traceback only in the log."""
     from mlflow.exceptions import MlflowException
 
-    from capexp.request_limits import RequestLimits, RequestRejected, one_line_errors, request_images
+    from capexp.serving.request_limits import RequestLimits, RequestRejected, one_line_errors, request_images
 
     photo = make_photos(tmp_path, 1, px=100)[0][0].read_bytes()
     assert [im.size for im in request_images([photo, base64.b64encode(photo).decode()])] == [(100, 100)] * 2
@@ -191,7 +191,7 @@ def test_request_limits_refuse_before_decoding_and_errors_stay_one_line(make_pho
 
 
 def test_bad_request_limit_settings_fail_the_model_load(monkeypatch) -> None:
-    from capexp.request_limits import RequestLimits
+    from capexp.serving.request_limits import RequestLimits
 
     monkeypatch.setenv("CAPEXP_SERVE_MAX_ROWS", "many")
     with pytest.raises(ValueError, match=r"\$CAPEXP_SERVE_MAX_ROWS is 'many'"):

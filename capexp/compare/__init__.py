@@ -5,7 +5,7 @@
 is what the CLI calls.
 """
 
-from capexp.compare.command import compare
+from capexp.compare.compare_runs import compare
 from capexp.compare.records import RunRecord, load_runs, load_study
 from capexp.compare.render import FORMATS, render, terminal_tables
 from capexp.compare.table import METRIC_ROWS, SEED_ROWS, Cell, Comparison, Ranking, build_comparison, build_ranking

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from capexp.errors import CapexpError
-from capexp.spec import metric_mode
+from capexp.spec.schema import metric_mode
 from capexp.tracking import (
     DEFAULT_EXPERIMENT,
     IMPORTANCE_PREFIX,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from capexp.compare.records import RunRecord
 from capexp.errors import CapexpError
-from capexp.spec import metric_mode
+from capexp.spec.schema import metric_mode
 from capexp.tracking import PARAM_TRIAL_NUMBER, TAG_OPTUNA_STATE, TAG_TRIAL
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ the page (thumbnails embedded, sorting and filtering in inline JavaScript: no se
 `command` writes both files and logs them to the runs as `gallery/` artifacts."""
 
 from capexp.gallery.build import METRICS, SPLITS, Gallery, Model, build_gallery, write_sheet
-from capexp.gallery.command import ARTIFACT_GALLERY, GalleryFiles, make_gallery
+from capexp.gallery.make import ARTIFACT_GALLERY, GalleryFiles, make_gallery
 from capexp.gallery.page import render
 
 __all__ = ["METRICS", "SPLITS", "Model", "Gallery", "build_gallery", "write_sheet", "render", "ARTIFACT_GALLERY",

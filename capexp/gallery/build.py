@@ -3,7 +3,7 @@ and the scoring sheet `capexp score` reads back.
 
 The images are a folder (every image Pillow reads in it) or a split (`train`, `val`, `test`) of
 the first model's spec, whose references then give a per-image metric (BERTScore F1 or BLEU-4).
-Captions come from `capexp.inference.caption_refs` (one encoding per encoder, through the
+Captions come from `capexp.serving.folder.caption_refs` (one encoding per encoder, through the
 feature cache). The sheet is `image_id, model_name, caption, score` with the scores blank, one
 row per image and model; blind, each image's rows are shuffled (seeded) and `model_name` is the
 run id, so a scorer cannot tell which model wrote what; `capexp score` resolves run ids.
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from capexp.errors import CapexpError, warn
 
 if TYPE_CHECKING:
-    from capexp.inference import Checkpoint
+    from capexp.serving.folder import Checkpoint
 
 __all__ = ["METRICS", "SPLITS", "Model", "Gallery", "build_gallery", "write_sheet"]
 
@@ -41,7 +41,7 @@ class Gallery:
 
     source: str  # the folder, or "the val split of the <data source> data" (names no model: blind pages show it)
     models: list[Model]
-    images: list[Any]  # capexp.datasets.ImageRef, in row order
+    images: list[Any]  # capexp.data.ImageRef, in row order
     captions: list[list[str]]  # [image][model]
     references: list[list[str]] | None  # [image] -> reference captions; None for a folder
     metric: str | None  # what `scores` hold
@@ -62,7 +62,7 @@ class Gallery:
 
 def _models(sources: list[str], experiment: str | None, tracking_uri: str | None) -> list[Model]:
     """Run ids, run names, checkpoint folders and `models:/` URIs to loadable checkpoints."""
-    from capexp.inference import unique_names, find_checkpoint
+    from capexp.serving.folder import unique_names, find_checkpoint
     from capexp.tracking import find_run, use_store
 
     use_store(tracking_uri)
@@ -79,9 +79,9 @@ def _models(sources: list[str], experiment: str | None, tracking_uri: str | None
 
 def _images(source: str, first: Checkpoint, max_images: int | None) -> tuple[str, list[Any], list[list[str]] | None]:
     """(description, images, references or None) for a folder or a split of `first`'s spec."""
-    from capexp.datasets import load_data
-    from capexp.inference import image_refs, list_images
-    from capexp.datasets import check_inputs
+    from capexp.data import load_data
+    from capexp.serving.folder import image_refs, list_images
+    from capexp.data import check_inputs
 
     folder = Path(source)
     if folder.is_dir():
@@ -107,7 +107,7 @@ def _images(source: str, first: Checkpoint, max_images: int | None) -> tuple[str
 def _score(metric: str, captions: list[list[str]], references: list[list[str]], first: Checkpoint,
            device: str | None) -> list[list[float]]:
     """[image][model] per-image `metric` of every caption against its image's references."""
-    from capexp.metrics import bertscore_per_caption, bleu4_per_caption
+    from capexp.evaluation.metrics import bertscore_per_caption, bleu4_per_caption
 
     n_models = len(captions[0]) if captions else 0
     flat = [c for row in captions for c in row]
@@ -137,7 +137,7 @@ def build_gallery(
     """Caption `images` (a folder, or `train`/`val`/`test` of the first model's spec; at most
     `max_images`) with every model `sources` names (run ids or names, checkpoint folders,
     `models:/NAME@alias`); score each caption by `metric` when the images have references."""
-    from capexp.inference import caption_refs
+    from capexp.serving.folder import caption_refs
 
     if metric not in METRICS:
         raise CapexpError(f"--metric {metric!r}: use one of {', '.join(METRICS)}.")
@@ -168,7 +168,7 @@ def write_sheet(gallery: Gallery, path: Path, *, blind: bool = False, seed: int 
 
     Blind: each image's rows in a shuffled order and `model_name` the run id (a checkpoint
     folder or registered model has none: an error)."""
-    from capexp.scores import COLUMNS
+    from capexp.evaluation.human_scores import COLUMNS
 
     if blind:
         untracked = [m.name for m in gallery.models if m.run_id is None]

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from capexp.search_space import SearchSpace
+from capexp.study.space import SearchSpace
 
 
 @dataclass

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from capexp.search_space import SearchSpace
+from capexp.study.space import SearchSpace
 from capexp.study.plan import Plan, StudySummary
 from capexp.study.storage import quiet_experimental, storage_label, trial_counts
 from capexp.tracking import (

@@ -12,14 +12,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from capexp.checks import check_decoder_fit, check_spec
-from capexp.datasets import check_inputs
+from capexp.spec.checks import check_decoder_fit, check_spec
+from capexp.data import check_inputs
 from capexp.errors import CapexpError, warn
 from capexp.paths import project_file
-from capexp.search_space import Categorical, GridSampler, SearchSpace, load_space
-from capexp.spec import Spec, flatten, load_spec, metric_mode, spec_hash
+from capexp.study.space import Categorical, GridSampler, SearchSpace, load_space
+from capexp.spec.schema import Spec, flatten, load_spec, metric_mode, spec_hash
 from capexp.stopping import stoppable
-from capexp.study.models import check_keep_models
+from capexp.study.keep_models import check_keep_models
 from capexp.study.liveness import on_stale, reap
 from capexp.study.plan import Plan, StudySummary
 from capexp.study.report import parent_run, summarize
@@ -102,7 +102,7 @@ def run_study(
     heartbeats). `workers` processes run trials in parallel. `enqueue` specs run first.
     Ctrl-C, SIGTERM or SIGHUP stop every worker: their running trials end KILLED and are queued
     to run again, and the parent run ends KILLED. `keep_models`: only the best k trials keep their
-    logged models (capexp.study.models).
+    logged models (capexp.study.keep_models).
     """
     from capexp.backbones import decoder_depth
 

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from capexp.errors import CapexpError, TrainingDiverged, warn
-from capexp.search_space import GridSampler, HyperbandPruner, MedianPruner
-from capexp.spec import load_spec
+from capexp.study.space import GridSampler, HyperbandPruner, MedianPruner
+from capexp.spec.schema import load_spec
 from capexp.stopping import exit_code, stop_on_signals
 from capexp.study.liveness import on_stale, reap, retry, worker_id
-from capexp.study.models import keep_best_models
+from capexp.study.keep_models import keep_best_models
 from capexp.study.plan import Plan
 from capexp.study.progress import trial_line
 from capexp.study.storage import frozen, open_storage, quiet_experimental, trial_counts
@@ -65,7 +65,7 @@ def _objective(plan: Plan, storage, worker: str):
     import optuna
     import torch
 
-    from capexp.run import run_spec
+    from capexp.training.run import run_spec
 
     better = max if plan.direction == "maximize" else min
 

@@ -51,7 +51,7 @@ from capexp.tracking.names import (
     TAG_TRIAL,
     TAG_VERSION,
 )
-from capexp.tracking.models import delete_model, model_checkpoint, run_model
+from capexp.tracking.logged_models import delete_model, model_checkpoint, run_model
 from capexp.tracking.runs import (
     experiment_ids, experiment_runs, find_run, find_runs, has_checkpoint, is_run_id, run_checkpoint, search_runs, store_uri,
 )

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from capexp.errors import CapexpError, warn
-from capexp.tracking.models import model_checkpoint, run_model
+from capexp.tracking.logged_models import model_checkpoint, run_model
 from capexp.tracking.names import ARTIFACT_CHECKPOINT, CHECKPOINT_META
 from capexp.tracking.store import experiment_id, use_store
 

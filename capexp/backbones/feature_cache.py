@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import torch
 
     from capexp.backbones import EncoderCard
-    from capexp.datasets import ImageRef, Split
+    from capexp.data import ImageRef, Split
 
 __all__ = ["cache_root", "EncodedImages", "encode_images", "encode_split"]
 
@@ -170,7 +170,7 @@ def _encode(card: EncoderCard, images: list[ImageRef], names: list[str], todo: l
     import torch
     from tqdm.auto import tqdm
 
-    from capexp.images import UnreadableImage
+    from capexp.data.images import UnreadableImage
 
     def prepare(batch: list[int]) -> tuple[list[int], torch.Tensor | None, dict[str, str]]:
         readable, pils, failed = [], [], {}

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from capexp import spec as specs
+from capexp.spec import schema as specs
 from capexp.errors import CapexpError, warn
 from capexp.paths import project_file
 

@@ -23,7 +23,7 @@ from capexp.errors import CapexpError
 from capexp.tracking.names import CHECKPOINT_META, CHECKPOINT_WEIGHTS
 
 if TYPE_CHECKING:
-    from capexp.spec import Spec
+    from capexp.spec.schema import Spec
 
 __all__ = [
     "ClipCap", "MlpMapper", "crop_pool", "RegionMapper", "TransformerMapper", "build_mapper", "freeze_blocks", "build_model",
@@ -219,7 +219,7 @@ class CheckpointMeta:
 
     @classmethod
     def read(cls, folder: Path) -> CheckpointMeta:
-        from capexp.spec import Spec
+        from capexp.spec.schema import Spec
 
         data = json.loads((folder / CHECKPOINT_META).read_text())
         return cls(data.get("capexp_version"), Spec.model_validate(data["spec"]), data.get("feature_dim"),

@@ -64,7 +64,7 @@ class Gpt2Config(_Section):
     mapper: Literal["mlp", "transformer", "regions"] = "mlp"  # seed's Linear->Tanh, ClipCap's transformer, or mlp + cells
     mapper_layers: int = Field(4, ge=1)  # transformer mapper depth
     mapper_regions: int = Field(2, ge=1)  # regions mapper: the grid pooled to this many cells a side, one token each
-    vocabulary: Literal["full", "train"] = "full"  # train: only the training captions' tokens (capexp.vocabulary)
+    vocabulary: Literal["full", "train"] = "full"  # train: only the training captions' tokens (capexp.model.vocabulary)
 
     @property
     def prefix_length(self) -> int:

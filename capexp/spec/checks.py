@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from capexp.errors import CapexpError
-from capexp.spec import Spec
+from capexp.spec.schema import Spec
 
 __all__ = ["ALWAYS_LOGGED", "COCO_METRICS", "logged_metrics", "decoder_config", "check_decoder_fit",
            "check_best_metric", "check_init_from", "check_spec"]

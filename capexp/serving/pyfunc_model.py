@@ -3,7 +3,7 @@
 MLflow runs this file when the model loads (`mlflow models serve`, `mlflow.pyfunc.load_model`);
 the captioner comes from the logged `checkpoint` artifact (safetensors + JSON), never from a
 pickle. Input: a column `image` of image file bytes (base64 strings over JSON); output: a
-column `caption`. See capexp.serving for the request body, capexp.request_limits for the limits.
+column `caption`. See capexp.serving.register for the request body, capexp.serving.request_limits for the limits.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from capexp.request_limits import RequestLimits, one_line_errors, request_images
+from capexp.serving.request_limits import RequestLimits, one_line_errors, request_images
 
 __all__ = ["CaptionModel"]
 
@@ -24,7 +24,7 @@ class CaptionModel(PythonModel):
     """Image bytes in, one caption per image out, decoded as the run's `evaluation` section says."""
 
     def load_context(self, context) -> None:
-        from capexp.inference import read_checkpoint
+        from capexp.serving.folder import read_checkpoint
         from capexp.tracking import ARTIFACT_CHECKPOINT
 
         self.captioner = read_checkpoint(Path(context.artifacts[ARTIFACT_CHECKPOINT])).load()

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from capexp.datasets.files import load_caption_list, load_coco, load_flickr8k, load_karpathy
-from capexp.datasets.generated import load_generated
-from capexp.datasets.types import Splits
+from capexp.data.files import load_caption_list, load_coco, load_flickr8k, load_karpathy
+from capexp.data.generated import load_generated
+from capexp.data.types import Splits
 from capexp.errors import CapexpError
-from capexp.spec import missing_paths
+from capexp.spec.schema import missing_paths
 
 if TYPE_CHECKING:
-    from capexp.spec import Spec
+    from capexp.spec.schema import Spec
 
 __all__ = ["SOURCES", "check_inputs", "load_data"]
 

@@ -1,7 +1,7 @@
 """Captions for a folder of images from tracked runs, checkpoint folders, logged or registered models.
 
 Any source (run id, run name, checkpoint folder, `models:/m-...`, `models:/NAME@alias`) becomes a `Checkpoint`:
-its folder (`model.safetensors` + `capexp.json`, see capexp.model, read in place when the
+its folder (`model.safetensors` + `capexp.json`, see capexp.model.captioner, read in place when the
 MLflow store is local), its spec and its encoder's card, without loading weights. `load()`
 turns it into a `Captioner`, a ClipCap ready to run. `caption_folder` encodes the images once
 per distinct encoder through the feature cache, so models that share an encoder share its
@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from capexp.backbones import EncoderCard
-    from capexp.decoding import DecodeOptions
-    from capexp.model import CheckpointMeta, ClipCap
-    from capexp.spec import Spec
+    from capexp.model.decoding import DecodeOptions
+    from capexp.model.captioner import CheckpointMeta, ClipCap
+    from capexp.spec.schema import Spec
 
 __all__ = [
     "Checkpoint",
@@ -65,8 +65,8 @@ class Checkpoint:
     def load(self, device: str | None = None) -> Captioner:
         """The model on `device` (None: CUDA when available, else CPU), in eval mode."""
         from capexp.backbones import decoder_blocks, load_decoder
-        from capexp.model import build_model, load_state
-        from capexp.vocabulary import restrict_vocabulary
+        from capexp.model.captioner import build_model, load_state
+        from capexp.model.vocabulary import restrict_vocabulary
 
         import torch
 
@@ -97,13 +97,13 @@ class Captioner:
 
     def options(self, beam: int | None = None) -> DecodeOptions:
         """The run's decoding (its `evaluation` section); `beam` overrides the beam size."""
-        from capexp.decoding import DecodeOptions
+        from capexp.model.decoding import DecodeOptions
 
         return DecodeOptions.from_spec(self.spec, beam=beam)
 
     def caption_features(self, features: torch.Tensor, *, beam: int | None = None, batch_size: int = 32) -> list[str]:
         """One caption per feature row, decoded as the run's `evaluation` section says (`beam` overrides)."""
-        from capexp.decoding import decode
+        from capexp.model.decoding import decode
 
         return decode(self.model, self.tokenizer, features, self.options(beam), batch_size=batch_size, device=self.device)
 
@@ -142,7 +142,7 @@ def _device(device: str | None) -> torch.device:
 def read_checkpoint(folder: Path, *, origin: str | None = None) -> Checkpoint:
     """A checkpoint folder written by a run (`model.safetensors` + `capexp.json`); reads no weights."""
     from capexp.backbones import resolve_encoder
-    from capexp.model import CheckpointMeta, is_checkpoint
+    from capexp.model.captioner import CheckpointMeta, is_checkpoint
 
     origin = origin or str(folder)
     if not is_checkpoint(folder):
@@ -240,7 +240,7 @@ def list_images(images_dir: Path) -> list[Path]:
 
 
 def image_refs(files: list[Path]) -> list[Any]:
-    from capexp.datasets import ImageRef
+    from capexp.data import ImageRef
 
     refs = []
     for path in files:
@@ -277,7 +277,7 @@ def caption_refs(
     device: str | None = None,
     ensemble: bool = False,
 ) -> ImageCaptions:
-    """Caption images (`capexp.datasets.ImageRef`s) with every checkpoint.
+    """Caption images (`capexp.data.ImageRef`s) with every checkpoint.
 
     Each distinct encoder (`card.cache_id`) runs once over the images through the feature cache,
     so a second call (say, with a newly trained run) encodes nothing; models are loaded one at a
@@ -351,7 +351,7 @@ def _encode_per_encoder(checkpoints: list[Checkpoint], groups: dict[str, list[in
     """Each distinct encoder over the images (its own progress bar): the indices into `refs` every
     encoder could read, each encoder's features of those, and the unreadable files. An unreadable
     file is warned about (by encode_images) once: later encoders never see it."""
-    from capexp.features import encode_images
+    from capexp.backbones.feature_cache import encode_images
 
     encoded: dict[str, tuple[list[int], Any]] = {}  # cache_id -> (indices into refs, features)
     todo = list(range(len(refs)))
@@ -392,7 +392,7 @@ def _caption_per_model(checkpoints: list[Checkpoint], groups: dict[str, list[int
 def _caption_as_ensemble(checkpoints: list[Checkpoint], features: torch.Tensor, dev: torch.device, beam: int | None,
                          batch_size: int) -> list[str]:
     """The ensemble's captions of the encoded images, decoded as the first run's `evaluation` says."""
-    from capexp.decoding import decode
+    from capexp.model.decoding import decode
 
     members = [c.load(str(dev)) for c in checkpoints]
     first = members[0]

@@ -3,8 +3,8 @@
 `request_images` turns the request's `image` column into RGB images, checking before it
 decodes anything: at most `CAPEXP_SERVE_MAX_ROWS` rows, at most `CAPEXP_SERVE_MAX_BYTES` of image
 file bytes in all, at most `CAPEXP_SERVE_MAX_PIXELS` pixels in all (width x height from each
-image's header, before any `capexp.images` pixel cap shrinks it). Each image is
-then read through `capexp.images.read_image`. A request past a limit, or with a row that is not a
+image's header, before any `capexp.data.images` pixel cap shrinks it). Each image is
+then read through `capexp.data.images.read_image`. A request past a limit, or with a row that is not a
 readable image, is a `RequestRejected`: HTTP 400 with a one-line message. `one_line_errors`
 turns every other error of the model into a one-line HTTP 500 whose detail stays in the server
 log: no traceback or file path reaches the client.
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INTERNAL_ERROR, INVALID_PARAMETER_VALUE
 
-from capexp.images import UnreadableImage, image_size, read_image
+from capexp.data.images import UnreadableImage, image_size, read_image
 
 __all__ = ["RequestLimits", "RequestRejected", "one_line_errors", "request_images"]
 

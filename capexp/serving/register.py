@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from capexp.errors import CapexpError
 
 if TYPE_CHECKING:
-    from capexp.spec import Spec
+    from capexp.spec.schema import Spec
 
 __all__ = ["REQUEST_EXAMPLE", "RegisteredModel", "log_checkpoint_model", "register_run"]
 
@@ -118,7 +118,7 @@ def log_checkpoint_model(checkpoint: Path, run_id: str, *, metrics: dict[str, fl
     from mlflow.entities import LoggedModelOutput, Metric
 
     import capexp
-    from capexp.model import CheckpointMeta
+    from capexp.model.captioner import CheckpointMeta
     from capexp.tracking import ARTIFACT_CHECKPOINT, MODEL_NAME, TAG_VERSION
 
     meta = CheckpointMeta.read(checkpoint)
@@ -156,8 +156,8 @@ def _full_checkpoint(checkpoint: Path, folder: Path) -> Path:
     """A trained-only checkpoint with its frozen weights put back from the base: every weight, in `folder`."""
     from dataclasses import replace
 
-    from capexp.inference import read_checkpoint
-    from capexp.model import save_checkpoint
+    from capexp.serving.folder import read_checkpoint
+    from capexp.model.captioner import save_checkpoint
 
     found = read_checkpoint(checkpoint)
     captioner = found.load("cpu")
@@ -184,7 +184,7 @@ def register_run(
     import mlflow
     from mlflow import MlflowClient
 
-    from capexp.model import CheckpointMeta
+    from capexp.model.captioner import CheckpointMeta
     from capexp.tracking import TAG_REGISTERED, find_run, run_checkpoint, run_model, use_store
 
     if not name.strip() or "/" in name or "@" in name:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from capexp import __version__
 from capexp.errors import CapexpError, TrainingDiverged, warn
-from capexp.outputs import plot_curves, write_captions
-from capexp.spec import Spec, expand_path, flatten, spec_hash
+from capexp.training.outputs import plot_curves, write_captions
+from capexp.spec.schema import Spec, expand_path, flatten, spec_hash
 from capexp.stopping import stoppable
 from capexp.tracking import (
     ARTIFACT_CHECKPOINT,
@@ -45,10 +45,10 @@ if TYPE_CHECKING:
     import torch
 
     from capexp.backbones import EncoderCard
-    from capexp.datasets import Splits
-    from capexp.inference import Checkpoint
-    from capexp.model import CheckpointMeta, ClipCap
-    from capexp.train import CaptionData, EpochResult
+    from capexp.data import Splits
+    from capexp.serving.folder import Checkpoint
+    from capexp.model.captioner import CheckpointMeta, ClipCap
+    from capexp.training.cross_entropy import CaptionData, EpochResult
 
 __all__ = ["RunResult", "run_spec"]
 
@@ -77,7 +77,7 @@ def _git_commit() -> str:
 def _log_inputs(splits, spec: Spec) -> None:
     import mlflow
 
-    from capexp.datasets import dataset_frame
+    from capexp.data import dataset_frame
 
     for context, split in (("training", splits.train), ("validation", splits.val)):
         frame = dataset_frame(split)
@@ -107,10 +107,10 @@ def _prepare(spec: Spec, origin: str, experiment: str, tracking_uri: str | None)
     import torch
 
     from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
-    from capexp.checks import check_decoder_fit, check_init_from, check_spec
-    from capexp.datasets import check_inputs, load_data
-    from capexp.inference import find_checkpoint
-    from capexp.train import pick_device
+    from capexp.spec.checks import check_decoder_fit, check_init_from, check_spec
+    from capexp.data import check_inputs, load_data
+    from capexp.serving.folder import find_checkpoint
+    from capexp.training.cross_entropy import pick_device
 
     check_inputs(spec, origin)
     check_spec(spec, origin)
@@ -154,8 +154,8 @@ def _encode_data(spec: Spec, origin: str, inputs: _Inputs, workdir: Path) -> tup
     """Both splits through the feature cache, unreadable images dropped and listed; the datasets logged."""
     import mlflow
 
-    from capexp.features import encode_split
-    from capexp.train import CaptionData
+    from capexp.backbones.feature_cache import encode_split
+    from capexp.training.cross_entropy import CaptionData
 
     splits, batch = inputs.splits, spec.evaluation.batch_size
     train_split, train_enc = encode_split(inputs.card, splits.train, inputs.device, batch)
@@ -182,7 +182,7 @@ def _vocabulary(spec: Spec, inputs: _Inputs, references: list[list[str]]) -> tup
     (with the kept ids); its size is logged as a param."""
     import mlflow
 
-    from capexp.vocabulary import restrict_vocabulary, training_vocabulary
+    from capexp.model.vocabulary import restrict_vocabulary, training_vocabulary
 
     tokenizer, kept = inputs.tokenizer, None
     if spec.gpt2_config.vocabulary == "train":
@@ -197,7 +197,7 @@ def _start_from(init: Checkpoint, model: ClipCap, kept: list[int] | None, origin
     """Load `training_config.init_from`'s weights into `model`; tag the run with where they came from."""
     import mlflow
 
-    from capexp.model import load_state
+    from capexp.model.captioner import load_state
 
     if init.meta.vocabulary != kept:
         raise CapexpError(
@@ -215,7 +215,7 @@ class _Recorder:
 
     def __init__(self, spec: Spec, origin: str, model: ClipCap, meta: CheckpointMeta, val: CaptionData, workdir: Path,
                  on_epoch: Callable[[int, dict[str, float]], bool | None] | None) -> None:
-        from capexp.model import frozen_base
+        from capexp.model.captioner import frozen_base
 
         self.metric, self.mode = spec.training_config.best_metric, spec.training_config.mode
         self.origin, self.model, self.meta, self.val, self.workdir, self.on_epoch = origin, model, meta, val, workdir, on_epoch
@@ -232,7 +232,7 @@ class _Recorder:
     def __call__(self, result: EpochResult) -> bool:
         import mlflow
 
-        from capexp.model import save_checkpoint
+        from capexp.model.captioner import save_checkpoint
 
         metrics, metric, workdir = result.metrics, self.metric, self.workdir
         self.history.append(metrics)
@@ -274,8 +274,8 @@ def run_spec(
     """
     import mlflow
 
-    from capexp.model import CheckpointMeta, build_model
-    from capexp.train import fit
+    from capexp.model.captioner import CheckpointMeta, build_model
+    from capexp.training.cross_entropy import fit
 
     inputs = _prepare(spec, origin, experiment, tracking_uri)  # everything that can fail on bad input
     active = mlflow.start_run(
@@ -347,7 +347,7 @@ def _log_model(checkpoint: Path, best: dict[str, Any]) -> None:
 
     import mlflow
 
-    from capexp.serving import log_checkpoint_model
+    from capexp.serving.register import log_checkpoint_model
 
     run_id = mlflow.active_run().info.run_id
     tags = mlflow.MlflowClient().get_run(run_id).data.tags

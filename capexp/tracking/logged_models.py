@@ -1,5 +1,5 @@
 """Runs' logged models (MLflow LoggedModel): each run's best checkpoint lives in one, as the
-`checkpoint` artifact of a pyfunc model (capexp.serving logs it). Here: find a run's model, the
+`checkpoint` artifact of a pyfunc model (capexp.serving.register logs it). Here: find a run's model, the
 checkpoint folder inside a model, and drop a model's weights (`capexp study --keep-models`)."""
 
 from __future__ import annotations

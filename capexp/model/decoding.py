@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers.cache_utils import Cache
 
-from capexp.model import ClipCap
+from capexp.model.captioner import ClipCap
 
 if TYPE_CHECKING:
-    from capexp.spec import Spec
+    from capexp.spec.schema import Spec
 
 __all__ = ["DecodeOptions", "decode", "generate_captions", "sample_tokens", "greedy_tokens", "texts"]
 

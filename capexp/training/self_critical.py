@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from capexp.cider import CiderD, ptb_words
-from capexp.decoding import greedy_tokens, sample_tokens, texts
-from capexp.model import ClipCap, crop_pool
+from capexp.evaluation.cider import CiderD, ptb_words
+from capexp.model.decoding import greedy_tokens, sample_tokens, texts
+from capexp.model.captioner import ClipCap, crop_pool
 
 if TYPE_CHECKING:
-    from capexp.spec import ScstConfig
+    from capexp.spec.schema import ScstConfig
 
 __all__ = ["SelfCritical"]
 

@@ -4,7 +4,7 @@
 file-based sources; `generated` the offline shape images; `sources` the registry and `load_data`.
 """
 
-from capexp.datasets.sources import SOURCES, check_inputs, load_data
-from capexp.datasets.types import ImageRef, Split, Splits, dataset_frame
+from capexp.data.sources import SOURCES, check_inputs, load_data
+from capexp.data.types import ImageRef, Split, Splits, dataset_frame
 
 __all__ = ["ImageRef", "Split", "Splits", "SOURCES", "check_inputs", "load_data", "dataset_frame"]

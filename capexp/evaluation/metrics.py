@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from capexp.errors import CapexpError, warn
 
 if TYPE_CHECKING:
-    from capexp.spec import EvaluationConfig
+    from capexp.spec.schema import EvaluationConfig
 
 __all__ = ["bertscore", "bertscore_per_caption", "bleu4_per_caption", "coco_metrics", "java_available", "caption_metrics"]
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-from capexp.datasets.types import ImageRef, Split, Splits
-from capexp.spec import GeneratedData
+from capexp.data.types import ImageRef, Split, Splits
+from capexp.spec.schema import GeneratedData
 
 __all__ = ["GENERATOR_VERSION", "COLOURS", "SHAPES", "POSITIONS", "load_generated"]
 

@@ -1,7 +1,7 @@
 """`capexp evaluate`: a tracked run's best checkpoint, scored on a held-out split, logged back to that run.
 
 The run's spec (kept in its checkpoint) rebuilds the data; the split is encoded through the
-feature cache, captioned by the shared decoder (`capexp.decoding`, as the spec's `evaluation`
+feature cache, captioned by the shared decoder (`capexp.model.decoding`, as the spec's `evaluation`
 section says unless overridden) and scored against all references with `caption_metrics`.
 The scores land on the run as `<split>_<metric>` (test_bleu4, test_cider, test_bertscore_f1,
 ...) even when it has ended, beside `evaluation/<split>_captions.csv`. Several runs can be
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Literal
 from capexp.errors import CapexpError
 
 if TYPE_CHECKING:
-    from capexp.datasets import Split, Splits
-    from capexp.decoding import DecodeOptions
+    from capexp.data import Split, Splits
+    from capexp.model.decoding import DecodeOptions
 
 __all__ = ["evaluate_run"]
 
@@ -65,12 +65,12 @@ def evaluate_run(
     logged again (a new value) by each call. `device` None: CUDA when
     available, else CPU.
     """
-    from capexp.datasets import check_inputs, load_data
-    from capexp.decoding import DecodeOptions
-    from capexp.features import encode_split
-    from capexp.inference import check_ensemble, find_checkpoint
+    from capexp.data import check_inputs, load_data
+    from capexp.model.decoding import DecodeOptions
+    from capexp.backbones.feature_cache import encode_split
+    from capexp.serving.folder import check_ensemble, find_checkpoint
     from capexp.tracking import find_run, use_store
-    from capexp.train import evaluate_epoch
+    from capexp.training.cross_entropy import evaluate_epoch
 
     if split not in ("test", "val"):
         raise CapexpError(f"--split must be 'test' or 'val', got {split!r}.")
@@ -132,7 +132,7 @@ def _log_to_run(run_id: str, split: str, metrics: dict[str, float], options: Dec
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from capexp.outputs import write_captions
+    from capexp.training.outputs import write_captions
     from capexp.tracking import TAG_EVAL_DECODING, run_model
 
     client = MlflowClient()

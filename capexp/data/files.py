@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from capexp.datasets.types import ImageRef, Split, Splits
+from capexp.data.types import ImageRef, Split, Splits
 from capexp.errors import CapexpError, warn
-from capexp.spec import CaptionListData, CocoData, Flickr8kData, KarpathyData, expand_path
+from capexp.spec.schema import CaptionListData, CocoData, Flickr8kData, KarpathyData, expand_path
 
 __all__ = ["load_caption_list", "load_coco", "load_flickr8k", "load_karpathy"]
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from capexp.images import read_image
+from capexp.data.images import read_image
 
 if TYPE_CHECKING:
     import pandas
@@ -44,7 +44,7 @@ class ImageRef:
         return cls(image_id or path.name, f"{path}|{st.st_size}|{st.st_mtime_ns}", path)
 
     def load(self) -> Image.Image:
-        """The image as RGB, through the pixel cap (`capexp.images.read_image`); raises
+        """The image as RGB, through the pixel cap (`capexp.data.images.read_image`); raises
         `UnreadableImage` (a ValueError) when the file is missing, corrupt, not an image or too large."""
         if self.render is not None:
             return self.render().convert("RGB")

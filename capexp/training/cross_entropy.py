@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from capexp.decoding import DecodeOptions, decode
+from capexp.model.decoding import DecodeOptions, decode
 from capexp.errors import TrainingDiverged, warn
-from capexp.model import ClipCap, crop_pool
+from capexp.model.captioner import ClipCap, crop_pool
 
 if TYPE_CHECKING:
-    from capexp.spec import EvaluationConfig, Spec
+    from capexp.spec.schema import EvaluationConfig, Spec
 
 __all__ = ["CaptionData", "EpochResult", "pick_device", "tokenize", "evaluate_epoch", "fit"]
 
@@ -126,7 +126,7 @@ def evaluate_epoch(
 ) -> tuple[list[str], dict[str, float]]:
     """Caption `features` (one row per image) as `options` say (a list of models: as one ensemble) and score them
     against all `references`."""
-    from capexp.metrics import caption_metrics
+    from capexp.evaluation.metrics import caption_metrics
 
     captions = decode(model, tokenizer, features, options, batch_size=ev.batch_size, device=device)
     return captions, caption_metrics(captions, references, ev, device=str(device))
@@ -227,7 +227,7 @@ def fit(
         if finish_epoch(epoch, {"train_loss": batches.epoch(epoch)}, started):
             return history
     if cfg.scst:
-        from capexp.scst import SelfCritical
+        from capexp.training.self_critical import SelfCritical
 
         scst = SelfCritical(model, tokenizer, train.features, train.references, cfg.scst, max_tokens=options.max_tokens,
                             weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, seed=spec.seed, device=device,
