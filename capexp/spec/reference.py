@@ -122,7 +122,7 @@ def _summary(models: list[type[BaseModel]]) -> str:
 def _table(cls: type[BaseModel], prefix: str) -> tuple[list[str], list[tuple[str, list[type[BaseModel]]]]]:
     """The Markdown table of `cls`'s keys, and the sections nested in it (dotted path, its models)."""
     comments = _comments(cls)
-    rows = ["| key | type | default | what |", "| --- | --- | --- | --- |"]
+    rows = ['<div class="spec-keys" markdown>', "", "| key | type | default | what |", "| --- | --- | --- | --- |"]
     nested: list[tuple[str, list[type[BaseModel]]]] = []
     for name, info in cls.model_fields.items():
         path = f"{prefix}{name}"
@@ -134,7 +134,7 @@ def _table(cls: type[BaseModel], prefix: str) -> tuple[list[str], list[tuple[str
         rows.append(f"| `{path}` | {kind} | {_default(info, path)} | {what.replace('|', chr(92) + '|')} |")
         if models:
             nested.append((path, models))
-    return rows, nested
+    return [*rows, "", "</div>"], nested
 
 
 def _section(path: str, cls: type[BaseModel], level: int) -> list[str]:
