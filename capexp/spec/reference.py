@@ -34,6 +34,7 @@ _BOUNDS = ((annotated_types.Ge, "≥", "ge"), (annotated_types.Gt, ">", "gt"),
 
 
 def _anchor(path: str) -> str:
+    """The heading id of a dotted path: `training_config.scst` -> `training-config-scst`."""
     return re.sub(r"[^a-z0-9]+", "-", path.lower()).strip("-")
 
 
@@ -60,6 +61,7 @@ def _members(annotation: Any) -> list[Any]:
 
 
 def _is_section(annotation: Any) -> bool:
+    """Whether a key holds a section (a model of its own) rather than a value."""
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
@@ -85,6 +87,7 @@ def _type(annotation: Any, path: str) -> str:
 
 
 def _bounds(info: FieldInfo) -> str:
+    """The field's numeric bounds (`≥ 1`, `> 0.0, ≤ 1.0`), "" for none."""
     found = []
     for item in info.metadata:
         for kind, sign, attr in _BOUNDS:
@@ -94,6 +97,7 @@ def _bounds(info: FieldInfo) -> str:
 
 
 def _default(info: FieldInfo, path: str) -> str:
+    """The default as JSON, a link to a section's own defaults, or what sets it."""
     if info.default_factory is not None:
         value = info.default_factory()  # type: ignore[call-arg]
         if isinstance(value, BaseModel):
