@@ -36,6 +36,20 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def _cold_cache(cards: dict, files: list[Path], batch_size: int) -> dict[str, float]:
+    """Seconds per image of `encode_images` for each card, from an empty feature cache."""
+    from capexp.backbones.feature_cache import encode_images
+    from capexp.data.types import ImageRef
+
+    refs = [ImageRef.from_file(f) for f in files]
+    cold = {}
+    with tempfile.TemporaryDirectory(prefix="capexp-encode-time-") as cache:
+        os.environ["CAPEXP_CACHE"] = cache  # cold: nothing cached yet
+        for name, card in cards.items():
+            cold[name] = _timed(lambda: encode_images(card, refs, batch_size=batch_size, progress=False)) / len(files)
+    return cold
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=100)
@@ -49,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from capexp.backbones import resolve_encoder
-    from capexp.backbones.feature_cache import encode_images
     from capexp.backbones.presets import EFFICIENTNETS
-    from capexp.data.types import ImageRef
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,13 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             network[name].append(_timed(lambda: forward(name)) / len(files))
             prep[name].append(_timed(lambda: preprocess(name)) / len(files))
 
-    cold: dict[str, float] = {}
-    refs = [ImageRef.from_file(f) for f in files]
-    with tempfile.TemporaryDirectory(prefix="capexp-encode-time-") as cache:
-        os.environ["CAPEXP_CACHE"] = cache  # cold: nothing cached yet
-        for name, card in cards.items():
-            cold[name] = _timed(lambda: encode_images(card, refs, batch_size=args.batch_size, progress=False)) / len(files)
-
+    cold = _cold_cache(cards, files, args.batch_size)
     print(f"{len(files)} Flickr8k train images, batch {args.batch_size}, {torch.get_num_threads()} torch thread(s), "
           f"median of {args.rounds} rounds; seconds per image")
     base = statistics.median(network["efficientnet-lite0"])
