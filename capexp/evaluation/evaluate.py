@@ -68,6 +68,7 @@ def evaluate_run(
     from capexp.data import check_inputs, load_data
     from capexp.model.decoding import DecodeOptions
     from capexp.backbones.feature_cache import encode_split
+    from capexp.evaluation.significance import log_per_image
     from capexp.serving.folder import check_ensemble, find_checkpoint
     from capexp.tracking import find_run, use_store
     from capexp.training.cross_entropy import evaluate_epoch
@@ -103,6 +104,8 @@ def evaluate_run(
              time.perf_counter() - started, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     target = _ensemble_run(member_ids, name) if ensemble else run_id
     _log_to_run(target, split, metrics, options, [im.image_id for im in data.images], captions, data.captions)
+    log_per_image(target, split, options.describe(), [im.image_id for im in data.images], captions, data.captions, ev,
+                  str(captioner.device))  # what `capexp compare --significance` resamples
     return metrics
 
 
