@@ -4,7 +4,8 @@ The run's spec (kept in its checkpoint) rebuilds the data; the split is encoded 
 feature cache, captioned by the shared decoder (`capexp.model.decoding`, as the spec's `evaluation`
 section says unless overridden) and scored against all references with `caption_metrics`.
 The scores land on the run as `<split>_<metric>` (test_bleu4, test_cider, test_bertscore_f1,
-...) even when it has ended, beside `evaluation/<split>_captions.csv`. Several runs can be
+...) even when it has ended, beside `evaluation/<split>_captions.csv` and the per-image record that
+`capexp compare --significance` resamples (`evaluation/<split>_per_image.json`). Several runs can be
 scored as one ensemble; its scores go to a run of its own, tagged with its members.
 """
 
