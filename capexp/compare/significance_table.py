@@ -67,8 +67,7 @@ def significance_text(names: Sequence[str], first: Scored, differences: Sequence
     the interval excludes 0; a heading says what was resampled, and a note what the marks and metrics mean."""
     width = min(width, 80)
     run_width = max(3, min(max(len(n) for n in names), width - 55))
-    base = f"vs {_cut(names[0], 8)}"
-    lines = [f"{'metric':<13} {'run':<{run_width}} {'value':>8} {base:>9}  {'95% interval':^20}"]
+    lines = [f"{'metric':<13} {'run':<{run_width}} {'value':>8} {'vs first':>9}  {'95% interval':^18}"]
     previous = None
     for d in differences:
         label = METRICS[d.metric] if d.metric != previous else ""
@@ -77,15 +76,15 @@ def significance_text(names: Sequence[str], first: Scored, differences: Sequence
         if d.run:
             row += f" {d.difference:>+9.4f}  [{d.low:+.4f}, {d.high:+.4f}]{' *' if d.significant else ''}"
         lines.append(row)
-    heading = (f"{len(first.image_ids)} {first.split} images, decoded {first.decoding}; paired bootstrap: "
-               f"{resamples:,} resamples of the images (seed {SEED}).")
+    heading = (f"{len(first.image_ids)} {first.split} images, decoded {first.decoding}. Differences from the first "
+               f"run, {names[0]}: paired bootstrap, {resamples:,} resamples of the images (seed {SEED}).")
     note = (f"* the 95% interval of the difference excludes 0. METEOR and BERTScore F1 are means of per-image "
             f"scores; CIDEr is CIDEr-D with document frequencies from all {len(first.image_ids)} images' references; "
             f"BLEU-4 is corpus BLEU from summed n-gram counts.")
     if not any(d.metric == "meteor" for d in differences):
         note += " METEOR is missing: a run was evaluated without it (no Java, or evaluation.coco_metrics off)."
     wrap = textwrap.TextWrapper(width=width, break_on_hyphens=False)
-    return "\n".join([*wrap.wrap(heading), "", *lines, "", *wrap.wrap(note)]) + "\n"
+    return "\n".join([*wrap.wrap(heading), "", *(line.rstrip() for line in lines), "", *wrap.wrap(note)]) + "\n"
 
 
 def compare_significance(runs: Sequence[str], *, experiment: str | None = None, study: str | None = None,
