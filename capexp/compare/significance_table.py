@@ -78,9 +78,10 @@ def significance_text(names: Sequence[str], first: Scored, differences: Sequence
         lines.append(row)
     heading = (f"{len(first.image_ids)} {first.split} images, decoded {first.decoding}. Differences from the first "
                f"run, {names[0]}: paired bootstrap, {resamples:,} resamples of the images (seed {SEED}).")
-    note = (f"* the 95% interval of the difference excludes 0. METEOR and BERTScore F1 are means of per-image "
-            f"scores; CIDEr is CIDEr-D with document frequencies from all {len(first.image_ids)} images' references; "
-            f"BLEU-4 is corpus BLEU from summed n-gram counts.")
+    note = (f"* the 95% interval of the difference excludes 0. BLEU-4 (corpus BLEU from summed n-gram counts), "
+            f"CIDEr (CIDEr-D, document frequencies from all {len(first.image_ids)} images' references) and BERTScore "
+            f"F1 are the values `capexp evaluate` logged; METEOR mean is the mean of per-image METEOR, not the "
+            f"corpus METEOR it logged.")
     if not any(d.metric == "meteor" for d in differences):
         note += " METEOR is missing: a run was evaluated without it (no Java, or evaluation.coco_metrics off)."
     wrap = textwrap.TextWrapper(width=width, break_on_hyphens=False)

@@ -34,7 +34,7 @@ __all__ = ["METRICS", "RESAMPLES", "SEED", "Scored", "PerImage", "Difference", "
            "paired", "statistics",
            "per_image", "corpus_bleu4", "statistic", "bootstrap"]
 
-METRICS = {"bleu4": "BLEU-4", "meteor": "METEOR", "cider": "CIDEr", "bertscore_f1": "BERTScore F1"}
+METRICS = {"bleu4": "BLEU-4", "meteor": "METEOR mean", "cider": "CIDEr", "bertscore_f1": "BERTScore F1"}
 RESAMPLES = 2000
 SEED = 0
 LEVEL = 0.95
