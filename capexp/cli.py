@@ -210,14 +210,17 @@ def evaluate(run: str, split: str, beam: int | None, length_penalty: float | Non
 @click.option("--only-changed", is_flag=True, help="Drop hyperparameter rows whose value never changes.")
 @click.option("--metric", default=None, help="Star the best run by this metric (default: best_val_loss; for --study, the objective).")
 @click.option("--ranking", is_flag=True, help="The human-score ranking table (after `capexp score`).")
+@click.option("--significance", is_flag=True,
+              help="BLEU-4, METEOR, CIDEr, BERTScore F1 of RUNS scored by `capexp evaluate` on one split: each "
+                   "run's difference from the first with a 95% paired-bootstrap interval over the images.")
 @_URI
 def compare(runs: tuple[str, ...], experiment: str | None, study: str | None, fmt: str | None, output: Path | None,
-            only_changed: bool, metric: str | None, ranking: bool, tracking_uri: str | None) -> None:
+            only_changed: bool, metric: str | None, ranking: bool, significance: bool, tracking_uri: str | None) -> None:
     """Compare RUNS (names or ids) side by side, as in the seed study's experimentation table."""
     from capexp.compare import compare as compare_runs
 
     compare_runs(runs, experiment=experiment, study=study, fmt=fmt, output=output, only_changed=only_changed,
-                 metric=metric, ranking=ranking, tracking_uri=tracking_uri)
+                 metric=metric, ranking=ranking, significance=significance, tracking_uri=tracking_uri)
 
 
 @cli.command()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from capexp.compare.records import StudyParent, load_runs, load_study
+from capexp.compare.significance_table import compare_significance
 from capexp.compare.render import FORMATS, importance_grid, render, study_markdown, terminal_tables, terminal_text
 from capexp.compare.table import Comparison, Ranking, Trials, build_comparison, build_ranking, build_trials
 from capexp.errors import CapexpError
@@ -28,6 +29,7 @@ def compare(
     only_changed: bool = False,
     metric: str | None = None,
     ranking: bool = False,
+    significance: bool = False,
     tracking_uri: str | None = None,
     console: Console | None = None,
 ) -> str:
@@ -40,6 +42,7 @@ def compare(
 
     With `study`, Markdown and terminal text go on with the knobs' importances and the study's
     Optuna plots: Markdown written to a file links copies of the plots in `<name>-plots/` beside it.
+    With `significance`, it prints `compare_significance`'s table instead.
     """
     from rich.console import Console
 
@@ -51,6 +54,8 @@ def compare(
     if fmt not in FORMATS:
         raise CapexpError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}. Pick one of these.")
     use_store(tracking_uri)
+    if significance:
+        return compare_significance(runs, experiment=experiment, study=study, console=console or Console())
     direction, parent = None, None
     if study is not None:
         records, direction, parent = load_study(study, experiment)

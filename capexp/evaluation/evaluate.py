@@ -4,7 +4,8 @@ The run's spec (kept in its checkpoint) rebuilds the data; the split is encoded 
 feature cache, captioned by the shared decoder (`capexp.model.decoding`, as the spec's `evaluation`
 section says unless overridden) and scored against all references with `caption_metrics`.
 The scores land on the run as `<split>_<metric>` (test_bleu4, test_cider, test_bertscore_f1,
-...) even when it has ended, beside `evaluation/<split>_captions.csv`. Several runs can be
+...) even when it has ended, beside `evaluation/<split>_captions.csv` and the per-image record that
+`capexp compare --significance` resamples (`evaluation/<split>_per_image.json`). Several runs can be
 scored as one ensemble; its scores go to a run of its own, tagged with its members.
 """
 
@@ -68,6 +69,7 @@ def evaluate_run(
     from capexp.data import check_inputs, load_data
     from capexp.model.decoding import DecodeOptions
     from capexp.backbones.feature_cache import encode_split
+    from capexp.evaluation.significance import log_per_image
     from capexp.serving.folder import check_ensemble, find_checkpoint
     from capexp.tracking import find_run, use_store
     from capexp.training.cross_entropy import evaluate_epoch
@@ -103,6 +105,8 @@ def evaluate_run(
              time.perf_counter() - started, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     target = _ensemble_run(member_ids, name) if ensemble else run_id
     _log_to_run(target, split, metrics, options, [im.image_id for im in data.images], captions, data.captions)
+    log_per_image(target, split, options.describe(), [im.image_id for im in data.images], captions, data.captions, ev,
+                  str(captioner.device))  # what `capexp compare --significance` resamples
     return metrics
 
 

@@ -25,7 +25,8 @@ from capexp.errors import CapexpError, warn
 if TYPE_CHECKING:
     from capexp.spec.schema import EvaluationConfig
 
-__all__ = ["bertscore", "bertscore_per_caption", "bleu4_per_caption", "coco_metrics", "java_available", "caption_metrics"]
+__all__ = ["bertscore", "bertscore_per_caption", "bleu4_per_caption", "coco_metrics", "java_available", "caption_metrics",
+           "meteor_per_caption"]
 
 log = logging.getLogger("capexp")
 
@@ -191,8 +192,8 @@ class _Meteor:
     def _read(self, n: int) -> list[str]:
         return [self._proc.stdout.readline().decode("utf-8").strip() for _ in range(n)]  # type: ignore[union-attr]
 
-    def score(self, gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
-        """Corpus METEOR of one hypothesis per key against its references (PTB-tokenized text)."""
+    def score(self, gts: dict[int, list[str]], res: dict[int, list[str]]) -> tuple[float, list[float]]:
+        """Corpus METEOR of one hypothesis per key against its references (PTB-tokenized text), and each key's own."""
         lines = [" ||| ".join(("SCORE", *gts[i], res[i][0].replace("|||", "").replace("  ", " "))) for i in gts]
         with self._lock:
             stats = []
@@ -200,7 +201,8 @@ class _Meteor:
                 self._send(lines[start : start + 100])
                 stats += self._read(len(lines[start : start + 100]))
             self._send([" ||| ".join(("EVAL", *stats))])
-            return float(self._read(len(stats) + 1)[-1])  # a score per image, then the corpus score
+            *per_key, corpus = map(float, self._read(len(stats) + 1))  # a score per image, then the corpus score
+            return corpus, per_key
 
     def close(self) -> None:
         self._proc.kill()
@@ -221,6 +223,32 @@ def _meteor() -> _Meteor:
     return _running_meteor()
 
 
+def _tokenized(predictions: list[str], references: list[list[str]]) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    """(references, predictions) keyed by image, PTB-tokenized in one Java call, as pycocoevalcap's scorers take them."""
+    tokens = _ptb_tokenize(predictions + [r for refs in references for r in refs])
+    res = {i: [t] for i, t in enumerate(tokens[: len(predictions)])}
+    gts, start = {}, len(predictions)
+    for i, refs in enumerate(references):
+        gts[i], start = tokens[start : start + len(refs)], start + len(refs)
+    return gts, res
+
+
+def meteor_per_caption(predictions: list[str], references: list[list[str]]) -> list[float] | None:
+    """METEOR of each prediction against all its references, on the PTB-tokenized text `coco_metrics` scores;
+    None (with one warning) without Java or when Java fails."""
+    _check(predictions, references)
+    if not java_available():
+        _warn_no_java()
+        return None
+    meteor = _meteor()
+    try:
+        return meteor.score(*_tokenized(predictions, references))[1]
+    except (OSError, ValueError, subprocess.CalledProcessError, RuntimeError) as e:
+        meteor.close()
+        warn(f"METEOR (Java) failed, so this evaluation has no per-image `meteor`: {type(e).__name__}: {e}")
+        return None
+
+
 def coco_metrics(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr from pycocoevalcap; {} (with one warning) without Java.
 
@@ -237,19 +265,15 @@ def coco_metrics(predictions: list[str], references: list[list[str]]) -> dict[st
         return {}
     _note_no_spice()
     try:
-        tokens = _ptb_tokenize(predictions + [r for refs in references for r in refs])
+        gts, res = _tokenized(predictions, references)
     except (OSError, subprocess.CalledProcessError, RuntimeError) as e:
         warn(f"The PTB tokenizer (Java) failed, so this evaluation has no BLEU, METEOR, ROUGE-L or CIDEr: {e}")
         return {}
-    res = {i: [t] for i, t in enumerate(tokens[: len(predictions)])}
-    gts, start = {}, len(predictions)
-    for i, refs in enumerate(references):
-        gts[i], start = tokens[start : start + len(refs)], start + len(refs)
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     metrics = {f"bleu{n}": float(b) for n, b in enumerate(bleu, start=1)}
     meteor = _meteor()
     try:
-        metrics["meteor"] = meteor.score(gts, res)
+        metrics["meteor"] = meteor.score(gts, res)[0]
     except (OSError, ValueError) as e:  # the process died: start a fresh one next time
         meteor.close()
         warn(f"METEOR (Java) failed, so this evaluation has no `meteor`: {type(e).__name__}: {e}")

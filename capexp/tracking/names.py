@@ -13,7 +13,7 @@ __all__ = [
     "TAG_EVAL_DECODING", "TAG_ENSEMBLE", "TAG_NOTE", "TAG_PARENT", "TAG_OPTUNA_STATE", "PARAM_TRIAL_NUMBER",
     "PARAM_VOCABULARY_SIZE", "PARAM_OBJECTIVE", "PARAM_DIRECTION", "PARAM_STUDY_BASE", "PARAM_STUDY_SPACE",
     "PARAM_STUDY_STORAGE", "PARAM_SAMPLER", "PARAM_PRUNER", "SPACE_PREFIX", "IMPORTANCE_PREFIX", "STUDY_PLOTS",
-    "ARTIFACT_CHECKPOINT", "CHECKPOINT_META", "CHECKPOINT_WEIGHTS", "MODEL_NAME", "TAG_REGISTERED",
+    "ARTIFACT_CHECKPOINT", "ARTIFACT_EVAL_PER_IMAGE", "CHECKPOINT_META", "CHECKPOINT_WEIGHTS", "MODEL_NAME", "TAG_REGISTERED",
     "ATTR_WORKER", "ATTR_RUN_ID", "ATTR_RUN_NAME", "ATTR_METRIC", "ATTR_BASE_HASH", "ATTR_BASE", "ATTR_SPACE", "ATTR_ERROR",
     "ATTR_RETRY_OWED",
 ]
@@ -65,6 +65,9 @@ SPACE_PREFIX = "space."  # space.<dotted key>: each searched parameter's definit
 
 # ---------------------------------------------------------------------------- artifacts
 ARTIFACT_CHECKPOINT = "checkpoint"  # the best checkpoint's folder: in a logged model's artifacts/ (older runs: the run's)
+# `capexp evaluate`'s per-image record (JSON): split, decoding, BERTScore model and, per image, its id, caption,
+# references, METEOR and BERTScore F1; `capexp compare --significance` resamples the images from it
+ARTIFACT_EVAL_PER_IMAGE = "evaluation/{split}_per_image.json"
 CHECKPOINT_META = "capexp.json"  # in that folder, beside the weights
 CHECKPOINT_WEIGHTS = "model.safetensors"
 
