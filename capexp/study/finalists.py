@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,7 +82,9 @@ def rank_correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float
     try:
         from scipy import stats
 
-        values = {"spearman": stats.spearmanr(x, y).statistic, "kendall": stats.kendalltau(x, y).statistic}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", stats.ConstantInputWarning)  # undefined: NaN, left out below
+            values = {"spearman": stats.spearmanr(x, y).statistic, "kendall": stats.kendalltau(x, y).statistic}
     except ImportError:
         import pandas as pd
 

@@ -81,6 +81,19 @@ def _enqueue(study, paths: Sequence[Path], raw: SearchSpace, space: SearchSpace,
         study.enqueue_trial(params, user_attrs={ATTR_RUN_NAME: spec.id}, skip_if_exists=True)
 
 
+def _queue(study, setup: _Setup, name: str, enqueue: Sequence[Path],
+           control: bool) -> tuple[_Setup, dict[str, Any] | None, bool]:
+    """Queue the control (when inside the space), then the `enqueue` specs; return the setup (a grid
+    study runs one trial more for a control inside it, so every grid point still runs), the control's
+    values (None: no control) and whether it lies inside the space."""
+    values = control_values(setup.spec, setup.space) if control else None
+    inside = values is not None and enqueue_control(study, setup.space, values, name)
+    _enqueue(study, enqueue, setup.raw, setup.space, setup.depth)
+    if inside and isinstance(setup.space.sampler, GridSampler):
+        setup = setup._replace(trials=setup.trials + 1)
+    return setup, values, inside
+
+
 class _Setup(NamedTuple):
     """What a study's command resolves before it touches any storage."""
 
@@ -150,9 +163,7 @@ def run_study(
     check_finalists(finalists, finalist_seeds)
     setup = _setup(base, space, overrides, trials)
     study = _open_study(name, storage, heartbeat_interval, setup.metric, setup.direction, setup.spec, base, setup.origin)
-    values = control_values(setup.spec, setup.space) if control else None
-    inside = values is not None and enqueue_control(study, setup.space, values, name)
-    _enqueue(study, enqueue, setup.raw, setup.space, setup.depth)
+    setup, values, inside = _queue(study, setup, name, enqueue, control)
     plan = _plan(study, setup, name, storage, base, experiment, tracking_uri, heartbeat_interval, workers, keep_models)
     status, lines = "FAILED", []
     try:
