@@ -43,12 +43,17 @@ def _encoded(space: SearchSpace, values: dict[str, Any]) -> dict[str, Any] | Non
         return None
 
 
-def enqueue_control(study, space: SearchSpace, values: dict[str, Any], name: str) -> bool:
-    """Queue the control as the study's next trial unless it has one; False when it lies outside the space."""
+def enqueue_control(study, space: SearchSpace, values: dict[str, Any], name: str, trials: int) -> bool:
+    """Queue the control as the study's next trial unless it has one (or its `trials` are all done);
+    False when the control lies outside the space."""
+    from optuna.trial import TrialState
+
     params = _encoded(space, values)
     if params is None:
         return False
-    if not any(t.user_attrs.get(ATTR_CONTROL) for t in study.get_trials(deepcopy=False)):
+    existing = study.get_trials(deepcopy=False)
+    done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in existing)
+    if done < trials and not any(t.user_attrs.get(ATTR_CONTROL) for t in existing):
         study.enqueue_trial(params, user_attrs={ATTR_CONTROL: True, ATTR_RUN_NAME: f"{name}-{CONTROL}"})
     return True
 

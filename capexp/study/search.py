@@ -81,19 +81,6 @@ def _enqueue(study, paths: Sequence[Path], raw: SearchSpace, space: SearchSpace,
         study.enqueue_trial(params, user_attrs={ATTR_RUN_NAME: spec.id}, skip_if_exists=True)
 
 
-def _queue(study, setup: _Setup, name: str, enqueue: Sequence[Path],
-           control: bool) -> tuple[_Setup, dict[str, Any] | None, bool]:
-    """Queue the control (when inside the space), then the `enqueue` specs; return the setup (a grid
-    study runs one trial more for a control inside it, so every grid point still runs), the control's
-    values (None: no control) and whether it lies inside the space."""
-    values = control_values(setup.spec, setup.space) if control else None
-    inside = values is not None and enqueue_control(study, setup.space, values, name)
-    _enqueue(study, enqueue, setup.raw, setup.space, setup.depth)
-    if inside and isinstance(setup.space.sampler, GridSampler):
-        setup = setup._replace(trials=setup.trials + 1)
-    return setup, values, inside
-
-
 class _Setup(NamedTuple):
     """What a study's command resolves before it touches any storage."""
 
@@ -123,6 +110,19 @@ def _setup(base: Path, space: Path | None, overrides: Sequence[str], trials: int
     metric, direction = _auto_objective(fitted, spec)
     return _Setup(raw, fitted, spec, load_spec(base, overrides), depth, origin, metric, direction,
                   _grid_trials(fitted, trials, origin))
+
+
+def _queue(study, setup: _Setup, name: str, enqueue: Sequence[Path],
+           control: bool) -> tuple[_Setup, dict[str, Any] | None, bool]:
+    """Queue the control (when inside the space), then the `enqueue` specs; return the setup (a grid
+    study runs one trial more for a control inside it, so every grid point still runs), the control's
+    values (None: no control) and whether it lies inside the space."""
+    values = control_values(setup.spec, setup.space) if control else None
+    inside = values is not None and enqueue_control(study, setup.space, values, name, setup.trials)
+    _enqueue(study, enqueue, setup.raw, setup.space, setup.depth)
+    if inside and isinstance(setup.space.sampler, GridSampler):
+        setup = setup._replace(trials=setup.trials + 1)
+    return setup, values, inside
 
 
 @stoppable
