@@ -213,7 +213,8 @@ def evaluate(run: str, split: str, beam: int | None, length_penalty: float | Non
 @click.option("--experiment", default=None,
               help="MLflow experiment (default: capexp; run names and --study are looked up in every experiment).")
 @click.option("--study", default=None,
-              help="List this study's trials, one row each, best first, then the knobs' importances (Markdown: and its plots).")
+              help="List this study's trials, one row each, best first (the control marked), then its finalists at "
+                   "full budget and the knobs' importances (Markdown: and its plots).")
 @click.option("--format", "fmt", type=click.Choice(["term", "md", "csv", "html"]), default=None,
               help="Default: from --output's suffix, else term.")
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the table to this file.")

@@ -1,5 +1,5 @@
 """Dead workers: a trial whose process died (seen in /proc, or by a stopped database heartbeat) is
-failed, queued to run again, and its MLflow run ended KILLED."""
+failed, queued to run again, and its MLflow run ended KILLED (tagged optuna.state=FAIL)."""
 
 from __future__ import annotations
 
