@@ -135,14 +135,23 @@ def ui(tracking_uri: str | None, port: int, experiment: str) -> None:
 @click.option("--enqueue", type=click.Path(path_type=Path), multiple=True, help="A spec to try first (repeatable).")
 @click.option("--keep-models", type=int, default=None,
               help="Keep logged models (weights) of the best K trials only; the others keep metrics and curves.")
+@click.option("--no-control", is_flag=True,
+              help="Skip the control: the base spec's own values of the searched keys, otherwise run as the first trial.")
+@click.option("--finalists", type=int, default=None, metavar="K",
+              help="After the search, retrain the best K complete trials and the control at the base spec's full "
+                   "budget (without the space's `budget`); the best mean validation objective wins.")
+@click.option("--finalist-seeds", type=int, default=1, show_default=True, metavar="S",
+              help="Seeds per finalist (the base's seed, seed+1, ...): their spread shows what is noise.")
 @click.option("--best-spec", is_flag=True,
-              help="Run nothing: print the best trial's spec at full budget (--spec, default the study's base) as JSON.")
+              help="Run nothing: print the full-budget spec (--spec, default the study's base) of the finalists' "
+                   "winner, or of the best trial before finalists ran, as JSON.")
 @_SET
 @_EXPERIMENT
 @_URI
 @_NO_SYSTEM_METRICS
 def study(base: Path | None, trials: int, name: str | None, space: Path | None, storage: str | None, workers: int,
-          enqueue: tuple[Path, ...], keep_models: int | None, best_spec: bool, overrides: tuple[str, ...], experiment: str,
+          enqueue: tuple[Path, ...], keep_models: int | None, no_control: bool, finalists: int | None,
+          finalist_seeds: int, best_spec: bool, overrides: tuple[str, ...], experiment: str,
           tracking_uri: str | None) -> None:
     """Optuna search over the base spec, every trial a child MLflow run; resumable and parallel."""
     from capexp.study import run_study
@@ -156,7 +165,8 @@ def study(base: Path | None, trials: int, name: str | None, space: Path | None, 
         return
     summary = run_study(base, trials=trials, name=name, space=space, storage=storage, workers=workers,
                         experiment=experiment, enqueue=enqueue, tracking_uri=tracking_uri, overrides=overrides,
-                        keep_models=keep_models)
+                        keep_models=keep_models, control=not no_control, finalists=finalists,
+                        finalist_seeds=finalist_seeds)
     click.echo(summary.report())
 
 
@@ -203,7 +213,8 @@ def evaluate(run: str, split: str, beam: int | None, length_penalty: float | Non
 @click.option("--experiment", default=None,
               help="MLflow experiment (default: capexp; run names and --study are looked up in every experiment).")
 @click.option("--study", default=None,
-              help="List this study's trials, one row each, best first, then the knobs' importances (Markdown: and its plots).")
+              help="List this study's trials, one row each, best first (the control marked), then its finalists at "
+                   "full budget and the knobs' importances (Markdown: and its plots).")
 @click.option("--format", "fmt", type=click.Choice(["term", "md", "csv", "html"]), default=None,
               help="Default: from --output's suffix, else term.")
 @click.option("--output", type=click.Path(path_type=Path), default=None, help="Write the table to this file.")

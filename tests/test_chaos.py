@@ -30,7 +30,7 @@ def test_a_run_left_running_by_a_killed_reaper_is_ended_killed(tmp_path: Path, t
 
     from capexp.study import TAG_TRIAL, open_storage
     from capexp.study.liveness import reap as _reap
-    from capexp.study.plan import Plan as _Plan
+    from capexp.study.plan import StudyPlan as _Plan
     from capexp.tracking import TAG_STUDY
 
     storage = open_storage(str(tmp_path / "orphan.journal"), "orphan")
@@ -59,7 +59,7 @@ def test_a_dead_workers_trial_failed_by_a_reaper_killed_before_queueing_it_is_re
 
     from capexp.study import open_storage
     from capexp.study.liveness import reap as _reap
-    from capexp.study.plan import Plan as _Plan
+    from capexp.study.plan import StudyPlan as _Plan
     from capexp.tracking import ATTR_RETRY_OWED, ATTR_RUN_NAME, ATTR_WORKER
 
     storage = open_storage(str(tmp_path / "owed.journal"), "owed")

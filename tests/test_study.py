@@ -89,7 +89,8 @@ def test_study_is_a_parent_run_with_trial_children_pruned_ones_marked(
                                     "gpt2_config": {"visual_tokens_length": k}}))
         queued.append(path)
     storage = str(tmp_path / "s.journal")
-    summary = run_study(BASE, trials=4, name="nest", space=space, storage=storage, enqueue=queued, overrides=TINY)
+    summary = run_study(BASE, trials=4, name="nest", space=space, storage=storage, enqueue=queued, overrides=TINY,
+                        control=False)
 
     trials = _trials(storage, "nest")
     # Trials 0 and 1 set the median; the 1e-9 trials fall behind it after epoch 1 and are pruned.
@@ -142,7 +143,8 @@ def test_study_is_a_parent_run_with_trial_children_pruned_ones_marked(
     assert all((report.parent / link).read_bytes().startswith(b"\x89PNG") for link in links)
 
     # The same command again: nothing left to run, the same parent run.
-    again = run_study(BASE, trials=4, name="nest", space=space, storage=storage, enqueue=queued, overrides=TINY)
+    again = run_study(BASE, trials=4, name="nest", space=space, storage=storage, enqueue=queued, overrides=TINY,
+                      control=False)
     assert (again.complete, again.pruned) == (2, 2) and again.parent_run_id == parent.info.run_id
     assert len(_trials(storage, "nest")) == 4
 
@@ -314,7 +316,7 @@ def test_diverging_trials_fail_alone_and_the_study_goes_on(tmp_path: Path, track
                                  "pruner": {"name": "none"},
                                  "params": {"training_config.learning_rate": {"choices": [1e6, 1e-3]}}}))
     storage = str(tmp_path / "g.journal")
-    summary = run_study(BASE, trials=2, name="diverge", space=space, storage=storage, overrides=ONE_EPOCH)
+    summary = run_study(BASE, trials=2, name="diverge", space=space, storage=storage, overrides=ONE_EPOCH, control=False)
 
     assert (summary.complete, summary.failed) == (1, 1)  # lr 1e6 diverges; the study still runs lr 1e-3
     assert summary.best_params["training_config.learning_rate"] == 1e-3
@@ -334,7 +336,7 @@ def test_keep_models_leaves_the_best_trials_models_and_every_trials_metrics(tmp_
                                  "pruner": {"name": "none"},
                                  "params": {"training_config.learning_rate": {"choices": [1e-3, 1e-9, 1e-2]}}}))
     summary = run_study(BASE, trials=3, name="keep", space=space, storage=str(tmp_path / "k.journal"),
-                        overrides=ONE_EPOCH, keep_models=1)
+                        overrides=ONE_EPOCH, keep_models=1, control=False)
 
     assert summary.complete == 3
     _, children = _runs(tracking_uri, "keep")
@@ -359,7 +361,7 @@ def test_a_worker_whose_trials_keep_failing_stops_with_the_reason(tmp_path: Path
                                  "params": {"training_config.learning_rate": {"choices": [1e6, 1e7]}}}))
     storage = str(tmp_path / "b.journal")
     with pytest.raises(CapexpError, match=r"trials 0, 1, 2 failed one after another \(last: .*training loss became"):
-        run_study(BASE, trials=5, name="allbad", space=space, storage=storage, overrides=ONE_EPOCH)
+        run_study(BASE, trials=5, name="allbad", space=space, storage=storage, overrides=ONE_EPOCH, control=False)
     assert _states(_trials(storage, "allbad")) == ["FAIL"] * 3  # it stopped instead of trying forever
     parent, children = _runs(tracking_uri, "allbad")
     assert parent.info.status == "FAILED" and [c.info.status for c in children] == ["FAILED"] * 3

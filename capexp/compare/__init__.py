@@ -1,8 +1,8 @@
 """`capexp compare`: the seed study's experimentation and ranking tables, rebuilt from MLflow.
 
 `records` reads runs into `RunRecord`s, `table` builds the table model (`Comparison`,
-`Ranking`), `render` lays it out as Markdown, CSV, HTML or terminal text, and `command`
-is what the CLI calls.
+`Ranking`), `finalist_table` a study's finalists at full budget, `render` lays it out as
+Markdown, CSV, HTML or terminal text, and `compare_runs` is what the CLI calls.
 """
 
 from capexp.compare.compare_runs import compare

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from capexp.compare.finalist_table import Finalists, build_finalists, split_finalists
 from capexp.compare.records import StudyParent, load_runs, load_study
 from capexp.compare.significance_table import compare_significance
 from capexp.compare.render import FORMATS, importance_grid, render, study_markdown, terminal_tables, terminal_text
@@ -55,30 +56,17 @@ def compare(
         raise CapexpError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}. Pick one of these.")
     use_store(tracking_uri)
     if significance:
+        if output is not None or fmt != "term" or ranking:
+            raise CapexpError("--significance prints its own table to the terminal: drop --output, --format and "
+                              "--ranking, or run them without --significance.")
         return compare_significance(runs, experiment=experiment, study=study, console=console or Console())
-    direction, parent = None, None
-    if study is not None:
-        records, direction, parent = load_study(study, experiment)
-    else:
-        records = load_runs(runs, experiment=experiment)
-    table: Comparison | Trials | Ranking
-    if ranking:
-        table = build_ranking(records)
-    elif study is not None:
-        knobs, objective = (parent.knobs, parent.metric) if parent is not None else ([], None)
-        table = build_trials(records, knobs, objective=objective, metric=metric,
-                             direction=direction if metric in (None, "objective") else None)
-    else:
-        table = build_comparison(records, metric=metric, only_changed=only_changed)
+    table, count, parent, finalists = _table(runs, experiment, study, metric, ranking, only_changed)
     console = console or Console()
     if output is None and fmt == "term":  # lay the tables out once: printed with style, returned as text
-        tables = terminal_tables(*table.grid(), console.width)
-        if parent is not None and parent.importances:
-            tables += terminal_tables(*importance_grid(parent), console.width)
-        for t in tables:
-            console.print(t)
-        return terminal_text(tables, console.width)
+        return _print_terminal(console, table, parent, finalists)
     text = render(table, fmt, width=console.width if output is None else 100)
+    if finalists is not None and fmt == "md":
+        text += f"\n### Finalists at full budget\n\n{render(finalists, fmt)}\n{finalists.sentence}\n"
     if parent is not None and fmt == "md":
         text += study_markdown(parent, _plot_links(parent, Path(output) if output else None))
     if output is None:
@@ -90,29 +78,69 @@ def compare(
         path.write_text(text, encoding="utf-8")
     except OSError as e:
         raise CapexpError(f"Cannot write --output {path}: {e.strerror}. Pick a writable path.") from None
-    console.print(f"Wrote {path} ({fmt}, {len(records)} runs).", highlight=False)
+    console.print(f"Wrote {path} ({fmt}, {count} runs).", highlight=False)
     return text
+
+
+def _table(runs: Sequence[str], experiment: str | None, study: str | None, metric: str | None, ranking: bool,
+           only_changed: bool) -> tuple[Comparison | Trials | Ranking, int, StudyParent | None, Finalists | None]:
+    """The main table and how many runs it read; with `study`, also its parent run and its finalists
+    (None where there are none)."""
+    if study is None:
+        records = load_runs(runs, experiment=experiment)
+        table = build_ranking(records) if ranking else build_comparison(records, metric=metric, only_changed=only_changed)
+        return table, len(records), None, None
+    records, direction, parent = load_study(study, experiment)
+    searched, finals = split_finalists(records)
+    if ranking:
+        return build_ranking(searched), len(records), parent, None
+    knobs, objective = (parent.knobs, parent.metric) if parent is not None else ([], None)
+    trials = build_trials(searched, knobs, objective=objective, metric=metric,
+                          direction=direction if metric in (None, "objective") else None)
+    return trials, len(records), parent, build_finalists(searched, finals, knobs, parent)
+
+
+def _print_terminal(console: Console, table: Comparison | Trials | Ranking, parent: StudyParent | None,
+                    finalists: Finalists | None) -> str:
+    """Print the tables at the console's width (a study's finalists and importances follow its trials); return them as text."""
+    from rich.text import Text
+
+    blocks: list = terminal_tables(*table.grid(), console.width)
+    if finalists is not None:
+        blocks += [Text("Finalists at full budget", style="bold"), *terminal_tables(*finalists.grid(), console.width),
+                   Text(finalists.sentence + "\n")]
+    if parent is not None and parent.importances:
+        blocks += terminal_tables(*importance_grid(parent), console.width)
+    for block in blocks:
+        console.print(block)
+    return terminal_text(blocks, console.width)
 
 
 def _plot_links(parent: StudyParent, output: Path | None) -> dict[str, str]:
     """Each plot's link: a copy in `<output stem>-plots/` beside `output`, linked relatively;
     without `output`, the artifact's own URI."""
-    import os
     import shutil
     import tempfile
-    from unittest import mock
 
     import mlflow
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
     if output is None:
         return {p: f"{parent.artifact_uri}/{p}" for p in parent.plots}
     folder = output.parent / f"{output.stem}-plots"
     folder.mkdir(parents=True, exist_ok=True)
     links = {}
-    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # no download bars around the report
-    with tempfile.TemporaryDirectory(prefix="capexp-plots-") as tmp, mock.patch.dict(os.environ, quiet):
-        for p in parent.plots:
-            local = mlflow.artifacts.download_artifacts(run_id=parent.run_id, artifact_path=p, dst_path=tmp)
-            shutil.copyfile(local, folder / Path(p).name)
-            links[p] = f"{folder.name}/{Path(p).name}"
+    shown = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get_raw()
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set("false")  # no download bars around the report
+    try:
+        with tempfile.TemporaryDirectory(prefix="capexp-plots-") as tmp:
+            for p in parent.plots:
+                local = mlflow.artifacts.download_artifacts(run_id=parent.run_id, artifact_path=p, dst_path=tmp)
+                shutil.copyfile(local, folder / Path(p).name)
+                links[p] = f"{folder.name}/{Path(p).name}"
+    finally:
+        if shown is None:
+            MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.unset()
+        else:
+            MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(shown)
     return links

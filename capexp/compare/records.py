@@ -26,6 +26,7 @@ from capexp.tracking import (
     search_runs,
     store_uri,
 )
+from capexp.tracking.names import FIDELITY_PREFIX, TAG_WINNER
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -75,6 +76,9 @@ class StudyParent:
     knobs: list[str]  # the searched dotted keys
     importances: dict[str, float]  # knob (dotted key) -> fANOVA importance, largest first
     plots: list[str]  # the Optuna plots' artifact paths, e.g. "plots/param_importances.png"
+    direction: str | None = None  # "maximize" or "minimize"
+    winner: str | None = None  # the finalists' winner: a trial number or "control"
+    fidelity: dict[str, float] = field(default_factory=dict)  # spearman, kendall: how the trial budget ranked the finalists
 
 
 def _study_parent(client: MlflowClient, run: Run) -> StudyParent:
@@ -87,6 +91,9 @@ def _study_parent(client: MlflowClient, run: Run) -> StudyParent:
         importances=dict(sorted(importances.items(), key=lambda kv: -kv[1])),
         plots=sorted((f.path for f in client.list_artifacts(run.info.run_id, "plots") if f.path.endswith(".png")),
                      key=lambda p: _PLOT_ORDER.get(p.rsplit("/", 1)[-1].removesuffix(".png"), len(_PLOT_ORDER))),
+        direction=run.data.params.get(PARAM_DIRECTION),
+        winner=run.data.tags.get(TAG_WINNER),
+        fidelity={k[len(FIDELITY_PREFIX):]: v for k, v in run.data.metrics.items() if k.startswith(FIDELITY_PREFIX)},
     )
 
 

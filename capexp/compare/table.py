@@ -19,6 +19,7 @@ from capexp.compare.records import RunRecord
 from capexp.errors import CapexpError
 from capexp.spec.schema import metric_mode
 from capexp.tracking import PARAM_TRIAL_NUMBER, TAG_OPTUNA_STATE, TAG_TRIAL
+from capexp.tracking.names import TAG_CONTROL
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -311,19 +312,24 @@ def build_trials(
         available = sorted({k for r in records for k in r.metrics})
         raise CapexpError(f"--metric {metric!r} is not logged by the study's trials. They have: {', '.join(available)}.")
     mode = metric_mode(metric, direction)
-    records = _best_first(records, metric, mode)
-    best = _best_ids(records, metric, mode)
+    outside = [r for r in records if r.tags.get(TAG_CONTROL) == "true" and TAG_TRIAL not in r.tags]
+    searched = [r for r in records if r not in outside]
+    best = _best_ids(searched, metric, mode)  # the control outside the space is no trial: it goes on a row of its own
+    records = [*_best_first(searched, metric, mode), *outside]
     knobs = sorted(knobs, key=lambda k: (SEED_ROWS.index(k) if k in SEED_ROWS else len(SEED_ROWS), k))
     columns = ["objective", *([metric] if metric != "objective" else [])]
     rows = []
     for r in records:
-        number = r.params.get(PARAM_TRIAL_NUMBER, r.tags.get(TAG_TRIAL, "?"))
+        number = r.params.get(PARAM_TRIAL_NUMBER, r.tags.get(TAG_TRIAL, _MISSING if r in outside else "?"))
+        state = "best" if r.run_id in best else _state(r)
+        if r.tags.get(TAG_CONTROL) == "true" and state in ("best", "complete"):
+            state = "best control" if state == "best" else "control"
         seconds = (r.end_time - r.start_time) / 1000 if r.end_time and r.start_time else None
         rows.append([
             Cell(str(number), changed=r.run_id in best),
             *[Cell(short_value(r.params[k]) if k in r.params else _MISSING) for k in knobs],
             *[Cell(_fmt_metric(c, r.metrics[c]) if c in r.metrics else _MISSING) for c in columns],
-            Cell("best" if r.run_id in best else _state(r), changed=r.run_id in best),
+            Cell(state, changed=r.run_id in best),
             Cell(str(int(r.metrics["epochs"])) if "epochs" in r.metrics else _MISSING),
             Cell(f"{seconds / 60:.1f}" if seconds is not None else _MISSING),
         ])

@@ -9,7 +9,9 @@ of all trials and the Optuna plots.
 
 `search` is the command; `plan` what its processes share; `storage` the Optuna storage;
 `models` which trials keep their logged models;
-`trials` the objective and worker processes; `liveness` dead workers; `report` the parent run.
+`trials` the objective and worker processes; `liveness` dead workers; `report` the parent run;
+`control` the base spec's own values, run first; `finalists` the best trials and the control
+retrained at full budget, with the fidelity check; `child_runs` how both resume.
 """
 
 from capexp.study.plan import StudySummary

@@ -10,7 +10,9 @@ from capexp.errors import CapexpError
 from capexp.study.space import load_space
 from capexp.spec.schema import Spec, load_spec
 from capexp.study.storage import existing_storage
+from capexp.study.control import CONTROL
 from capexp.tracking import ATTR_BASE, ATTR_METRIC, ATTR_RUN_ID, ATTR_SPACE
+from capexp.tracking.names import ATTR_WINNER
 
 __all__ = ["best_spec"]
 
@@ -18,7 +20,8 @@ __all__ = ["best_spec"]
 def best_spec(name: str, *, base: Path | None = None, space: Path | None = None, storage: str | None = None,
               overrides: Sequence[str] = ()) -> Spec:
     """The spec of study `name`'s best trial at full budget: `base` (default: the study's own base
-    spec file) with the trial's values and `overrides`, without the search space's `budget`."""
+    spec file) with the trial's values and `overrides`, without the search space's `budget`. Once
+    finalists ran, the best is their winner (the control: the base's own values)."""
     import optuna
 
     from capexp.backbones import decoder_depth
@@ -27,7 +30,8 @@ def best_spec(name: str, *, base: Path | None = None, space: Path | None = None,
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise CapexpError(f"study {name} has no complete trial yet. Run `capexp study --name {name}` until one completes.")
-    best = study.best_trial
+    winner = study.user_attrs.get(ATTR_WINNER)
+    best = study.best_trial if winner is None or winner == CONTROL else study.trials[int(winner)]
     base = base or Path(study.user_attrs.get(ATTR_BASE, ""))
     space_path = space or Path(study.user_attrs.get(ATTR_SPACE, "studies/default.json"))
     if not base.is_file():
@@ -35,11 +39,17 @@ def best_spec(name: str, *, base: Path | None = None, space: Path | None = None,
     full = load_spec(base, overrides)
     depth = decoder_depth(full.gpt2_config.model, full.gpt2_config.tokenizer)
     params = load_space(space_path).fit_to_depth(depth, str(space_path)).params  # the values the trials ran
-    values = {key: params[key].decode(stored) for key, stored in best.params.items()}
+    values = {} if winner == CONTROL else {key: params[key].decode(stored) for key, stored in best.params.items()}
     sets = [f"{key}={json.dumps(value)}" for key, value in values.items()]
     spec = load_spec(base, [*overrides, *sets, f"id={name}-best"])
     shown = ", ".join(f"{k}={json.dumps(v)}" for k, v in values.items())
     metric = study.user_attrs.get(ATTR_METRIC, "objective")
-    notes = (f"Best trial {best.number} of study {name} ({metric} {best.value:.4f}, run "
-             f"{best.user_attrs.get(ATTR_RUN_ID, '?')}) at the full budget of {base}: {shown}.")
+    if winner == CONTROL:
+        notes = f"The control (the base's own values) won study {name}'s finalists at the full budget of {base}."
+    elif winner is not None:
+        notes = (f"Trial {best.number} won study {name}'s finalists (best mean full-budget {metric} on validation) "
+                 f"at the full budget of {base}: {shown}.")
+    else:
+        notes = (f"Best trial {best.number} of study {name} ({metric} {best.value:.4f}, run "
+                 f"{best.user_attrs.get(ATTR_RUN_ID, '?')}) at the full budget of {base}: {shown}.")
     return spec.model_copy(update={"notes": notes})

@@ -12,7 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from capexp.errors import CapexpError, warn
-from capexp.study.plan import Plan
+from capexp.study.plan import StudyPlan
 from capexp.tracking import MODEL_NAME, TAG_REGISTERED, TAG_STUDY, TAG_TRIAL, delete_model, experiment_id, use_store
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def _study_models(experiment: str, study: str) -> list[LoggedModel]:
             return models
 
 
-def keep_best_models(study: optuna.Study, plan: Plan) -> int:
+def keep_best_models(study: optuna.Study, plan: StudyPlan) -> int:
     """Delete the models of finished trials outside the best `plan.keep_models`; return how many went."""
     from mlflow.exceptions import MlflowException
     from optuna.trial import TrialState

@@ -1,5 +1,5 @@
 """Dead workers: a trial whose process died (seen in /proc, or by a stopped database heartbeat) is
-failed, queued to run again, and its MLflow run ended KILLED."""
+failed, queued to run again, and its MLflow run ended KILLED (tagged optuna.state=FAIL)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from capexp.study.plan import Plan
+from capexp.study.plan import StudyPlan
 from capexp.study.storage import MAX_RETRY, quiet_experimental, storage_label, trial_id
-from capexp.tracking import ATTR_ERROR, ATTR_RETRY_OWED, ATTR_RUN_ID, ATTR_WORKER, TAG_PARENT, TAG_STUDY, TAG_TRIAL
+from capexp.tracking import ATTR_ERROR, ATTR_RETRY_OWED, ATTR_RUN_ID, ATTR_WORKER, TAG_TRIAL
+from capexp.tracking.study_runs import end_killed, study_runs
 
 
 log = logging.getLogger("capexp")
@@ -35,7 +36,7 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{pid}:{_start_time(pid)}"
 
 
-def _is_dead(worker: str) -> bool:
+def is_dead(worker: str) -> bool:
     """Whether `worker` (host:pid:start) was a process on this machine that no longer runs."""
     host, pid_text, started = worker.rsplit(":", 2)
     if host != socket.gethostname():
@@ -70,7 +71,7 @@ def retry(study, trial) -> None:
     ))
 
 
-def _lock(plan: Plan):
+def _lock(plan: StudyPlan):
     """One machine's processes reap one study in turn (a file lock in the temporary folder)."""
     from filelock import FileLock
 
@@ -78,7 +79,7 @@ def _lock(plan: Plan):
     return FileLock(str(Path(tempfile.gettempdir()) / f"capexp-reap-{key}.lock"), mode=0o666)
 
 
-def reap(study, storage, plan: Plan) -> None:
+def reap(study, storage, plan: StudyPlan) -> None:
     """Fail (and queue again) the running trials of dead workers, end their runs KILLED: those
     of this machine's dead processes, and those whose database heartbeat stopped.
 
@@ -93,7 +94,7 @@ def reap(study, storage, plan: Plan) -> None:
     with _lock(plan):
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             worker = trial.user_attrs.get(ATTR_WORKER)
-            if not worker or not _is_dead(worker):
+            if not worker or not is_dead(worker):
                 continue
             number = trial_id(storage, plan.name, trial.number)
             try:
@@ -108,7 +109,7 @@ def reap(study, storage, plan: Plan) -> None:
     _end_orphan_runs(study, plan)
 
 
-def _retry_owed(study, plan: Plan) -> None:
+def _retry_owed(study, plan: StudyPlan) -> None:
     """Queue again each failed trial owed a retry that has none yet, and end its runs KILLED."""
     from optuna.trial import TrialState
 
@@ -121,25 +122,22 @@ def _retry_owed(study, plan: Plan) -> None:
             on_stale(plan)(study, trial)
 
 
-def _end_orphan_runs(study, plan: Plan) -> None:
+def _end_orphan_runs(study, plan: StudyPlan) -> None:
     """End KILLED the RUNNING runs of FAIL trials: a process killed while it reaped a dead worker's trial
     (after failing it, before ending its run) leaves such a run behind."""
     from mlflow import MlflowClient
     from optuna.trial import TrialState
 
     failed = {str(t.number) for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
-    client = MlflowClient(plan.tracking_uri)
-    exp = client.get_experiment_by_name(plan.experiment) if failed else None
-    if exp is None:
+    if not failed:
         return
-    query = (f"tags.`{TAG_STUDY}` = '{plan.name}' and tags.`{TAG_PARENT}` = '{plan.parent_run_id}' "
-             f"and attributes.status = 'RUNNING'")
-    for run in client.search_runs([exp.experiment_id], filter_string=query):
+    client = MlflowClient(plan.tracking_uri)
+    for run in study_runs(client, plan.experiment, plan.name, parent=plan.parent_run_id, status="RUNNING"):
         if run.data.tags.get(TAG_TRIAL) in failed:
-            client.set_terminated(run.info.run_id, "KILLED")
+            end_killed(client, run.info.run_id)
 
 
-def on_stale(plan: Plan) -> Callable[[Any, Any], None]:
+def on_stale(plan: StudyPlan) -> Callable[[Any, Any], None]:
     """What happens to a trial whose worker died: queued again, its MLflow run ended KILLED."""
 
     def handle(study, trial) -> None:
@@ -149,14 +147,10 @@ def on_stale(plan: Plan) -> Callable[[Any, Any], None]:
     return handle
 
 
-def _end_dead_runs(plan: Plan, number: int) -> None:
+def _end_dead_runs(plan: StudyPlan, number: int) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient(plan.tracking_uri)
-    exp = client.get_experiment_by_name(plan.experiment)
-    if exp is None:
-        return
-    query = (f"tags.`{TAG_STUDY}` = '{plan.name}' and tags.`{TAG_TRIAL}` = '{number}' "
-             f"and tags.`{TAG_PARENT}` = '{plan.parent_run_id}' and attributes.status = 'RUNNING'")
-    for run in client.search_runs([exp.experiment_id], filter_string=query):
-        client.set_terminated(run.info.run_id, "KILLED")
+    for run in study_runs(client, plan.experiment, plan.name, parent=plan.parent_run_id, tags={TAG_TRIAL: str(number)},
+                          status="RUNNING"):
+        end_killed(client, run.info.run_id)

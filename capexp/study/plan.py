@@ -1,4 +1,4 @@
-"""What a study's processes share: the `Plan` (picklable, it crosses a process spawn) and the `StudySummary` it ends with."""
+"""What a study's processes share: the `StudyPlan` (picklable, it crosses a process spawn) and the `StudySummary` it ends with."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class StudySummary:
     best_value: float | None = None
     best_params: dict[str, Any] = field(default_factory=dict)
     best_run_id: str | None = None
+    finalists: list[str] = field(default_factory=list)  # what the finalists showed at full budget, as lines
 
     def report(self) -> str:
         """A few lines for the console."""
@@ -36,11 +37,11 @@ class StudySummary:
         if self.best_trial is not None and self.best_value is not None:
             values = ", ".join(f"{k}={json.dumps(v)}" for k, v in self.best_params.items())
             lines.append(f"best: trial {self.best_trial} (run {self.best_run_id}), {self.metric}={self.best_value:.4f}; {values}")
-        return "\n".join(lines)
+        return "\n".join([*lines, *self.finalists])
 
 
 @dataclass(frozen=True)
-class Plan:
+class StudyPlan:
     """Everything a worker needs; picklable, since it crosses a process spawn."""
 
     name: str

@@ -7,10 +7,11 @@ import shutil
 import textwrap
 from typing import Any
 
-from capexp.study.plan import Plan
+from capexp.study.plan import StudyPlan
 from capexp.tracking import ATTR_ERROR
+from capexp.tracking.names import ATTR_CONTROL
 
-__all__ = ["short_key", "short_value", "trial_line"]
+__all__ = ["short_key", "short_value", "values_text", "trial_line", "run_line"]
 
 _SHORT = {  # the seed's knobs and the learning rate, as people say them
     "clip_config.image_size": "size",
@@ -57,14 +58,15 @@ def _outcome(trial: Any, metric: str) -> str:
     return f"FAILED ({reason})" if state == "FAIL" else state
 
 
-def trial_line(study: Any, trial: Any, plan: Plan, width: int | None = None) -> str:
+def trial_line(study: Any, trial: Any, plan: StudyPlan, width: int | None = None) -> str:
     """What a study prints when `trial` (a FrozenTrial of `study`) has ended, at most `width` columns a line."""
     import optuna
 
     width = width or shutil.get_terminal_size((80, 24)).columns
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     done = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in finished)
-    parts = [f"trial {trial.number} {_outcome(trial, plan.metric)}"]
+    control = " (control)" if trial.user_attrs.get(ATTR_CONTROL) else ""
+    parts = [f"trial {trial.number}{control} {_outcome(trial, plan.metric)}"]
     complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:
         best = (max if plan.direction == "maximize" else min)(complete, key=lambda t: t.value)
@@ -75,7 +77,21 @@ def trial_line(study: Any, trial: Any, plan: Plan, width: int | None = None) -> 
         left = (plan.trials - done) * (sum(durations) / len(durations)) / max(1, plan.workers)
         parts.append(f"~{_minutes(left)} left")
     values = {key: plan.space.params[key].decode(stored) for key, stored in trial.params.items() if key in plan.space.params}
-    parts.append(" ".join(f"{short_key(k)}={short_value(v)}" for k, v in values.items()))
+    parts.append(values_text(values))
+    return _wrapped(parts, width)
+
+
+def values_text(values: dict[str, Any]) -> str:
+    """Searched values as the progress lines show them: `size=224 k=4`."""
+    return " ".join(f"{short_key(k)}={short_value(v)}" for k, v in values.items())
+
+
+def _wrapped(parts: list[str], width: int) -> str:
     return textwrap.fill(" | ".join(parts), width=max(40, width), subsequent_indent="    ", break_on_hyphens=False,
                          break_long_words=False)
+
+
+def run_line(label: str, outcome: str, values: dict[str, Any], width: int | None = None) -> str:
+    """What a study prints when a run that is not a trial (the control outside the space, a finalist) has ended."""
+    return _wrapped([f"{label} {outcome}", values_text(values)], width or shutil.get_terminal_size((80, 24)).columns)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from capexp.study.space import SearchSpace
-from capexp.study.plan import Plan, StudySummary
+from capexp.study.plan import StudyPlan, StudySummary
 from capexp.study.storage import quiet_experimental, storage_label, trial_counts
 from capexp.tracking import (
     ATTR_ERROR,
@@ -35,6 +35,9 @@ from capexp.tracking import (
     TAG_STUDY_ROLE,
     param_value,
 )
+from capexp.tracking.names import ATTR_CONTROL
+from capexp.tracking.study_runs import oldest_parent_run
+from capexp.study.control import control_outcome, mark_control
 
 
 def parent_run(uri: str, exp_id: str, name: str, raw: SearchSpace, fitted: SearchSpace, study: dict[str, str]) -> str:
@@ -51,21 +54,14 @@ def parent_run(uri: str, exp_id: str, name: str, raw: SearchSpace, fitted: Searc
               PARAM_SAMPLER: raw.sampler.name, PARAM_PRUNER: raw.pruner.name,
               **{f"{SPACE_PREFIX}{k}": p.model_dump_json(exclude_none=True) for k, p in fitted.params.items()}}
     client = MlflowClient(uri)
-    query = f"tags.`{TAG_STUDY}` = '{name}' and tags.`{TAG_STUDY_ROLE}` = '{STUDY_PARENT}'"
-
-    def oldest() -> str | None:
-        found = client.search_runs([exp_id], filter_string=query, max_results=1,
-                                   order_by=["attributes.start_time ASC", "attributes.run_id ASC"])
-        return found[0].info.run_id if found else None
-
-    existing = oldest()
+    existing = oldest_parent_run(client, exp_id, name)
     if existing is not None:
         client.update_run(existing, status="RUNNING")
         return existing
     run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
     client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
     # Machines that start a new study at the same moment each made one: all keep the oldest.
-    keep = oldest()
+    keep = oldest_parent_run(client, exp_id, name)
     assert keep is not None
     if keep != run_id:
         client.delete_run(run_id)
@@ -88,6 +84,7 @@ def _trials_table(study, space: SearchSpace) -> Any:
             "value": t.value,
             "epochs": len(t.intermediate_values),
             **{k: json.dumps(values[k]) if isinstance(values.get(k), (list, dict)) else values.get(k) for k in space.params},
+            "control": bool(t.user_attrs.get(ATTR_CONTROL)),
             "run_id": t.user_attrs.get(ATTR_RUN_ID, ""),
             "run_name": t.user_attrs.get(ATTR_RUN_NAME, ""),
             "retry_of": t.system_attrs.get("failed_trial", ""),
@@ -119,9 +116,11 @@ def _importances(study) -> dict[str, float]:
             return {}
 
 
-def _plots(study, folder: Path, metric: str, importances: dict[str, float]) -> list[Path]:
+def _plots(study, folder: Path, metric: str, importances: dict[str, float],
+           control: tuple[int | None, float | None] = (None, None)) -> list[Path]:
     """The four Optuna plots as PNGs, the objective named by its metric (one with too few trials
-    to show anything is drawn empty, the importances too when there are none)."""
+    to show anything is drawn empty, the importances too when there are none); the optimization
+    history marks the `control` (its trial number, None outside the space, and its objective)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,7 +140,10 @@ def _plots(study, folder: Path, metric: str, importances: dict[str, float]) -> l
     for name in STUDY_PLOTS:
         with quiet_experimental(), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "identical low and high ylims" and the like
-            fig = drawers[name](study).figure
+            ax = drawers[name](study)
+            if name == "optimization_history":
+                mark_control(ax, *control)
+            fig = ax.figure
         fig.set_size_inches(9, 5)
         fig.tight_layout()
         path = folder / f"{name}.png"
@@ -151,7 +153,7 @@ def _plots(study, folder: Path, metric: str, importances: dict[str, float]) -> l
     return made
 
 
-def summarize(study, plan: Plan, status: str) -> StudySummary:
+def summarize(study, plan: StudyPlan, status: str) -> StudySummary:
     """Write the best trial, the trials table and the plots to the parent run; end it with
     `status` unless that is RUNNING (other workers still run trials)."""
     import time
@@ -187,7 +189,7 @@ def summarize(study, plan: Plan, status: str) -> StudySummary:
         _trials_table(study, plan.space).to_csv(folder / "trials.csv", index=False)
         client.log_artifact(plan.parent_run_id, str(folder / "trials.csv"))
         if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False)):
-            for path in _plots(study, folder, plan.metric, importances):
+            for path in _plots(study, folder, plan.metric, importances, control_outcome(study, plan)):
                 client.log_artifact(plan.parent_run_id, str(path), artifact_path="plots")
     if status != "RUNNING":
         client.set_terminated(plan.parent_run_id, status)

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from capexp.spec.checks import check_decoder_fit, check_spec
 from capexp.data import check_inputs
@@ -21,10 +22,12 @@ from capexp.spec.schema import Spec, flatten, load_spec, metric_mode, spec_hash
 from capexp.stopping import stoppable
 from capexp.study.keep_models import check_keep_models
 from capexp.study.liveness import on_stale, reap
-from capexp.study.plan import Plan, StudySummary
+from capexp.study.plan import StudyPlan, StudySummary
 from capexp.study.report import parent_run, summarize
 from capexp.study.storage import grid_points_run, open_storage, storage_label, trial_counts
-from capexp.study.trials import run_workers, work
+from capexp.study.trials import console_warnings_only, run_workers, work
+from capexp.study.control import control_values, enqueue_control, run_outside_control
+from capexp.study.finalists import check_finalists, run_finalists
 from capexp.tracking import (
     ATTR_BASE, ATTR_BASE_HASH, ATTR_METRIC, ATTR_RUN_NAME, ATTR_SPACE, DEFAULT_EXPERIMENT, experiment_id, use_store,
 )
@@ -78,6 +81,50 @@ def _enqueue(study, paths: Sequence[Path], raw: SearchSpace, space: SearchSpace,
         study.enqueue_trial(params, user_attrs={ATTR_RUN_NAME: spec.id}, skip_if_exists=True)
 
 
+class _Setup(NamedTuple):
+    """What a study's command resolves before it touches any storage."""
+
+    raw: SearchSpace  # as written
+    space: SearchSpace  # fitted to the base decoder's depth
+    spec: Spec  # the base on the trial budget
+    full: Spec  # the base at its own (full) budget: what finalists retrain
+    depth: int
+    origin: str
+    metric: str
+    direction: str
+    trials: int
+
+
+def _setup(base: Path, space: Path | None, overrides: Sequence[str], trials: int) -> _Setup:
+    """Load and check the space and the base (missing data fails here, not inside trial 0)."""
+    from capexp.backbones import decoder_depth
+
+    origin = str(space) if space is not None else "studies/default.json"
+    raw = load_space(space)
+    spec = load_spec(base, [*overrides, *raw.budget_overrides()])  # every trial runs on the space's budget
+    check_spec(spec, str(base))
+    check_inputs(spec, str(base))
+    depth = decoder_depth(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
+    fitted = raw.fit_to_depth(depth, origin)
+    _check_values(fitted, base, [*overrides, *raw.budget_overrides()], origin)
+    metric, direction = _auto_objective(fitted, spec)
+    return _Setup(raw, fitted, spec, load_spec(base, overrides), depth, origin, metric, direction,
+                  _grid_trials(fitted, trials, origin))
+
+
+def _queue(study, setup: _Setup, name: str, enqueue: Sequence[Path],
+           control: bool) -> tuple[_Setup, dict[str, Any] | None, bool]:
+    """Queue the control (when inside the space), then the `enqueue` specs; return the setup (a grid
+    study runs one trial more for a control inside it, so every grid point still runs), the control's
+    values (None: no control) and whether it lies inside the space."""
+    values = control_values(setup.spec, setup.space) if control else None
+    inside = values is not None and enqueue_control(study, setup.space, values, name, setup.trials)
+    _enqueue(study, enqueue, setup.raw, setup.space, setup.depth)
+    if inside and isinstance(setup.space.sampler, GridSampler):
+        setup = setup._replace(trials=setup.trials + 1)
+    return setup, values, inside
+
+
 @stoppable
 def run_study(
     base: Path | None = None,
@@ -93,64 +140,83 @@ def run_study(
     overrides: Sequence[str] = (),
     heartbeat_interval: int = 60,
     keep_models: int | None = None,
+    control: bool = True,
+    finalists: int | None = None,
+    finalist_seeds: int = 1,
 ) -> StudySummary:
     """Search `space` (default `studies/default.json`) around `base` (default: the quickstart)
     until the study has `trials` complete or pruned trials, resuming a study of that name.
 
     `storage`: None for `studies/<name>.journal`, a journal file path, or a database URL
     (PostgreSQL for workers on several machines, with `heartbeat_interval` seconds between
-    heartbeats). `workers` processes run trials in parallel. `enqueue` specs run first.
+    heartbeats). `workers` processes run trials in parallel. The control (the base's own values,
+    capexp.study.control) runs first unless `control` is False, then `enqueue` specs.
     Ctrl-C, SIGTERM or SIGHUP stop every worker: their running trials end KILLED and are queued
     to run again, and the parent run ends KILLED. `keep_models`: only the best k trials keep their
-    logged models (capexp.study.keep_models).
+    logged models (capexp.study.keep_models). `finalists`: retrain the best k trials and the control
+    at full budget, `finalist_seeds` seeds each, after the search (capexp.study.finalists).
     """
-    from capexp.backbones import decoder_depth
-
     base = Path(base) if base is not None else default_base()
     name = name or base.stem
     _check_counts(name, trials, workers)
     check_keep_models(keep_models)
-    origin = str(space) if space is not None else "studies/default.json"
-    raw = load_space(space)
-    overrides = [*overrides, *raw.budget_overrides()]  # every trial runs on the space's budget
-    spec = load_spec(base, overrides)
-    check_spec(spec, str(base))
-    check_inputs(spec, str(base))  # missing data fails here, not inside trial 0
-    depth = decoder_depth(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
-    fitted = raw.fit_to_depth(depth, origin)
-    _check_values(fitted, base, overrides, origin)
-    metric, direction = _auto_objective(fitted, spec)
-    trials = _grid_trials(fitted, trials, origin)
-    study = _open_study(name, storage, heartbeat_interval, metric, direction, spec, base, origin)
-    _enqueue(study, enqueue, raw, fitted, depth)
-
-    uri = use_store(tracking_uri)
-    label = storage_label(storage, name)
-    parent = parent_run(uri, experiment_id(experiment), name, raw, fitted,
-                        dict(base=str(base), space=origin, storage=label, metric=metric, direction=direction))
-    snapshot = _snapshot(spec, base)
-    counts = trial_counts(study)
-    plan = Plan(
-        name=name, storage=storage, base=str(base), snapshot=str(snapshot), space=fitted, metric=metric,
-        direction=direction, num_epochs=spec.training_config.total_epochs, trials=trials, experiment=experiment,
-        tracking_uri=uri, parent_run_id=parent, heartbeat_interval=heartbeat_interval,
-        seed_offset=sum(counts.values()), workers=workers, threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0,
-        log_level=logging.getLogger("capexp").getEffectiveLevel(), keep_models=keep_models,
-    )
-    done = counts["COMPLETE"] + counts["PRUNED"]
-    log.info("study %s: %d of %d trials done; %s with %d worker(s); storage %s; MLflow parent run %s",
-             name, done, trials, "running the rest" if done < trials else "nothing to run", workers, label, parent)
-    status = "FAILED"
+    check_finalists(finalists, finalist_seeds)
+    setup = _setup(base, space, overrides, trials)
+    study = _open_study(name, storage, heartbeat_interval, setup.metric, setup.direction, setup.spec, base, setup.origin)
+    setup, values, inside = _queue(study, setup, name, enqueue, control)
+    plan = _plan(study, setup, name, storage, base, experiment, tracking_uri, heartbeat_interval, workers, keep_models)
+    status, lines = "FAILED", []
     try:
+        if values is not None and not inside:
+            with console_warnings_only(plan):
+                run_outside_control(plan, values)
         status = _run_trials(study, plan, workers)
+        lines = _finalists(study, plan, status, finalists, finalist_seeds, setup.full, values)
     except KeyboardInterrupt:
         status = "KILLED"
         warn(f"study {name} interrupted; run the same command again to resume it.")
         raise
     finally:
-        shutil.rmtree(snapshot.parent, ignore_errors=True)
+        shutil.rmtree(Path(plan.snapshot).parent, ignore_errors=True)
         summary = summarize(study, plan, status)
+    summary.finalists = lines
     return summary
+
+
+def _plan(study, setup: _Setup, name: str, storage: str | None, base: Path, experiment: str, tracking_uri: str | None,
+          heartbeat_interval: int, workers: int, keep_models: int | None) -> StudyPlan:
+    """The study's parent run (created or found again) and everything its workers need."""
+    uri = use_store(tracking_uri)
+    label = storage_label(storage, name)
+    parent = parent_run(uri, experiment_id(experiment), name, setup.raw, setup.space,
+                        dict(base=str(base), space=setup.origin, storage=label, metric=setup.metric,
+                             direction=setup.direction))
+    counts = trial_counts(study)
+    done = counts["COMPLETE"] + counts["PRUNED"]
+    log.info("study %s: %d of %d trials done; %s with %d worker(s); storage %s; MLflow parent run %s", name, done,
+             setup.trials, "running the rest" if done < setup.trials else "nothing to run", workers, label, parent)
+    return StudyPlan(
+        name=name, storage=storage, base=str(base), snapshot=str(_snapshot(setup.spec, base)), space=setup.space,
+        metric=setup.metric, direction=setup.direction, num_epochs=setup.spec.training_config.total_epochs,
+        trials=setup.trials, experiment=experiment, tracking_uri=uri, parent_run_id=parent,
+        heartbeat_interval=heartbeat_interval, seed_offset=sum(counts.values()), workers=workers,
+        threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0,
+        log_level=logging.getLogger("capexp").getEffectiveLevel(), keep_models=keep_models,
+    )
+
+
+def _finalists(study, plan: StudyPlan, status: str, count: int | None, seeds: int, full: Spec,
+               control: dict[str, Any] | None) -> list[str]:
+    """Retrain the finalists at full budget once the search is done; what they showed, as console lines."""
+    if count is None:
+        return []
+    if status != "FINISHED":
+        log.info("study %s: the finalists run once the search is done; run the same command again then.", plan.name)
+        return []
+    path = Path(plan.snapshot).with_suffix(".full.json")  # the base without the space's `budget`
+    path.write_text(full.model_dump_json(indent=2))
+    with console_warnings_only(plan):
+        return run_finalists(study, plan, count, seeds, str(path), control)
 
 
 def _snapshot(spec: Spec, base: Path) -> Path:
@@ -200,7 +266,7 @@ def _open_study(name: str, storage: str | None, heartbeat_interval: int, metric:
     return study
 
 
-def _run_trials(study, plan: Plan, workers: int) -> str:
+def _run_trials(study, plan: StudyPlan, workers: int) -> str:
     """Run the workers (here, or spawned); the parent run's status when they stop: FINISHED, or
     RUNNING while other machines still run the last trials."""
     name, trials = plan.name, plan.trials
@@ -226,7 +292,7 @@ def _run_trials(study, plan: Plan, workers: int) -> str:
     return "FINISHED" if done >= trials else "RUNNING"
 
 
-def _reap_dead_workers(plan: Plan) -> None:
+def _reap_dead_workers(plan: StudyPlan) -> None:
     """Fail and queue again the trials of workers that died (not "running elsewhere": nobody runs them)."""
     import optuna
 

@@ -18,9 +18,11 @@ from capexp.spec.schema import load_spec
 from capexp.stopping import exit_code, stop_on_signals
 from capexp.study.liveness import on_stale, reap, retry, worker_id
 from capexp.study.keep_models import keep_best_models
-from capexp.study.plan import Plan
+from capexp.study.plan import StudyPlan
 from capexp.study.progress import trial_line
 from capexp.study.storage import frozen, open_storage, quiet_experimental, trial_counts
+from capexp.tracking.names import ATTR_CONTROL, TAG_CONTROL
+from capexp.tracking.study_runs import study_runs
 from capexp.tracking import (
     ATTR_ERROR, ATTR_RUN_ID, ATTR_RUN_NAME, ATTR_WORKER, PARAM_TRIAL_NUMBER, TAG_OPTUNA_STATE, TAG_STUDY, TAG_TRIAL,
 )
@@ -31,7 +33,7 @@ log = logging.getLogger("capexp")
 _MAX_FAILED_IN_A_ROW = 3  # a worker whose trials keep failing stops: the base itself is likely at fault
 
 
-def _sampler(plan: Plan, index: int):
+def _sampler(plan: StudyPlan, index: int):
     import optuna
 
     cfg = plan.space.sampler
@@ -43,7 +45,7 @@ def _sampler(plan: Plan, index: int):
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials, constant_liar=True)
 
 
-def _pruner(plan: Plan):
+def _pruner(plan: StudyPlan):
     import optuna
 
     cfg = plan.space.pruner
@@ -56,7 +58,24 @@ def _pruner(plan: Plan):
     return optuna.pruners.NopPruner()
 
 
-def _objective(plan: Plan, storage, worker: str):
+def _reporter(plan: StudyPlan, trial, scores: list[float]):
+    """The per-epoch callback of a trial's run: record the objective, report it, ask the pruner."""
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+        if plan.metric not in metrics:
+            raise CapexpError(
+                f"study {plan.name}: the objective metric is {plan.metric!r}, but trial {trial.number} "
+                f"logs only {', '.join(sorted(metrics))}. Set `objective.metric` in the search-space file "
+                f"to one of these and use a new --name."
+            )
+        scores.append(metrics[plan.metric])
+        trial.report(metrics[plan.metric], epoch)
+        return trial.should_prune()
+
+    return on_epoch
+
+
+def _objective(plan: StudyPlan, storage, worker: str):
     """The trial function: sample, run the spec with the sampled values, report every epoch.
 
     Values that make training diverge or run out of memory fail just that trial (it returns NaN,
@@ -84,24 +103,13 @@ def _objective(plan: Plan, storage, worker: str):
         spec = load_spec(plan.snapshot, [*sets, f"id={json.dumps(run_name)}"])
         log.debug("study %s: trial %d starts: %s", plan.name, trial.number, ", ".join(sets))
         scores: list[float] = []
-
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
-            if plan.metric not in metrics:
-                raise CapexpError(
-                    f"study {plan.name}: the objective metric is {plan.metric!r}, but trial {trial.number} "
-                    f"logs only {', '.join(sorted(metrics))}. Set `objective.metric` in the search-space file "
-                    f"to one of these and use a new --name."
-                )
-            scores.append(metrics[plan.metric])
-            trial.report(metrics[plan.metric], epoch)
-            return trial.should_prune()
-
-        tags = {TAG_STUDY: plan.name, TAG_TRIAL: str(trial.number)}
+        tags = {TAG_STUDY: plan.name, TAG_TRIAL: str(trial.number),
+                **({TAG_CONTROL: "true"} if trial.user_attrs.get(ATTR_CONTROL) else {})}
         try:
             result = run_spec(
                 spec, origin=f"{plan.base} (study {plan.name}, trial {trial.number})", experiment=plan.experiment,
                 tracking_uri=plan.tracking_uri, parent_run_id=plan.parent_run_id, tags=tags,
-                params={PARAM_TRIAL_NUMBER: str(trial.number)}, on_epoch=on_epoch,
+                params={PARAM_TRIAL_NUMBER: str(trial.number)}, on_epoch=_reporter(plan, trial, scores),
             )
         except (TrainingDiverged, torch.cuda.OutOfMemoryError) as e:
             reason = str(e) if isinstance(e, TrainingDiverged) else f"out of memory: {e}"
@@ -123,21 +131,20 @@ def _objective(plan: Plan, storage, worker: str):
     return objective
 
 
-def _tag_state(plan: Plan, number: int, state: str, run_id: str | None = None) -> None:
+def _tag_state(plan: StudyPlan, number: int, state: str, run_id: str | None = None) -> None:
     """Tag trial `number`'s MLflow run (found by its study and trial tags when `run_id` is None) with its Optuna state."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(plan.tracking_uri)
     if run_id is None:
-        runs = client.search_runs([client.get_experiment_by_name(plan.experiment).experiment_id],
-                                  f"tags.`{TAG_STUDY}` = '{plan.name}' and tags.`{TAG_TRIAL}` = '{number}'")
-        run_id = runs[0].info.run_id if runs else None
+        runs = study_runs(client, plan.experiment, plan.name, tags={TAG_TRIAL: str(number)})
+        run_id = runs[-1].info.run_id if runs else None
     if run_id is not None:
         client.set_tag(run_id, TAG_OPTUNA_STATE, state)
 
 
 @contextlib.contextmanager
-def _console_warnings_only(plan: Plan) -> Iterator[None]:
+def console_warnings_only(plan: StudyPlan) -> Iterator[None]:
     """Trial runs log to their run.log as usual, but the console shows only warnings and the progress
     lines (everything with -v)."""
     import mlflow  # noqa: F401 - importing it adds MLflow's own console handler, quieted here too
@@ -156,13 +163,28 @@ def _console_warnings_only(plan: Plan) -> Iterator[None]:
             handler.setLevel(level)
 
 
-def work(plan: Plan, index: int) -> None:
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` set in this process's environment (which a process spawned meanwhile starts with), then restored."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def work(plan: StudyPlan, index: int) -> None:
     """One worker: run trials until the study has `plan.trials` complete or pruned ones."""
-    with _console_warnings_only(plan):
+    with console_warnings_only(plan):
         _work(plan, index)
 
 
-def _work(plan: Plan, index: int) -> None:
+def _work(plan: StudyPlan, index: int) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a spawned worker too: capexp prints its own line per trial
@@ -202,8 +224,14 @@ def _work(plan: Plan, index: int) -> None:
     study.optimize(_objective(plan, storage, worker_id()), callbacks=[after_trial], gc_after_trial=True)
 
 
-def _worker_main(plan: Plan, index: int, errors: Any) -> None:
-    """Entry point of a spawned worker process; its error goes back to the parent as one line."""
+def _worker_main(plan: StudyPlan, index: int, errors: Any, bar_lock: Any) -> None:
+    """Entry point of a spawned worker process; its error goes back to the parent as one line.
+
+    Training bars share `bar_lock`, made by the parent: a lock tqdm made here would be left to the
+    parent's resource tracker when this process is killed, which then warns of a leaked semaphore."""
+    from tqdm import tqdm
+
+    tqdm.set_lock(bar_lock)
     logging.basicConfig(level=logging.WARNING, format=f"[worker {index}] %(levelname)s %(message)s")
     logging.getLogger("capexp").setLevel(plan.log_level)
     for noisy in ("mlflow", "alembic", "optuna", "transformers"):
@@ -222,18 +250,18 @@ def _worker_main(plan: Plan, index: int, errors: Any) -> None:
         raise SystemExit(1) from None
 
 
-def run_workers(plan: Plan, workers: int) -> list[str]:
+def run_workers(plan: StudyPlan, workers: int) -> list[str]:
     """Run `workers` processes (spawned: they share only the storage and the MLflow store);
     return what went wrong in each that failed."""
     import multiprocessing
-    from unittest import mock
 
     ctx = multiprocessing.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_worker_main, args=(plan, i, errors), name=f"capexp-study-{i}") for i in range(workers)]
+    errors, bar_lock = ctx.SimpleQueue(), ctx.RLock()
+    procs = [ctx.Process(target=_worker_main, args=(plan, i, errors, bar_lock), name=f"capexp-study-{i}")
+             for i in range(workers)]
     # Workers' training bars would overwrite one another on the console: with several, the
     # progress lines say enough. A spawned process reads its environment as it starts.
-    with mock.patch.dict(os.environ, {"TQDM_DISABLE": "1"} if workers > 1 else {}):
+    with environment({"TQDM_DISABLE": "1"} if workers > 1 else {}):
         for proc in procs:
             proc.start()
     try:

@@ -15,7 +15,8 @@ __all__ = [
     "PARAM_STUDY_STORAGE", "PARAM_SAMPLER", "PARAM_PRUNER", "SPACE_PREFIX", "IMPORTANCE_PREFIX", "STUDY_PLOTS",
     "ARTIFACT_CHECKPOINT", "ARTIFACT_EVAL_PER_IMAGE", "CHECKPOINT_META", "CHECKPOINT_WEIGHTS", "MODEL_NAME", "TAG_REGISTERED",
     "ATTR_WORKER", "ATTR_RUN_ID", "ATTR_RUN_NAME", "ATTR_METRIC", "ATTR_BASE_HASH", "ATTR_BASE", "ATTR_SPACE", "ATTR_ERROR",
-    "ATTR_RETRY_OWED",
+    "ATTR_RETRY_OWED", "TAG_CONTROL", "TAG_FINALIST", "TAG_FINALIST_SEED", "TAG_WINNER", "TAG_WORKER", "FINALIST_PREFIX",
+    "FIDELITY_PREFIX", "ATTR_CONTROL", "ATTR_WINNER",
 ]
 
 DEFAULT_EXPERIMENT = "capexp"
@@ -39,6 +40,13 @@ TAG_TRIAL = "capexp.trial"  # trial number, on each trial run and its logged mod
 TAG_OPTUNA_STATE = "optuna.state"  # COMPLETE, PRUNED or FAIL, on each trial run
 TAG_STUDY_ROLE = "capexp.study_role"  # STUDY_PARENT on a study's parent run
 STUDY_PARENT = "parent"
+TAG_CONTROL = "capexp.control"  # "true" on a study's control run: the base spec's own values of the searched keys
+TAG_FINALIST = "capexp.finalist"  # on a finalist run: the trial it retrains at full budget ("control": the control)
+TAG_FINALIST_SEED = "capexp.finalist_seed"  # on a finalist run: its seed
+TAG_WINNER = "capexp.winner"  # on a study's parent run: the finalist with the best mean full-budget objective
+TAG_WORKER = "capexp.worker"  # on a control or finalist run: host:pid:start-time of the process running it
+FINALIST_PREFIX = "finalist."  # finalist.<trial>.mean and .sd: full-budget objectives, on a study's parent run
+FIDELITY_PREFIX = "fidelity."  # fidelity.spearman and .kendall: how the trial budget ranked the finalists
 TAG_BEST_TRIAL = "capexp.best_trial"  # on a study's parent run
 TAG_BEST_RUN_ID = "capexp.best_run_id"
 BEST_PREFIX = "best."  # best.<dotted key>: the best trial's values, as tags of the parent run
@@ -84,4 +92,6 @@ ATTR_BASE_HASH = "capexp.base_hash"
 ATTR_BASE = "capexp.base"  # the base spec file the study was created with
 ATTR_SPACE = "capexp.space"  # its search-space file
 ATTR_ERROR = "capexp.error"  # why a trial failed (diverged, out of memory)
+ATTR_CONTROL = "capexp.control"  # True on the control trial (the base spec's own values, inside the space)
+ATTR_WINNER = "capexp.winner"  # on a study: the finalists' winner, a trial number or "control"
 ATTR_RETRY_OWED = "capexp.retry_owed"  # set on a dead worker's trial before it is failed: it must be queued again
