@@ -37,7 +37,7 @@ def _default_images() -> Path:
 
 def _train_quickstart(store: Path) -> str:
     from capexp.training.run import run_spec
-    from capexp.spec.schema import load_spec
+    from capexp.spec.loading import load_spec
 
     spec = load_spec(REPO / "experiments" / "quickstart.json", [
         "training_config.num_epochs=2", "data_paths.num_train=128", "data_paths.num_val=16",

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from capexp.backbones import decoder_blocks, load_decoder
     from capexp.data import load_data
     from capexp.model.captioner import build_model
-    from capexp.spec.schema import load_spec
+    from capexp.spec.loading import load_spec
     from capexp.training.cross_entropy import tokenize
     from capexp.model.vocabulary import restrict_vocabulary, training_vocabulary
 

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from capexp.spec.checks import check_spec, decoder_config
 from capexp.cli import cli
 from capexp.errors import CapexpError
-from capexp.spec.schema import load_spec
+from capexp.spec.loading import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "experiments" / "quickstart.json")

@@ -13,7 +13,7 @@ from capexp.evaluation.cider import CiderD, ptb_words
 from capexp.data import load_data
 from capexp.evaluation.metrics import _ptb_tokenize
 from capexp.paths import project_file
-from capexp.spec.schema import load_spec
+from capexp.spec.loading import load_spec
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer is a Java program; install a JRE")
 

@@ -15,7 +15,8 @@ from capexp.backbones.feature_cache import encode_images
 from capexp.model.captioner import build_model
 from capexp.paths import project_file
 from capexp.training.self_critical import SelfCritical, _caption_mask
-from capexp.spec.schema import ScstConfig, load_spec
+from capexp.spec.schema import ScstConfig
+from capexp.spec.loading import load_spec
 from capexp.training.cross_entropy import CaptionData, _Batches
 from capexp.model.vocabulary import restrict_vocabulary, training_vocabulary
 

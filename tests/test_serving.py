@@ -23,7 +23,7 @@ from PIL import Image
 from capexp.serving.folder import caption_folder, find_checkpoint
 from capexp.training.run import run_spec
 from capexp.serving.register import register_run
-from capexp.spec.schema import load_spec
+from capexp.spec.loading import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 # one optimizer step per run: tests stay fast

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from capexp import __version__
 from capexp.errors import CapexpError, TrainingDiverged, warn
 from capexp.training.outputs import plot_curves, write_captions
-from capexp.spec.schema import Spec, expand_path, flatten, spec_hash
+from capexp.spec.schema import Spec
+from capexp.spec.loading import expand_path, flatten, spec_hash
 from capexp.stopping import stoppable
 from capexp.tracking import (
     ARTIFACT_CHECKPOINT,
