@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from capexp.serving.folder import caption_folder, find_checkpoint, list_images
+    from capexp.model.checkpoint import find_checkpoint
+    from capexp.serving.folder import caption_folder, list_images
 
     work = Path(tempfile.mkdtemp(prefix="capexp-bench-"))
     os.environ["CAPEXP_CACHE"] = str(work / "cache")  # a private feature cache: the cold run is really cold

@@ -278,7 +278,7 @@ def gallery(images: str, runs: tuple[str, ...], experiment: str | None, models: 
             batch_size: int, device: str | None, tracking_uri: str | None) -> None:
     """Every model's caption of IMAGES (a folder, or train/val/test of the first run's data) on one HTML page."""
     from capexp.gallery import make_gallery
-    from capexp.serving.folder import model_sources
+    from capexp.tracking import model_sources
 
     sources = model_sources([*runs, *models], experiment=experiment, tracking_uri=tracking_uri)
     made = make_gallery(images, sources, output, sheet=sheet, blind=blind, seed=seed, log_artifacts=not no_log,

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from capexp.errors import CapexpError
-from capexp.serving.folder import caption_folder, find_checkpoint, list_images, load_captioner
+from capexp.model.checkpoint import find_checkpoint, load_captioner
+from capexp.serving.folder import caption_folder, list_images
 from capexp.tracking import experiment_runs, find_run, run_checkpoint, use_store
 
 # 12 optimizer steps per run (3 epochs of 4): enough that captions are words, not an immediate EOS

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from capexp.serving.folder import caption_folder, find_checkpoint
+from capexp.model.checkpoint import find_checkpoint
+from capexp.serving.folder import caption_folder
 from capexp.training.run import run_spec
 from capexp.serving.register import register_run
 from capexp.spec.loading import load_spec

@@ -9,8 +9,10 @@ from capexp.backbones.decoders import decoder_blocks
 from capexp.backbones.encoders import EncoderCard
 from capexp.backbones.presets import (
     PRESETS,
+    DecoderFacts,
     Preset,
     decoder_depth,
+    decoder_facts,
     list_backbones,
     load_decoder,
     preset_distributions,
@@ -19,6 +21,7 @@ from capexp.backbones.presets import (
 )
 
 __all__ = [
-    "PRESETS", "Preset", "EncoderCard", "resolve_encoder", "load_decoder", "decoder_blocks", "decoder_depth",
+    "PRESETS", "Preset", "EncoderCard", "resolve_encoder", "load_decoder", "decoder_blocks", "DecoderFacts",
+    "decoder_facts", "decoder_depth",
     "resolve_bertscore_model", "list_backbones", "preset_distributions",
 ]
