@@ -1,8 +1,9 @@
-"""Backbones by name: image encoders, causal-LM decoders, tokenizers and BERTScore models.
+"""Backbones by name: image encoders, causal-LM decoders, tokenizers and BERTScore models, and the
+feature cache that encodes each image once per encoder.
 
-`presets` holds the registry and resolves a name (preset, local folder or hub id); `encoders`,
-`decoders` and `bertscore` hold the loaders; `hub` finds weights in pip packages, folders and
-the Hugging Face hub.
+A name is, in this order, a preset (offline weights shipped in pip packages, or tiny random models
+for tests), an existing local folder, or a Hugging Face hub id. What a spec check needs to know of a
+decoder (its positions and depth) is read here, once, without loading weights (`decoder_facts`).
 """
 
 from capexp.backbones.decoders import decoder_blocks

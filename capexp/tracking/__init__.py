@@ -1,5 +1,6 @@
-"""MLflow tracking: every name capexp gives runs (`names`), the store (`store`), runs' logged
-models (`logged_models`) and the one resolver of runs and models (`runs`). Re-exported here, so `from capexp.tracking import TAG_STUDY, use_store` works."""
+"""MLflow tracking: every name capexp gives runs, the store, runs' logged models, and the one resolver
+that turns a run id or name, a `models:/` URI or a checkpoint folder into a model source (every run
+query capexp makes lives here). Re-exported here, so `from capexp.tracking import TAG_STUDY, use_store` works."""
 
 from capexp.tracking.names import (
     ARTIFACT_CHECKPOINT,
