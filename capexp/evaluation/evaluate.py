@@ -118,14 +118,14 @@ def _ensemble_run(member_ids: list[str], name: str) -> str:
     first member's experiment."""
     from mlflow import MlflowClient
 
-    from capexp.tracking import TAG_ENSEMBLE, TAG_NOTE, search_runs
+    from capexp.tracking import TAG_ENSEMBLE, TAG_NOTE, tagged_run
 
     client = MlflowClient()
     key = ",".join(member_ids)
     experiment_id = client.get_run(member_ids[0]).info.experiment_id
-    found = search_runs(client, [experiment_id], tags={TAG_ENSEMBLE: key})
-    if found:
-        return found[0].info.run_id
+    found = tagged_run(experiment_id, TAG_ENSEMBLE, key)
+    if found is not None:
+        return found
     note = f"Ensemble (mean next-token probabilities) of the runs in tag {TAG_ENSEMBLE}."
     run = client.create_run(experiment_id, run_name=name, tags={TAG_ENSEMBLE: key, TAG_NOTE: note})
     client.set_terminated(run.info.run_id)

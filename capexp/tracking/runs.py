@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "is_run_id", "store_uri", "experiment_ids", "search_runs", "has_checkpoint",
-    "find_run", "find_runs", "run_checkpoint", "experiment_runs", "ModelSource", "resolve_model_source", "model_sources",
+    "find_run", "find_runs", "tagged_run", "run_checkpoint", "experiment_runs", "ModelSource", "resolve_model_source", "model_sources",
 ]
 
 log = logging.getLogger("capexp")
@@ -79,6 +79,14 @@ def search_runs(client: MlflowClient, ids: list[str], name: str | None = None, *
         token = page.token
         if not token:
             return runs
+
+
+def tagged_run(experiment_id: str, tag: str, value: str) -> str | None:
+    """The id of the oldest active run of experiment `experiment_id` whose tag `tag` is `value`, or None."""
+    from mlflow import MlflowClient
+
+    found = search_runs(MlflowClient(), [experiment_id], tags={tag: value})
+    return found[0].info.run_id if found else None
 
 
 def _by_id(client: MlflowClient, text: str) -> Run | None:
