@@ -8,7 +8,6 @@ and writes the seed's CSV: `image_id, model_name, caption`.
 from __future__ import annotations
 
 import csv
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,9 +23,6 @@ __all__ = [
     "FolderCaptions", "select_checkpoints", "list_images", "image_refs", "unique_names", "ImageCaptions",
     "caption_refs", "caption_folder",
 ]
-
-log = logging.getLogger("capexp")
-
 
 @dataclass
 class FolderCaptions:
