@@ -164,9 +164,11 @@ class Checkpoint:
         """The model on `device` (None: CUDA when available, else CPU), in eval mode."""
         from capexp.model.captioner import build_captioner, default_device
 
-        with torch.random.fork_rng(devices=[]):  # the decoder seeded as the run seeded it: a randomly initialised
+        # the decoder is seeded as the run seeded it (a randomly initialised preset gets the frozen blocks it
+        # trained with), without touching the caller's random state; the trained weights come from the file
+        with torch.random.fork_rng(devices=[]):
             model, tokenizer = build_captioner(self.spec, self.meta.vocabulary, feature_dim=self.card.feature_dim)
-        load_state(model, self.folder)  # preset gets the frozen blocks it trained with, the rest comes from the file
+        load_state(model, self.folder)
         dev = default_device(device)
         model.to(dev).eval()
         return Captioner(self.name, self.spec, model, tokenizer, self.card, dev, self.meta)
