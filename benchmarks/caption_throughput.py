@@ -37,7 +37,7 @@ def _default_images() -> Path:
 
 def _train_quickstart(store: Path) -> str:
     from capexp.training.run import run_spec
-    from capexp.spec.schema import load_spec
+    from capexp.spec.loading import load_spec
 
     spec = load_spec(REPO / "experiments" / "quickstart.json", [
         "training_config.num_epochs=2", "data_paths.num_train=128", "data_paths.num_val=16",
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from capexp.serving.folder import caption_folder, find_checkpoint, list_images
+    from capexp.model.checkpoint import find_checkpoint
+    from capexp.serving.folder import caption_folder, list_images
 
     work = Path(tempfile.mkdtemp(prefix="capexp-bench-"))
     os.environ["CAPEXP_CACHE"] = str(work / "cache")  # a private feature cache: the cold run is really cold

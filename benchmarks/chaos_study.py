@@ -190,7 +190,7 @@ def _cache_reads_back(folder: Path) -> dict[str, Any]:
     from capexp.backbones import resolve_encoder
     from capexp.data import load_data
     from capexp.backbones.feature_cache import encode_images
-    from capexp.spec.schema import load_spec
+    from capexp.spec.loading import load_spec
 
     spec = load_spec(BASE, TINY)
     splits = load_data(spec)

@@ -1,4 +1,4 @@
-"""Epoch time: capexp (feature cache + `capexp.training.cross_entropy.fit`) against the seed's pipeline, same data and model.
+"""Epoch time: capexp (feature cache + `capexp.training.cross_entropy.train_cross_entropy`) against the seed's pipeline, same data and model.
 
     python benchmarks/epoch_time.py [--images 32] [--epochs 3] [--batch-size 64] [--threads 1]
                                     [--encoder clip-b32-random|efficientnet-lite0] [--vocabulary train|full]
@@ -7,7 +7,7 @@
 Both pipelines train the same ClipCap (deep copies of one set of initial weights: the encoder,
 the seed's MLP mapper with k=5, the `gpt2-tiny` decoder, captions cut to 10 tokens) on the
 same Flickr8k training images with all 5 captions each, batch 64, AdamW 1e-4, grad clip 1.0,
-in the same shuffled batch order (the generator `fit` uses, seeded alike), on the CPU. The
+in the same shuffled batch order (the generator `train_cross_entropy` uses, seeded alike), on the CPU. The
 decoder's vocabulary is cut to the training captions' tokens (`--vocabulary train`, as capexp's
 specs do; `full` keeps GPT-2's 50,257 tokens) in both pipelines alike. The
 default encoder is the seed's: a CLIP ViT-B/32-shaped vision tower (random weights: only its
@@ -17,13 +17,13 @@ ten times cheaper per image.
 What one epoch's time holds:
 - seed-style: a torch `Dataset` with one item per (image, caption) whose `__getitem__` reads
   the image, preprocesses it and runs the image encoder on it alone, then tokenizes the
-  caption; a `DataLoader` (batch 64, no workers) feeds the training step (`fit`'s: loss on
+  caption; a `DataLoader` (batch 64, no workers) feeds the training step (`train_cross_entropy`'s: loss on
   caption tokens, backward, grad clip, AdamW). Every epoch encodes every image 5 times.
   Epoch 1 also holds loading the encoder.
-- capexp: the wall time between `fit`'s epoch callbacks. Epoch 1 also holds
+- capexp: the wall time between `train_cross_entropy`'s epoch callbacks. Epoch 1 also holds
   `capexp.backbones.feature_cache.encode_images` on an empty cache (a fresh $CAPEXP_CACHE: encoder load,
-  batched encoding, writing the shards, reading them back) and `fit`'s setup (tokenizing).
-  Every capexp epoch also holds `fit`'s per-epoch evaluation, kept as small as it goes: one
+  batched encoding, writing the shards, reading them back) and `train_cross_entropy`'s setup (tokenizing).
+  Every capexp epoch also holds `train_cross_entropy`'s per-epoch evaluation, kept as small as it goes: one
   validation image (validation loss, one greedy caption, its BERTScore; the BERTScore model is
   loaded before timing starts, COCO metrics are off). The seed-style epoch evaluates nothing,
   so the ratio is, if anything, in the seed's favour.
@@ -129,11 +129,11 @@ def _seed_style(model, spec, split, card, tokenizer) -> tuple[list[float], list[
 
 
 def _capexp(model, spec, train_split, val_split, card, tokenizer) -> tuple[list[float], list[float], int]:
-    """Train through the feature cache and `fit`; returns seconds and mean training loss per epoch, images encoded."""
+    """Train through the feature cache and `train_cross_entropy`; returns seconds and mean training loss per epoch, images encoded."""
     import torch
 
     from capexp.backbones.feature_cache import encode_images
-    from capexp.training.cross_entropy import CaptionData, fit
+    from capexp.training.cross_entropy import CaptionData, train_cross_entropy
 
     marks = [time.perf_counter()]
     train_enc = encode_images(card, train_split.images, batch_size=64, progress=False)
@@ -145,13 +145,13 @@ def _capexp(model, spec, train_split, val_split, card, tokenizer) -> tuple[list[
         marks.append(time.perf_counter())
 
     torch.manual_seed(spec.seed)  # the same dropout masks as in _seed_style
-    history = fit(model, tokenizer, train, val, spec, torch.device("cpu"), mark)
+    history = train_cross_entropy(model, tokenizer, train, val, spec, torch.device("cpu"), mark)
     seconds = [b - a for a, b in zip(marks, marks[1:])]
     return seconds, [r.metrics["train_loss"] for r in history], train_enc.n_encoded + val_enc.n_encoded
 
 
 def _first_batch_losses(model, spec, split, card, tokenizer, cached) -> tuple[float, float]:
-    """Loss of `fit`'s first batch under `model`: features encoded one at a time, and read from the cache."""
+    """Loss of `train_cross_entropy`'s first batch under `model`: features encoded one at a time, and read from the cache."""
     import torch
 
     items = _SeedStyleItems(split.images, split.captions, card, card.load("cpu"), tokenizer,
@@ -193,13 +193,13 @@ def main(argv: list[str] | None = None) -> int:
 def _bench(args: argparse.Namespace, tmp: Path) -> int:
     import torch
 
-    from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
+    from capexp.backbones import load_decoder, resolve_encoder
     from capexp.data import load_data
     from capexp.backbones.feature_cache import encode_images
     from capexp.evaluation.metrics import bertscore
     from capexp.spec.schema import Spec
-    from capexp.model.captioner import build_model
-    from capexp.model.vocabulary import restrict_vocabulary, training_vocabulary
+    from capexp.model.captioner import build_captioner
+    from capexp.model.vocabulary import training_vocabulary
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -216,10 +216,9 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
     encoder = _random_clip_folder(tmp / "clip-b32-random") if args.encoder == "clip-b32-random" else args.encoder
     card = resolve_encoder(encoder, (224, 224))
     torch.manual_seed(args.seed)
-    decoder, tokenizer = load_decoder("gpt2-tiny")
-    if args.vocabulary == "train":
-        tokenizer = restrict_vocabulary(decoder, tokenizer, training_vocabulary(tokenizer, train_split.captions))
-    model = build_model(spec, decoder, decoder_blocks(decoder), card.feature_dim)
+    decoder = load_decoder("gpt2-tiny")
+    kept = training_vocabulary(decoder[1], train_split.captions) if args.vocabulary == "train" else None
+    model, tokenizer = build_captioner(spec, kept, feature_dim=card.feature_dim, decoder=decoder)
     initial, seed_model = copy.deepcopy(model), copy.deepcopy(model)
     bertscore(["a dog runs"], [["a dog is running"]])  # load the scorer fit uses, outside the timings
 

@@ -19,9 +19,9 @@ Rows (each says what it runs):
   the encoder on the device, safetensors shards written); then its parts alone: `card.preprocess`
   on the CPU, and the module `card.load(device)` on ready pixels as `encode_images` calls it (fp32
   under inference_mode) and the same under bf16 autocast.
-- train: `capexp.training.cross_entropy.fit` from the cached features: `CaptionData` from `encode_images` on the
-  warm cache, `build_model` (the spec's mapper and freezing on a decoder from `load_decoder`),
-  then `fit` for a few epochs with its per-epoch evaluation of 1 validation image (val loss, a
+- train: `capexp.training.cross_entropy.train_cross_entropy` from the cached features: `CaptionData` from `encode_images` on the
+  warm cache, `build_captioner` (the spec's decoder, mapper and freezing),
+  then `train_cross_entropy` for a few epochs with its per-epoch evaluation of 1 validation image (val loss, a
   greedy caption, BERTScore with a tiny random BERT folder as `evaluation.bertscore_model`; COCO
   metrics off). Samples/s is (image, caption) pairs over `EpochResult.seconds` of the epochs after
   the first (which warms up); the end-to-end row times the cache read, the model build and every
@@ -60,14 +60,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported: fit's 
 try:  # capexp's code this benchmark drives, in one block (module moves are fixed here)
     import torch
 
-    from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
+    from capexp.backbones import resolve_encoder
     from capexp.data import ImageRef
     from capexp.model.decoding import generate_captions
     from capexp.backbones.feature_cache import encode_images
     from capexp.evaluation.metrics import caption_metrics
     from capexp.spec.schema import Spec
-    from capexp.model.captioner import build_model
-    from capexp.training.cross_entropy import CaptionData, fit, pick_device
+    from capexp.model.captioner import build_captioner
+    from capexp.training.cross_entropy import CaptionData, pick_device, train_cross_entropy
 except ImportError as _missing:  # pydantic (capexp.spec.schema) or bert-score are not on the GPU image
     print(f"gpu_full_size.py: {_missing}; on the GPU machine install the wheelhouse first "
           "(benchmarks/gpu_wheelhouse.sh, then the command in benchmarks/README.md)", file=sys.stderr)
@@ -268,9 +268,7 @@ def _bench(sizes: _Sizes, device: torch.device, tmp: Path) -> None:
 
     def fresh_model(spec: Spec):
         """What run_spec builds: the spec's decoder and tokenizer, its mapper and freezing."""
-        torch.manual_seed(spec.seed)
-        decoder, tokenizer = load_decoder(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
-        return build_model(spec, decoder, decoder_blocks(decoder), card.feature_dim), tokenizer
+        return build_captioner(spec, None, feature_dim=card.feature_dim)
 
     rows: list[tuple[str, int, float | None, str, str]] = []  # (measure, batch, value, per item or error, target key)
     profiles: dict[str, tuple[str, Callable[[], Any]]] = {}  # target key -> (label, one call to profile)
@@ -366,7 +364,7 @@ def _bench(sizes: _Sizes, device: torch.device, tmp: Path) -> None:
             cached = encode_images(card, images, device=device, progress=False)  # warm: every row from the shards
             data = CaptionData([images[i].image_id for i in cached.kept], cached.features, references)
             model, tokenizer = fresh_model(spec_b)
-            return [r.seconds for r in fit(model, tokenizer, data, val, spec_b, device, on_epoch=lambda r: None)]
+            return [r.seconds for r in train_cross_entropy(model, tokenizer, data, val, spec_b, device, on_epoch=lambda r: None)]
 
         return timed(end_to_end)
 
@@ -379,10 +377,10 @@ def _bench(sizes: _Sizes, device: torch.device, tmp: Path) -> None:
             return (n_pairs * len(later) / sum(later),
                     f"epochs 2-{epochs}: {sum(later) / len(later):.2f} s each; 1st {seconds[0]:.2f} s")
 
-        row("train: capexp.training.cross_entropy.fit, epochs after the 1st, samples/s", batch, steady, f"train {batch}")
+        row("train: capexp.training.cross_entropy.train_cross_entropy, epochs after the 1st, samples/s", batch, steady, f"train {batch}")
         if "fit" in done:
             total, seconds = done["fit"]
-            row("train: cache read + build_model + fit, all epochs, samp/s", batch,
+            row("train: cache read + build_captioner + train_cross_entropy, all epochs, samp/s", batch,
                 lambda: (n_pairs * len(seconds) / total, f"{total:.2f} s for {len(seconds)} epochs"))
 
     model, tokenizer = fresh_model(spec)
@@ -400,7 +398,7 @@ def _bench(sizes: _Sizes, device: torch.device, tmp: Path) -> None:
     row("train: fit's per-epoch eval, its caption and BERTScore", 1, evaluation)
 
     big = sizes.caption_batch
-    profiles["train 512"] = (f"fit, 1 epoch at batch {big}", lambda: fit(
+    profiles["train 512"] = (f"fit, 1 epoch at batch {big}", lambda: train_cross_entropy(
         model, tokenizer, CaptionData([im.image_id for im in images], features, references), val,
         _spec(sizes, clip_dir, gpt2_dir, bert_dir, big, 1), device, on_epoch=lambda r: None))
     _report(sizes, device, rows, captions, clip_params, gpt2_params)

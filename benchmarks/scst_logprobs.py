@@ -51,21 +51,21 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from capexp.backbones import decoder_blocks, load_decoder
+    from capexp.backbones import load_decoder
     from capexp.data import load_data
-    from capexp.model.captioner import build_model
-    from capexp.spec.schema import load_spec
+    from capexp.model.captioner import build_captioner
+    from capexp.spec.loading import load_spec
     from capexp.training.cross_entropy import tokenize
-    from capexp.model.vocabulary import restrict_vocabulary, training_vocabulary
+    from capexp.model.vocabulary import training_vocabulary
 
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = load_spec(REPO / "experiments" / "flickr8k.json", [f'data_paths.root="{args.data}"'])
     train = load_data(spec).train
     torch.manual_seed(0)
-    decoder, tokenizer = load_decoder(spec.gpt2_config.model)
-    tokenizer = restrict_vocabulary(decoder, tokenizer, training_vocabulary(tokenizer, train.captions))
-    model = build_model(spec, decoder, decoder_blocks(decoder), 1280).eval()
+    decoder = load_decoder(spec.gpt2_config.model)
+    model, tokenizer = build_captioner(spec, training_vocabulary(decoder[1], train.captions), feature_dim=1280, decoder=decoder)
+    model.eval()
     gen = torch.Generator().manual_seed(0)
     rows = args.images * args.samples
     times = {"token_logprobs": 0.0, "full width": 0.0}

@@ -77,7 +77,7 @@ def cli(verbose: bool) -> None:
 def validate(spec: Path, overrides: tuple[str, ...], strict: bool) -> None:
     """Print the resolved SPEC (after `extends` and --set) as JSON."""
     from capexp.spec.checks import check_spec
-    from capexp.spec.schema import load_spec, missing_paths
+    from capexp.spec.loading import load_spec, missing_paths
 
     resolved = load_spec(spec, overrides)
     check_spec(resolved, str(spec) + (" with --set " + " ".join(overrides) if overrides else ""))
@@ -98,7 +98,7 @@ def validate(spec: Path, overrides: tuple[str, ...], strict: bool) -> None:
 def run(spec: Path, overrides: tuple[str, ...], experiment: str, tracking_uri: str | None) -> None:
     """Train the captioner SPEC describes and track it as an MLflow run."""
     from capexp.training.run import run_spec
-    from capexp.spec.schema import load_spec
+    from capexp.spec.loading import load_spec
 
     resolved = load_spec(spec, overrides)
     result = run_spec(resolved, origin=str(spec), experiment=experiment, tracking_uri=tracking_uri)
@@ -292,7 +292,7 @@ def gallery(images: str, runs: tuple[str, ...], experiment: str | None, models: 
             batch_size: int, device: str | None, tracking_uri: str | None) -> None:
     """Every model's caption of IMAGES (a folder, or train/val/test of the first run's data) on one HTML page."""
     from capexp.gallery import make_gallery
-    from capexp.serving.folder import model_sources
+    from capexp.tracking import model_sources
 
     sources = model_sources([*runs, *models], experiment=experiment, tracking_uri=tracking_uri)
     made = make_gallery(images, sources, output, sheet=sheet, blind=blind, seed=seed, log_artifacts=not no_log,

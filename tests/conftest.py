@@ -124,7 +124,7 @@ def quickstart_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable:
     @contextlib.contextmanager
     def make(names: list[str], overrides: list[str], env: dict[str, str | None] | None = None) -> Iterator[tuple[str, list[str]]]:
         from capexp.training.run import run_spec
-        from capexp.spec.schema import load_spec
+        from capexp.spec.loading import load_spec
 
         uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
         with pytest.MonkeyPatch.context() as mp:

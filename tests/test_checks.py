@@ -12,10 +12,11 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 
-from capexp.spec.checks import check_spec, decoder_config
+from capexp.backbones import decoder_facts
+from capexp.spec.checks import check_spec
 from capexp.cli import cli
 from capexp.errors import CapexpError
-from capexp.spec.schema import load_spec
+from capexp.spec.loading import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "experiments" / "quickstart.json")
@@ -65,10 +66,10 @@ def test_freeze_depth_is_checked_by_validate_from_the_config() -> None:
 def test_a_folder_decoders_positions_come_from_its_config_json(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 16,
                                                       "num_hidden_layers": 2}))
-    assert decoder_config(str(tmp_path))["max_position_embeddings"] == 16
+    assert (decoder_facts(str(tmp_path)).positions, decoder_facts(str(tmp_path)).depth) == (16, 2)
     with pytest.raises(CapexpError, match="has 16"):
         check_spec(load_spec(QUICKSTART, [f"gpt2_config.model={json.dumps(str(tmp_path))}"]), "q")
-    assert decoder_config("no-such-org/never-cached-model") is None  # unknown: the run checks after loading
+    assert decoder_facts("no-such-org/never-cached-model") is None  # unknown: the run checks after loading
 
 
 def test_unknown_best_metric_fails_validate_and_run_before_a_run(tracking_uri: str) -> None:

@@ -11,9 +11,9 @@ from pycocoevalcap.cider.cider import Cider
 
 from capexp.evaluation.cider import CiderD, ptb_words
 from capexp.data import load_data
-from capexp.evaluation.metrics import _ptb_tokenize
+from capexp.evaluation.metrics import _ptb_tokenize, bleu4_per_caption
 from capexp.paths import project_file
-from capexp.spec.schema import load_spec
+from capexp.spec.loading import load_spec
 
 needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="the PTB tokenizer is a Java program; install a JRE")
 
@@ -93,3 +93,19 @@ def test_python_tokenization_gives_pycocoevalcaps_cider_on_flickr8k_dev(shared_d
     java_cider, _ = Cider().compute_score(java_refs, {i: [java[5 * i]] for i in range(len(dev))})
     ours = CiderD([[ptb_words(r) for r in refs[1:]] for refs in dev]).corpus_score([ptb_words(refs[0]) for refs in dev])
     assert ours == pytest.approx(java_cider, rel=1e-12)
+
+
+@needs_java
+def test_per_caption_bleu4_tokenizes_as_the_coco_metrics_do() -> None:
+    """The gallery's per-image BLEU-4 (Python tokenizer) is pycocoevalcap's BLEU-4 on the Java PTB tokenizer's text,
+    for captions written with clitics and punctuation joined to their words."""
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    n = len(HARD_CAPTIONS)
+    predictions = [c.replace(" 's", "'s").replace(" n't", "n't").replace(" .", ".").replace(" ,", ",") for c in HARD_CAPTIONS]
+    references = [[HARD_CAPTIONS[i], HARD_CAPTIONS[(i + 1) % n]] for i in range(n)]
+    java = _ptb_tokenize(predictions + [r for refs in references for r in refs])
+    res = {i: [java[i]] for i in range(n)}
+    gts = {i: java[n + 2 * i : n + 2 * i + 2] for i in range(n)}
+    _, per_caption = Bleu(4).compute_score(gts, res, verbose=0)
+    assert bleu4_per_caption(predictions, references) == pytest.approx(per_caption[3], rel=1e-12)

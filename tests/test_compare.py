@@ -15,7 +15,8 @@ from rich.console import Console
 
 from capexp.compare import compare
 from capexp.errors import CapexpError
-from capexp.spec.schema import Spec, flatten, load_spec
+from capexp.spec.schema import Spec
+from capexp.spec.loading import flatten, load_spec
 from capexp.tracking import TAG_PRUNED, TAG_STUDY, TAG_TRIAL, experiment_id, param_value, use_store
 
 REPO = Path(__file__).resolve().parents[1]

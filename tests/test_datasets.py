@@ -13,7 +13,8 @@ from PIL import Image
 from capexp.data import ImageRef, Split, dataset_frame, load_data
 from capexp.errors import CapexpError
 from capexp.data.images import UnreadableImage
-from capexp.spec.schema import CaptionListData, CocoData, Flickr8kData, KarpathyData, Spec, TrainingConfig, load_spec
+from capexp.spec.schema import CaptionListData, CocoData, Flickr8kData, KarpathyData, Spec, TrainingConfig
+from capexp.spec.loading import load_spec
 
 
 def _spec(data: object, subset_ratio: float = 1.0, seed: int = 0) -> Spec:

@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from capexp.model.decoding import _beam_search, _Cached, _greedy, generate_captions
-from capexp.model.captioner import ClipCap, MlpMapper
+from capexp.model.decoding import _beam_search, _DecoderStepper, _greedy, generate_captions
+from capexp.model.captioner import ClipCap
+from capexp.model.mappers import MlpMapper
 
 EOS = 50256  # GPT-2's <|endoftext|>
 FEATURE_DIM, WIDTH, K = 16, 64, 4
@@ -139,7 +140,7 @@ def test_grid_features_and_train_mode(tokenizer, features: torch.Tensor) -> None
 def test_greedy_matches_transformers_generate(captioner: ClipCap, features: torch.Tensor) -> None:
     prefix = captioner.prefix(features)
     for ngram in (0, 2):
-        assert _greedy(_Cached(captioner.decoder, prefix), EOS, 12, ngram) == _hf_generate(
+        assert _greedy(_DecoderStepper(captioner.decoder, prefix), EOS, 12, ngram) == _hf_generate(
             captioner, prefix, 12, no_repeat_ngram_size=ngram
         )
 
@@ -152,7 +153,7 @@ def test_beam_search_matches_transformers_generate(
 ) -> None:
     """Same hypotheses as transformers' beam search run to completion (early_stopping="never")."""
     prefix = captioner.prefix(features)
-    got = _beam_search(_Cached(captioner.decoder, prefix), EOS, 3, 12, length_penalty, ngram)
+    got = _beam_search(_DecoderStepper(captioner.decoder, prefix), EOS, 3, 12, length_penalty, ngram)
     assert got == _hf_generate(
         captioner, prefix, 12, num_beams=3, early_stopping="never", length_penalty=length_penalty,
         no_repeat_ngram_size=ngram,
@@ -169,7 +170,7 @@ def test_beam_search_finds_the_best_sequence_when_it_can_keep_all() -> None:
     candidates = [s for s in candidates if eos not in s[:-1] and (len(s) == steps or s[-1] == eos)]
     winners = set()
     for length_penalty in (0.0, 1.0, 2.0):
-        got = _beam_search(_Cached(model.decoder, model.prefix(feats)), eos, 16, steps, length_penalty, 0)
+        got = _beam_search(_DecoderStepper(model.decoder, model.prefix(feats)), eos, 16, steps, length_penalty, 0)
         for feature, seq in zip(feats, got):
             scores = _scores(model, feature.expand(len(candidates), -1), candidates, length_penalty, eos)
             best = candidates[max(range(len(candidates)), key=scores.__getitem__)]
@@ -181,16 +182,16 @@ def test_beam_search_finds_the_best_sequence_when_it_can_keep_all() -> None:
 @torch.inference_mode()
 def test_one_beam_without_length_penalty_is_greedy(captioner: ClipCap, tokenizer, features: torch.Tensor) -> None:
     prefix = captioner.prefix(features)
-    assert (_beam_search(_Cached(captioner.decoder, prefix), EOS, 1, 12, 0.0, 0)
-            == _greedy(_Cached(captioner.decoder, prefix), EOS, 12, 0))
+    assert (_beam_search(_DecoderStepper(captioner.decoder, prefix), EOS, 1, 12, 0.0, 0)
+            == _greedy(_DecoderStepper(captioner.decoder, prefix), EOS, 12, 0))
     assert generate_captions(captioner, tokenizer, features, beam_size=1) == generate_captions(captioner, tokenizer, features)
 
 
 @torch.inference_mode()
 def test_beam_search_scores_above_greedy(captioner: ClipCap, features: torch.Tensor) -> None:
     prefix = captioner.prefix(features)
-    greedy = _greedy(_Cached(captioner.decoder, prefix), EOS, 12, 0)
-    beam = _beam_search(_Cached(captioner.decoder, prefix), EOS, 3, 12, 1.0, 0)
+    greedy = _greedy(_DecoderStepper(captioner.decoder, prefix), EOS, 12, 0)
+    beam = _beam_search(_DecoderStepper(captioner.decoder, prefix), EOS, 3, 12, 1.0, 0)
     g = _scores(captioner, features, greedy, 1.0)
     b = _scores(captioner, features, beam, 1.0)
     # beam search may lose to greedy on a row (it can prune the greedy path), but not overall
@@ -207,9 +208,9 @@ def test_no_repeat_ngram(features: torch.Tensor) -> None:
 
     model = _tiny_captioner("gpt2", eos_bias=0.0)  # no early EOS: long captions that repeat themselves
     prefix = model.prefix(features)
-    assert any(repeats(s) for s in _greedy(_Cached(model.decoder, prefix), EOS, 20, 0))
-    assert not any(repeats(s) for s in _greedy(_Cached(model.decoder, prefix), EOS, 20, 2))
-    assert not any(repeats(s) for s in _beam_search(_Cached(model.decoder, prefix), EOS, 3, 20, 1.0, 2))
+    assert any(repeats(s) for s in _greedy(_DecoderStepper(model.decoder, prefix), EOS, 20, 0))
+    assert not any(repeats(s) for s in _greedy(_DecoderStepper(model.decoder, prefix), EOS, 20, 2))
+    assert not any(repeats(s) for s in _beam_search(_DecoderStepper(model.decoder, prefix), EOS, 3, 20, 1.0, 2))
 
 
 class _PastKeyValuesDecoder(torch.nn.Module):

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from capexp.errors import CapexpError
 from capexp.evaluation.evaluate import evaluate_run
 from capexp.training.run import run_spec
-from capexp.spec.schema import load_spec
+from capexp.spec.loading import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["data_paths.num_train=48", "data_paths.num_val=12", "training_config.batch_size=16",

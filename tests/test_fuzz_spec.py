@@ -20,7 +20,8 @@ from click.testing import CliRunner
 
 from capexp.cli import cli
 from capexp.errors import CapexpError
-from capexp.spec.schema import Spec, load_spec
+from capexp.spec.schema import Spec
+from capexp.spec.loading import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = [REPO / "experiments" / "quickstart.json", *sorted((REPO / "experiments").glob("2025????_??????.json"))]

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from capexp.errors import CapexpError
-from capexp.serving.folder import caption_folder, find_checkpoint, list_images, load_captioner
-from capexp.tracking import experiment_runs, find_run, run_checkpoint, use_store
+from capexp.model.checkpoint import find_checkpoint, load_captioner
+from capexp.serving.folder import caption_folder, list_images
+from capexp.tracking import experiment_runs, find_run, resolve_model_source, run_checkpoint, use_store
 
 # 12 optimizer steps per run (3 epochs of 4): enough that captions are words, not an immediate EOS
 TINY = ["training_config.num_epochs=3", "data_paths.num_train=64", "training_config.batch_size=16",
@@ -102,6 +103,10 @@ def test_every_source_kind_loads_the_same_model(runs, make_photos, tmp_path) -> 
     assert len(captions) == 1
     assert experiment_runs("capexp", tracking_uri=uri) == ids  # oldest first
     assert find_run("tiny-c", "capexp") == ids[2]
+    by_run, by_path = resolve_model_source("tiny-b", tracking_uri=uri), resolve_model_source(run_checkpoint(ids[1], "tiny-b"))
+    assert by_run.folder == by_path.folder and by_run.tracked_run("capexp evaluate") == ids[1]
+    with pytest.raises(CapexpError, match="capexp evaluate logs to the model's run"):
+        by_path.tracked_run("capexp evaluate")  # a folder names no run to log to
 
 
 def test_bad_sources_and_folders_say_what_to_fix(runs, tmp_path) -> None:

@@ -14,10 +14,11 @@ from mlflow import MlflowClient
 from safetensors import safe_open
 
 from capexp.cli import cli
-from capexp.serving.folder import caption_folder, find_checkpoint
+from capexp.model.checkpoint import find_checkpoint
+from capexp.serving.folder import caption_folder
 from capexp.training.run import run_spec
 from capexp.serving.register import register_run
-from capexp.spec.schema import load_spec
+from capexp.spec.loading import load_spec
 from capexp.tracking import run_checkpoint, run_model, use_store
 
 REPO = Path(__file__).resolve().parents[1]

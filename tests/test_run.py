@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from capexp.cli import cli
 from capexp.training.run import run_spec
-from capexp.spec.schema import load_spec
+from capexp.spec.loading import load_spec
 from capexp.tracking import run_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,17 +7,18 @@ import torch
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
+from capexp.backbones import load_decoder, resolve_encoder
 from capexp.cli import cli
 from capexp.data import load_data
 from capexp.model.decoding import sample_tokens
 from capexp.backbones.feature_cache import encode_images
-from capexp.model.captioner import build_model
+from capexp.model.captioner import build_captioner
 from capexp.paths import project_file
 from capexp.training.self_critical import SelfCritical, _caption_mask
-from capexp.spec.schema import ScstConfig, load_spec
+from capexp.spec.schema import ScstConfig
+from capexp.spec.loading import load_spec
 from capexp.training.cross_entropy import CaptionData, _Batches
-from capexp.model.vocabulary import restrict_vocabulary, training_vocabulary
+from capexp.model.vocabulary import training_vocabulary
 
 QUICKSTART = project_file("experiments", "quickstart.json")
 
@@ -46,9 +47,9 @@ def test_a_few_self_critical_steps_raise_the_mean_sampled_reward_on_quickstart_i
     card = resolve_encoder(spec.clip_config.model, spec.clip_config.image_size, spec.clip_config.features)
     train = CaptionData([im.image_id for im in splits.train.images],
                         encode_images(card, splits.train.images, progress=False).features, splits.train.captions)
-    decoder, tokenizer = load_decoder(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
-    tokenizer = restrict_vocabulary(decoder, tokenizer, training_vocabulary(tokenizer, train.references))
-    model = build_model(spec, decoder, decoder_blocks(decoder), card.feature_dim)
+    decoder = load_decoder(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
+    model, tokenizer = build_captioner(spec, training_vocabulary(decoder[1], train.references), feature_dim=card.feature_dim,
+                                       decoder=decoder)
     batches = _Batches(model, tokenizer, train, spec, torch.device("cpu"))
     for epoch in (1, 2):  # a partly trained captioner: its samples still vary
         batches.epoch(epoch)

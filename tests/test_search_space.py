@@ -10,7 +10,7 @@ import pytest
 
 from capexp.errors import CapexpError
 from capexp.study.space import FREEZE_KEY, Categorical, IntRange, load_space
-from capexp.spec.schema import flatten, load_spec
+from capexp.spec.loading import flatten, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = sorted((REPO / "experiments").glob("2025????_??????.json"))  # the six seed runs

@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from capexp.serving.folder import caption_folder, find_checkpoint
+from capexp.model.checkpoint import find_checkpoint
+from capexp.serving.folder import caption_folder
 from capexp.training.run import run_spec
 from capexp.serving.register import register_run
-from capexp.spec.schema import load_spec
+from capexp.spec.loading import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 # one optimizer step per run: tests stay fast

@@ -104,7 +104,7 @@ def test_cli_on_an_evaluated_run(tracking_uri: str) -> None:
     """End to end: `capexp evaluate` logs the per-image record, and `compare --significance` reads it back
     (its values are the ones evaluate logged); a run never evaluated is refused in one line, exit 2."""
     from capexp.evaluation.evaluate import evaluate_run
-    from capexp.spec.schema import load_spec
+    from capexp.spec.loading import load_spec
     from capexp.training.run import run_spec
 
     result = run_spec(load_spec(REPO / "experiments" / "quickstart.json", TINY), tracking_uri=tracking_uri)

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from capexp.cli import cli
 from capexp.errors import CapexpError
-from capexp.spec.schema import flatten, load_spec, spec_hash
+from capexp.spec.loading import flatten, load_spec, spec_hash
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_STUDY = Path(__file__).resolve().parent / "fixtures" / "seed_study.md"
@@ -117,7 +117,7 @@ def test_extends_cycle_and_missing_parent(tmp_path: Path) -> None:
 
 
 def test_env_var_with_default_in_data_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    from capexp.spec.schema import expand_path
+    from capexp.spec.loading import expand_path
 
     monkeypatch.delenv("CAPEXP_DATA", raising=False)
     assert expand_path("${CAPEXP_DATA:-../shared/data}/flickr8k") == Path("../shared/data/flickr8k")

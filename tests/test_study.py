@@ -29,7 +29,7 @@ from rich.console import Console
 
 from capexp.cli import cli
 from capexp.compare import compare
-from capexp.spec.schema import flatten, load_spec
+from capexp.spec.loading import flatten, load_spec
 from capexp.study import TAG_STUDY_ROLE, TAG_TRIAL, open_storage, run_study
 from capexp.errors import CapexpError
 from capexp.tracking import TAG_PRUNED, TAG_STUDY, run_checkpoint

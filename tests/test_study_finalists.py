@@ -19,7 +19,7 @@ from rich.console import Console
 
 from capexp.cli import cli
 from capexp.compare import compare
-from capexp.spec.schema import flatten, load_spec
+from capexp.spec.loading import flatten, load_spec
 from capexp.study import open_storage, run_study
 from capexp.study.finalists import fidelity_sentence, rank_correlations
 from capexp.tracking import TAG_OPTUNA_STATE, TAG_STUDY

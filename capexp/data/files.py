@@ -15,7 +15,8 @@ from typing import Any
 
 from capexp.data.types import ImageRef, Split, Splits
 from capexp.errors import CapexpError, warn
-from capexp.spec.schema import CaptionListData, CocoData, Flickr8kData, KarpathyData, expand_path
+from capexp.spec.schema import CaptionListData, CocoData, Flickr8kData, KarpathyData
+from capexp.spec.loading import expand_path
 
 __all__ = ["load_caption_list", "load_coco", "load_flickr8k", "load_karpathy"]
 

@@ -9,7 +9,7 @@ from capexp.data.files import load_caption_list, load_coco, load_flickr8k, load_
 from capexp.data.generated import load_generated
 from capexp.data.types import Splits
 from capexp.errors import CapexpError
-from capexp.spec.schema import missing_paths
+from capexp.spec.loading import missing_paths
 
 if TYPE_CHECKING:
     from capexp.spec.schema import Spec

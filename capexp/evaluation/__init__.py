@@ -1,3 +1,3 @@
-"""Scoring captions: the COCO metrics and BERTScore (`metrics`), CIDEr-D in Python (`cider`),
-`capexp evaluate` (`evaluate`: a run's checkpoint scored on a held-out split) and human scores
-logged to their runs (`human_scores`, `capexp score`)."""
+"""Scoring captions: the COCO metrics and BERTScore, CIDEr-D and the PTB tokenization in Python (one
+tokenizer wherever Java's is not needed), `capexp evaluate` (a run's checkpoint scored on a held-out
+split, logged back to the run) and human scores logged to their runs (`capexp score`)."""

@@ -23,6 +23,7 @@ from capexp.errors import CapexpError
 if TYPE_CHECKING:
     from capexp.data import Split, Splits
     from capexp.model.decoding import DecodeOptions
+    from capexp.spec.schema import Spec
 
 __all__ = ["evaluate_run"]
 
@@ -66,30 +67,24 @@ def evaluate_run(
     logged again (a new value) by each call. `device` None: CUDA when
     available, else CPU.
     """
-    from capexp.data import check_inputs, load_data
-    from capexp.model.decoding import DecodeOptions
     from capexp.backbones.feature_cache import encode_split
+    from capexp.data import check_inputs, load_data
     from capexp.evaluation.significance import log_per_image
-    from capexp.serving.folder import check_ensemble, find_checkpoint
-    from capexp.tracking import find_run, use_store
+    from capexp.model.checkpoint import check_ensemble, read_checkpoint
+    from capexp.tracking import resolve_model_source
     from capexp.training.cross_entropy import evaluate_epoch
 
     if split not in ("test", "val"):
         raise CapexpError(f"--split must be 'test' or 'val', got {split!r}.")
-    use_store(tracking_uri)
-    member_ids = [find_run(source, experiment) for source in (run, *ensemble)]
-    run_id = member_ids[0]
-    checkpoints = [find_checkpoint(i, tracking_uri=tracking_uri) for i in member_ids]
+    sources = [resolve_model_source(s, experiment=experiment, tracking_uri=tracking_uri) for s in (run, *ensemble)]
+    member_ids = [s.tracked_run("capexp evaluate") for s in sources]
+    checkpoints = [read_checkpoint(s.folder, origin=s.origin) for s in sources]
     check_ensemble(checkpoints)
     members = [c.load(device) for c in checkpoints]
-    captioner = members[0]
-    origin = f"run {run!r}"
-    updates = {"beam_size": beam, "length_penalty": length_penalty, "no_repeat_ngram_size": no_repeat_ngram_size}
-    ev = captioner.spec.evaluation.model_copy(update={k: v for k, v in updates.items() if v is not None})
-    ev = type(ev).model_validate(ev.model_dump())  # a bad override (beam 0) fails here, with pydantic's message
-    spec = captioner.spec.model_copy(update={"evaluation": ev})
-    options = DecodeOptions.from_spec(spec)
-
+    captioner, origin = members[0], f"run {run!r}"
+    spec, options = _decoding(captioner.spec, beam=beam, length_penalty=length_penalty,
+                              no_repeat_ngram_size=no_repeat_ngram_size)
+    ev = spec.evaluation
     check_inputs(spec, origin)
     data = _pick_split(load_data(spec), split, origin, spec.data_paths.source)
     started = time.perf_counter()
@@ -103,11 +98,23 @@ def evaluate_run(
     name = "+".join(m.name for m in members)
     log.info("%s on %s (%d images, %s, %.0fs): %s", name, split, len(captions), options.describe(),
              time.perf_counter() - started, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    target = _ensemble_run(member_ids, name) if ensemble else run_id
-    _log_to_run(target, split, metrics, options, [im.image_id for im in data.images], captions, data.captions)
-    log_per_image(target, split, options.describe(), [im.image_id for im in data.images], captions, data.captions, ev,
-                  str(captioner.device))  # what `capexp compare --significance` resamples
+    target = _ensemble_run(member_ids, name) if ensemble else member_ids[0]
+    ids = [im.image_id for im in data.images]
+    _log_to_run(target, split, metrics, options, ids, captions, data.captions)
+    log_per_image(target, split, options.describe(), ids, captions, data.captions, ev, str(captioner.device))
     return metrics
+
+
+def _decoding(spec: Spec, **overrides: float | None) -> tuple[Spec, DecodeOptions]:
+    """The spec with its `evaluation` decoding keys overridden where `overrides` are not None (`beam` sets
+    `beam_size`), and the decoding it gives."""
+    from capexp.model.decoding import DecodeOptions
+
+    updates = {("beam_size" if k == "beam" else k): v for k, v in overrides.items() if v is not None}
+    ev = spec.evaluation.model_copy(update=updates)
+    ev = type(ev).model_validate(ev.model_dump())  # a bad override (beam 0) fails here, with pydantic's message
+    spec = spec.model_copy(update={"evaluation": ev})
+    return spec, DecodeOptions.from_spec(spec)
 
 
 def _ensemble_run(member_ids: list[str], name: str) -> str:
@@ -115,14 +122,14 @@ def _ensemble_run(member_ids: list[str], name: str) -> str:
     first member's experiment."""
     from mlflow import MlflowClient
 
-    from capexp.tracking import TAG_ENSEMBLE, TAG_NOTE
+    from capexp.tracking import TAG_ENSEMBLE, TAG_NOTE, tagged_run
 
     client = MlflowClient()
     key = ",".join(member_ids)
     experiment_id = client.get_run(member_ids[0]).info.experiment_id
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_ENSEMBLE}` = '{key}'", max_results=1)
-    if found:
-        return found[0].info.run_id
+    found = tagged_run(experiment_id, TAG_ENSEMBLE, key)
+    if found is not None:
+        return found
     note = f"Ensemble (mean next-token probabilities) of the runs in tag {TAG_ENSEMBLE}."
     run = client.create_run(experiment_id, run_name=name, tags={TAG_ENSEMBLE: key, TAG_NOTE: note})
     client.set_terminated(run.info.run_id)

@@ -106,16 +106,17 @@ def bertscore_per_caption(
 
 
 def bleu4_per_caption(predictions: list[str], references: list[list[str]]) -> list[float]:
-    """Sentence BLEU-4 of each prediction against all its references (pycocoevalcap's BLEU on
-    lowercased words, no Java needed); 0 for an empty prediction."""
-    import re
-
+    """Sentence BLEU-4 of each prediction against all its references: pycocoevalcap's BLEU on the PTB
+    tokenization `coco_metrics` uses, done in Python (`capexp.evaluation.cider.ptb_words`: no Java needed);
+    0 for an empty prediction."""
     from pycocoevalcap.bleu.bleu import Bleu
+
+    from capexp.evaluation.cider import ptb_words
 
     _check(predictions, references)
 
     def words(text: str) -> str:
-        return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+        return " ".join(ptb_words(text))
 
     scored = [i for i, prediction in enumerate(predictions) if words(prediction)]
     out = [0.0] * len(predictions)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from capexp.errors import CapexpError, warn
 
 if TYPE_CHECKING:
-    from capexp.serving.folder import Checkpoint
+    from capexp.model.checkpoint import Checkpoint
 
 __all__ = ["METRICS", "SPLITS", "Model", "Gallery", "build_gallery", "write_sheet"]
 
@@ -62,17 +62,14 @@ class Gallery:
 
 def _models(sources: list[str], experiment: str | None, tracking_uri: str | None) -> list[Model]:
     """Run ids, run names, checkpoint folders and `models:/` URIs to loadable checkpoints."""
-    from capexp.serving.folder import unique_names, find_checkpoint
-    from capexp.tracking import find_run, use_store
+    from capexp.model.checkpoint import read_checkpoint
+    from capexp.serving.folder import unique_names
+    from capexp.tracking import resolve_model_source
 
-    use_store(tracking_uri)
     found: list[tuple[str | None, Checkpoint]] = []
     for source in sources:
-        if Path(source).is_dir() or source.startswith("models:/"):
-            found.append((None, find_checkpoint(source, tracking_uri=tracking_uri)))
-        else:
-            run_id = find_run(source, experiment)
-            found.append((run_id, find_checkpoint(run_id, tracking_uri=tracking_uri)))
+        where = resolve_model_source(source, experiment=experiment, tracking_uri=tracking_uri)
+        found.append((where.run_id, read_checkpoint(where.folder, origin=where.origin)))
     names = unique_names([c for _, c in found])
     return [Model(name, run_id, checkpoint) for name, (run_id, checkpoint) in zip(names, found)]
 

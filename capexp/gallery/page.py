@@ -115,11 +115,8 @@ def _sort_options(gallery: Gallery, blind: bool) -> list[tuple[str, str]]:
     return options
 
 
-def render(gallery: Gallery, *, blind: bool = False, seed: int = 0, px: int = THUMBNAIL_PX) -> str:
-    """The whole page as a string."""
-    scored = gallery.scores is not None and not blind
-    orders = gallery.order(blind, seed)
-    names = [f"caption {i + 1}" for i in range(len(gallery.models))] if blind else [m.name for m in gallery.models]
+def _head(gallery: Gallery, names: list[str], blind: bool, scored: bool) -> list[str]:
+    """The table's header cells: the image, each model (sortable by its score when scored), the references."""
     head = ['<th data-key="image" data-first="asc">image</th>']
     for i, name in enumerate(names):
         run = gallery.models[i].run_id
@@ -130,31 +127,41 @@ def render(gallery: Gallery, *, blind: bool = False, seed: int = 0, px: int = TH
             head.append(f"<th{title}>{_e(name)}</th>")
     if gallery.references is not None:
         head.append("<th>references</th>")
+    return head
 
-    rows = []
-    for r, (ref, captions) in enumerate(zip(gallery.images, gallery.captions)):
-        data = {"index": str(r), "image": ref.image_id}
-        cells = [f'<td class="image"><img src="{thumbnail(ref.load(), px)}" alt="{_e(ref.image_id)}">'
-                 f'<span class="id">{_e(ref.image_id)}</span></td>']
-        scores = gallery.scores[r] if scored else None
+
+def _row(gallery: Gallery, r: int, order: list[int], scored: bool, px: int) -> str:
+    """Image `r`'s row: its thumbnail, every model's caption in `order` (with its score), its references."""
+    ref, captions = gallery.images[r], gallery.captions[r]
+    data = {"index": str(r), "image": ref.image_id}
+    cells = [f'<td class="image"><img src="{thumbnail(ref.load(), px)}" alt="{_e(ref.image_id)}">'
+             f'<span class="id">{_e(ref.image_id)}</span></td>']
+    scores = gallery.scores[r] if scored else None
+    if scores:
+        data |= {"best": f"{max(scores):.6f}", "spread": f"{max(scores) - min(scores):.6f}"}
+        shown = [round(x, 3) for x in scores]  # the best as shown: ties all starred, none when all are 0
+        best = max(shown)
+    for m in order:
+        klass = "caption"
+        extra = ""
         if scores:
-            data |= {"best": f"{max(scores):.6f}", "spread": f"{max(scores) - min(scores):.6f}"}
-            shown = [round(x, 3) for x in scores]  # the best as shown: ties all starred, none when all are 0
-            best = max(shown)
-        for m in orders[r]:
-            klass = "caption"
-            extra = ""
-            if scores:
-                data[f"m{m}"] = f"{scores[m]:.6f}"
-                klass += " best" if shown[m] == best > 0 else ""
-                extra = f'<span class="score">{_e(gallery.metric)} {scores[m]:.3f}</span>'
-            cells.append(f'<td class="{klass}">{_e(captions[m])}{extra}</td>')
-        if gallery.references is not None:
-            items = "".join(f"<li>{_e(text)}</li>" for text in gallery.references[r])
-            cells.append(f'<td class="refs"><ul>{items}</ul></td>')
-        attrs = " ".join(f'data-{k}="{_e(v)}"' for k, v in data.items())
-        rows.append(f"<tr {attrs}>{''.join(cells)}</tr>")
+            data[f"m{m}"] = f"{scores[m]:.6f}"
+            klass += " best" if shown[m] == best > 0 else ""
+            extra = f'<span class="score">{_e(gallery.metric)} {scores[m]:.3f}</span>'
+        cells.append(f'<td class="{klass}">{_e(captions[m])}{extra}</td>')
+    if gallery.references is not None:
+        items = "".join(f"<li>{_e(text)}</li>" for text in gallery.references[r])
+        cells.append(f'<td class="refs"><ul>{items}</ul></td>')
+    attrs = " ".join(f'data-{k}="{_e(v)}"' for k, v in data.items())
+    return f"<tr {attrs}>{''.join(cells)}</tr>"
 
+
+def render(gallery: Gallery, *, blind: bool = False, seed: int = 0, px: int = THUMBNAIL_PX) -> str:
+    """The whole page as a string."""
+    scored = gallery.scores is not None and not blind
+    names = [f"caption {i + 1}" for i in range(len(gallery.models))] if blind else [m.name for m in gallery.models]
+    head = _head(gallery, names, blind, scored)
+    rows = [_row(gallery, r, order, scored, px) for r, order in enumerate(gallery.order(blind, seed))]
     options = "".join(f'<option value="{_e(v)}">{_e(label)}</option>' for v, label in _sort_options(gallery, blind))
     models = ", ".join(names) if blind else ", ".join(
         f"{m.name} ({m.run_id[:8]})" if m.run_id else m.name for m in gallery.models)

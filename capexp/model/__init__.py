@@ -1,6 +1,6 @@
-"""The captioner: where a tensor becomes a caption.
+"""The captioner: where image features become a caption, and the files a trained one lives in.
 
-`captioner` holds the mappers, `ClipCap` and the checkpoint format; `vocabulary` cuts the
-decoder's vocabulary to the training captions; `decoding` holds greedy search, beam search and
-sampling.
+It owns the network (the mappers, `ClipCap`, `build_captioner`: the one way a spec becomes a model),
+the checkpoint format and loading a checkpoint into a model ready to caption, the vocabulary cut to
+the training captions, and decoding (greedy, beam search, sampling, ensembles).
 """

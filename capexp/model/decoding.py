@@ -96,8 +96,8 @@ def generate_captions(
         for start in range(0, len(features), batch_size):
             batch = features[start : start + batch_size].to(device)
             with autocast:
-                steps = [_Cached(m.decoder, _decoder_prefix(m, batch)) for m in models]
-                stepper = steps[0] if len(steps) == 1 else _Ensemble(steps)
+                steps = [_DecoderStepper(m.decoder, _decoder_prefix(m, batch)) for m in models]
+                stepper = steps[0] if len(steps) == 1 else _EnsembleStepper(steps)
                 if beam_size == 1:
                     tokens += _greedy(stepper, eos, max_tokens, no_repeat_ngram_size)
                 else:
@@ -149,8 +149,8 @@ def _ban_repeated_ngrams(scores: torch.Tensor, history: torch.Tensor, n: int) ->
     scores[rows, windows[rows, cols, -1]] = -math.inf
 
 
-class _Cached:
-    """One decoder stepping over its KV cache: next-token logits for the running rows."""
+class _DecoderStepper:
+    """One decoder stepping one token at a time over its KV cache: next-token logits for the running rows."""
 
     def __init__(self, decoder, prefix: torch.Tensor) -> None:
         self.decoder, self.prefix = decoder, prefix  # prefix (R, k, D)
@@ -183,10 +183,10 @@ class _Cached:
         self.cache.reorder_cache(rows)
 
 
-class _Ensemble:
-    """Several `_Cached` decoders as one: log of the mean of their next-token probabilities."""
+class _EnsembleStepper:
+    """Several `_DecoderStepper`s as one stepper: log of the mean of their next-token probabilities."""
 
-    def __init__(self, members: list[_Cached]) -> None:
+    def __init__(self, members: list[_DecoderStepper]) -> None:
         self.members = members
 
     @property
@@ -212,7 +212,7 @@ class _Ensemble:
             m.reorder(rows)
 
 
-def _left_to_right(steps: _Cached | _Ensemble, eos: int, max_tokens: int,
+def _left_to_right(steps: _DecoderStepper | _EnsembleStepper, eos: int, max_tokens: int,
                    choose: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """One token per step for each of the R rows of `steps`, picked by `choose(logits (R', V), history (R', t))`:
     tokens (R, max_tokens), EOS-padded. Rows leave the batch and the cache once they emit EOS."""
@@ -233,7 +233,7 @@ def _left_to_right(steps: _Cached | _Ensemble, eos: int, max_tokens: int,
     return tokens
 
 
-def _greedy(steps: _Cached | _Ensemble, eos: int, max_tokens: int, ngram: int) -> list[list[int]]:
+def _greedy(steps: _DecoderStepper | _EnsembleStepper, eos: int, max_tokens: int, ngram: int) -> list[list[int]]:
     """Argmax decoding of a batch (EOS-padded), never repeating an n-gram of size `ngram` (0: no limit)."""
 
     def argmax(logits: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
@@ -254,17 +254,17 @@ def sample_tokens(decoder, prefix: torch.Tensor, eos: int, max_tokens: int, gene
         probs = torch.softmax(logits.float(), dim=-1).cpu()
         return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
 
-    return _left_to_right(_Cached(decoder, prefix), eos, max_tokens, draw)
+    return _left_to_right(_DecoderStepper(decoder, prefix), eos, max_tokens, draw)
 
 
 @torch.no_grad()
 def greedy_tokens(decoder, prefix: torch.Tensor, eos: int, max_tokens: int) -> torch.Tensor:
     """The greedy caption of each row of `prefix` (R, k, D): tokens (R, max_tokens), EOS-padded."""
-    return torch.tensor(_greedy(_Cached(decoder, prefix), eos, max_tokens, 0), dtype=torch.long, device=prefix.device)
+    return torch.tensor(_greedy(_DecoderStepper(decoder, prefix), eos, max_tokens, 0), dtype=torch.long, device=prefix.device)
 
 
 def _beam_search(
-    steps: _Cached | _Ensemble, eos: int, beams: int, max_tokens: int, length_penalty: float, ngram: int
+    steps: _DecoderStepper | _EnsembleStepper, eos: int, beams: int, max_tokens: int, length_penalty: float, ngram: int
 ) -> list[list[int]]:
     """Batched beam search over the rows of `steps`; returns the best finished hypothesis of each row (EOS-padded).
 

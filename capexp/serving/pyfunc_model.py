@@ -24,7 +24,7 @@ class CaptionModel(PythonModel):
     """Image bytes in, one caption per image out, decoded as the run's `evaluation` section says."""
 
     def load_context(self, context) -> None:
-        from capexp.serving.folder import read_checkpoint
+        from capexp.model.checkpoint import read_checkpoint
         from capexp.tracking import ARTIFACT_CHECKPOINT
 
         self.captioner = read_checkpoint(Path(context.artifacts[ARTIFACT_CHECKPOINT])).load()

@@ -118,7 +118,7 @@ def log_checkpoint_model(checkpoint: Path, run_id: str, *, metrics: dict[str, fl
     from mlflow.entities import LoggedModelOutput, Metric
 
     import capexp
-    from capexp.model.captioner import CheckpointMeta
+    from capexp.model.checkpoint import CheckpointMeta
     from capexp.tracking import ARTIFACT_CHECKPOINT, MODEL_NAME, TAG_VERSION
 
     meta = CheckpointMeta.read(checkpoint)
@@ -156,8 +156,7 @@ def _full_checkpoint(checkpoint: Path, folder: Path) -> Path:
     """A trained-only checkpoint with its frozen weights put back from the base: every weight, in `folder`."""
     from dataclasses import replace
 
-    from capexp.serving.folder import read_checkpoint
-    from capexp.model.captioner import save_checkpoint
+    from capexp.model.checkpoint import read_checkpoint, save_checkpoint
 
     found = read_checkpoint(checkpoint)
     captioner = found.load("cpu")
@@ -184,14 +183,13 @@ def register_run(
     import mlflow
     from mlflow import MlflowClient
 
-    from capexp.model.captioner import CheckpointMeta
-    from capexp.tracking import TAG_REGISTERED, find_run, run_checkpoint, run_model, use_store
+    from capexp.model.checkpoint import CheckpointMeta
+    from capexp.tracking import TAG_REGISTERED, resolve_model_source, run_model
 
     if not name.strip() or "/" in name or "@" in name:
         raise CapexpError(f"--name {name!r}: a registered model name must be non-empty, without '/' or '@'.")
-    use_store(tracking_uri)
-    run_id = find_run(run, experiment)
-    checkpoint = run_checkpoint(run_id, run)
+    source = resolve_model_source(run, experiment=experiment, tracking_uri=tracking_uri)
+    run_id, checkpoint = source.tracked_run("capexp register"), source.folder
     meta = CheckpointMeta.read(checkpoint)
     if meta.frozen is not None:  # a registered model holds every weight: log a self-contained copy
         with tempfile.TemporaryDirectory(prefix="capexp-register-") as tmp:

@@ -1,6 +1,3 @@
-"""Specs: the JSON file that describes one experiment.
-
-`schema` holds the pydantic models (one per concern, every key with a default), loading with
-`extends` and `--set`, and the messages a bad file gets; `checks` what `validate`, `run` and
-`study` reject before any run exists.
-"""
+"""Specs: everything about the JSON file that describes one experiment, its keys with their defaults and
+comments (`schema`), reading it with `extends`, `--set` and `$VAR` paths into one validated `Spec` with a
+one-paragraph message for a bad file (`loading`), and what is refused before any run exists (`checks`)."""

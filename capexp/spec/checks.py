@@ -1,30 +1,27 @@
 """Checks a spec must pass before a run exists: values pydantic alone cannot judge.
 
 `load_spec` checks each value on its own; these checks need to know the decoder (its maximum
-positions and depth, read from its config without loading weights) and what a run will log.
+positions and depth: `capexp.backbones.decoder_facts`, without loading weights) and what a run will log.
 `capexp validate`, `capexp run` and `capexp study` call `check_spec`, so a spec that training
 would reject fails with exit code 2 before any MLflow run is created.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from capexp.errors import CapexpError
 from capexp.spec.schema import Spec
 
-__all__ = ["ALWAYS_LOGGED", "COCO_METRICS", "logged_metrics", "decoder_config", "check_decoder_fit",
+if TYPE_CHECKING:
+    from capexp.backbones import DecoderFacts
+
+__all__ = ["ALWAYS_LOGGED", "COCO_METRICS", "logged_metrics", "check_decoder_fit",
            "check_best_metric", "check_init_from", "check_spec"]
 
 ALWAYS_LOGGED = ("train_loss", "val_loss", "bertscore_precision", "bertscore_recall", "bertscore_f1")
 COCO_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")  # need Java at run time
-# The SmolLM2 preset's config (SmolLM2-135M-Instruct): known without converting its GGUF.
-_SMOLLM2 = {"max_position_embeddings": 8192, "num_hidden_layers": 30}
-_POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length", "seq_length")
-_LAYER_KEYS = ("n_layer", "num_hidden_layers", "num_layers", "n_layers")
 
 
 def logged_metrics(spec: Spec) -> tuple[str, ...]:
@@ -66,56 +63,19 @@ def check_best_metric(spec: Spec, origin: str) -> None:
     )
 
 
-def decoder_config(name: str) -> dict[str, Any] | None:
-    """The decoder's config as a dict, read without weights or network: a preset's from
-    `capexp.backbones`, a folder's config.json, a hub id's cached config.json; None if unknown."""
-    from capexp.backbones.decoders import SCRATCH_GPT2
+def check_decoder_fit(spec: Spec, origin: str, facts: DecoderFacts | None = None) -> None:
+    """Visual plus text tokens must fit the decoder's positions; `gpt2_config.n_layers_to_freeze` its depth.
 
-    if name in SCRATCH_GPT2:
-        return dict(SCRATCH_GPT2[name])
-    if name == "smollm2-135m":
-        return dict(_SMOLLM2)
-    folder = Path(name).expanduser()
-    path: Any = folder / "config.json"
-    try:
-        is_dir = folder.is_dir()
-    except (OSError, ValueError):  # not a possible path; loading the decoder says what is wrong
-        return None
-    if not is_dir:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            path = try_to_load_from_cache(name, "config.json")
-        except Exception:  # not a valid hub id: the run reports it when it loads the decoder
-            return None
-        if not isinstance(path, str):
-            return None
-    try:
-        config = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None  # loading the decoder reports an unreadable config
-    return config if isinstance(config, dict) else None
-
-
-def _first_int(config: dict[str, Any], keys: tuple[str, ...]) -> int | None:
-    for key in keys:
-        value = config.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
-def check_decoder_fit(spec: Spec, origin: str, config: dict[str, Any] | None = None) -> None:
-    """Visual plus text tokens must fit the decoder's positions; frozen blocks its depth.
-
-    `config` is the decoder's config (default: `decoder_config`, which may not know a hub id
-    that is not cached; then only the run checks, after it loads the decoder).
+    `facts` are the decoder's (default: `decoder_facts`, read without weights, which may not know a
+    hub id that is not cached; then only the run checks, after it loads the decoder).
     """
+    from capexp.backbones import decoder_facts
+
     g = spec.gpt2_config
-    config = config if config is not None else decoder_config(g.model)
-    if config is None:
+    facts = facts if facts is not None else decoder_facts(g.model)
+    if facts is None:
         return
-    positions = _first_int(config, _POSITION_KEYS)
+    positions = facts.positions
     if positions is not None:
         # training feeds k visual tokens + the caption + EOS; decoding k + (max tokens - 1)
         text = g.text_tokens_max_length + 1
@@ -130,7 +90,7 @@ def check_decoder_fit(spec: Spec, origin: str, config: dict[str, Any] | None = N
                 + f") need {need} positions, but the decoder {g.model} has {positions}. Lower them so that "
                 f"visual + text tokens + 1 is at most {positions}."
             )
-    layers = _first_int(config, _LAYER_KEYS)
+    layers = facts.depth
     freeze = g.n_layers_to_freeze
     if layers is not None and freeze is not None and freeze > layers:
         raise CapexpError(

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from capexp.errors import CapexpError
 from capexp.study.space import load_space
-from capexp.spec.schema import Spec, load_spec
+from capexp.spec.schema import Spec
+from capexp.spec.loading import load_spec
 from capexp.study.storage import existing_storage
 from capexp.study.control import CONTROL
 from capexp.tracking import ATTR_BASE, ATTR_METRIC, ATTR_RUN_ID, ATTR_SPACE

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from capexp.spec.schema import Spec, flatten, load_spec
+from capexp.spec.schema import Spec
+from capexp.spec.loading import flatten, load_spec
 from capexp.study.child_runs import child_run, objective_value
 from capexp.study.plan import StudyPlan
 from capexp.study.space import SearchSpace

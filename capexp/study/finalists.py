@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capexp.errors import CapexpError
-from capexp.spec.schema import load_spec
+from capexp.spec.loading import load_spec
 from capexp.study.child_runs import child_run, objective_value
 from capexp.study.control import CONTROL, control_outcome
 from capexp.study.plan import StudyPlan

@@ -18,7 +18,8 @@ from capexp.data import check_inputs
 from capexp.errors import CapexpError, warn
 from capexp.paths import project_file
 from capexp.study.space import Categorical, GridSampler, SearchSpace, load_space
-from capexp.spec.schema import Spec, flatten, load_spec, metric_mode, spec_hash
+from capexp.spec.schema import Spec, metric_mode
+from capexp.spec.loading import flatten, load_spec, spec_hash
 from capexp.stopping import stoppable
 from capexp.study.keep_models import check_keep_models
 from capexp.study.liveness import on_stale, reap

@@ -14,7 +14,7 @@ from typing import Any
 
 from capexp.errors import CapexpError, TrainingDiverged, warn
 from capexp.study.space import GridSampler, HyperbandPruner, MedianPruner
-from capexp.spec.schema import load_spec
+from capexp.spec.loading import load_spec
 from capexp.stopping import exit_code, stop_on_signals
 from capexp.study.liveness import on_stale, reap, retry, worker_id
 from capexp.study.keep_models import keep_best_models

@@ -56,7 +56,7 @@ TAG_NOTE = "mlflow.note.content"  # MLflow's own: the run description
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own: set on child runs
 
 # ---------------------------------------------------------------------------- params
-# A run's params are its spec's dotted keys (capexp.spec.schema.flatten) plus:
+# A run's params are its spec's dotted keys (capexp.spec.loading.flatten) plus:
 PARAM_VOCABULARY_SIZE = "vocabulary_size"
 PARAM_TRIAL_NUMBER = "optuna.trial_number"  # a param, so MLflow's charts can use it as an axis
 # A study's parent run: the metric the trials optimise and "minimize"/"maximize", where it came from

@@ -1,13 +1,16 @@
-"""The one run resolver: a run id or name (the latest run of that name) to an MLflow run, and a
-run to its checkpoint folder (in the run's logged model; runs from before logged models keep it
-as their own `checkpoint` artifact). `capexp evaluate`, `caption` and `register` need a run with
-a checkpoint; `capexp compare` and `score` take any run."""
+"""The one resolver of runs and models: a run id or name (the latest run of that name) to an MLflow run,
+and any model source (run id or name, `models:/m-...`, `models:/NAME@alias`, checkpoint folder) to its
+checkpoint folder (`resolve_model_source`; a run's checkpoint is in its logged model, or for runs from
+before logged models its own `checkpoint` artifact). `capexp evaluate`, `caption`, `gallery`, `register`
+and `training_config.init_from` take model sources; `capexp compare` and `score` take any run. Every run
+query capexp makes (`search_runs`) lives here."""
 
 from __future__ import annotations
 
 import logging
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "is_run_id", "store_uri", "experiment_ids", "search_runs", "has_checkpoint",
-    "find_run", "find_runs", "run_checkpoint", "experiment_runs",
+    "find_run", "find_runs", "tagged_run", "run_checkpoint", "experiment_runs", "ModelSource", "resolve_model_source", "model_sources",
 ]
 
 log = logging.getLogger("capexp")
@@ -55,9 +58,17 @@ def experiment_ids(client: MlflowClient, experiment: str | None) -> list[str]:
     return [exp.experiment_id]
 
 
-def search_runs(client: MlflowClient, ids: list[str], name: str | None = None, *, newest_first: bool = False) -> list[Run]:
-    """Every active run of the experiments `ids` (only those named `name` when given), by start time."""
-    where = "attributes.run_name = '{}'".format(name.replace("'", "\\'")) if name is not None else ""
+def _quoted(value: str) -> str:
+    return "'{}'".format(value.replace("'", "\\'"))
+
+
+def search_runs(client: MlflowClient, ids: list[str], name: str | None = None, *, newest_first: bool = False,
+                tags: dict[str, str] | None = None) -> list[Run]:
+    """Every active run of the experiments `ids` (only those named `name`, and with each of `tags`, when
+    given), by start time."""
+    clauses = [f"attributes.run_name = {_quoted(name)}"] if name is not None else []
+    clauses += [f"tags.`{key}` = {_quoted(value)}" for key, value in (tags or {}).items()]
+    where = " AND ".join(clauses)
     order = "DESC" if newest_first else "ASC"
     runs: list[Run] = []
     token = None
@@ -68,6 +79,14 @@ def search_runs(client: MlflowClient, ids: list[str], name: str | None = None, *
         token = page.token
         if not token:
             return runs
+
+
+def tagged_run(experiment_id: str, tag: str, value: str) -> str | None:
+    """The id of the oldest active run of experiment `experiment_id` whose tag `tag` is `value`, or None."""
+    from mlflow import MlflowClient
+
+    found = search_runs(MlflowClient(), [experiment_id], tags={tag: value})
+    return found[0].info.run_id if found else None
 
 
 def _by_id(client: MlflowClient, text: str) -> Run | None:
@@ -185,3 +204,48 @@ def experiment_runs(experiment: str, *, tracking_uri: str | None = None) -> list
     if not ids:
         raise CapexpError(f"experiment {experiment!r}: none of its {len(runs)} runs saved a checkpoint.")
     return ids
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model source's checkpoint is: its folder, how messages name the source, and the tracked run it
+    is (None for a checkpoint folder or a `models:/` URI)."""
+
+    folder: Path  # model.safetensors + capexp.json
+    origin: str
+    run_id: str | None = None
+
+    def tracked_run(self, command: str) -> str:
+        """The run id; a CapexpError when the source is no tracked run (`command` logs to one)."""
+        if self.run_id is None:
+            raise CapexpError(
+                f"{self.origin}: {command} logs to the model's run, and a checkpoint folder or `models:/` URI names "
+                f"none. Pass a run id or a run name (see `capexp ui`)."
+            )
+        return self.run_id
+
+
+def resolve_model_source(source: str | Path, *, experiment: str | None = None,
+                         tracking_uri: str | None = None) -> ModelSource:
+    """The checkpoint of a checkpoint folder (or a folder holding `checkpoint/`), a logged model
+    (`models:/m-...`), a registered one (`models:/NAME@alias`, `models:/NAME/VERSION`), a run id, or a run
+    name (the latest with a checkpoint, in `experiment`, else in any)."""
+    text = str(source)
+    if Path(text).is_dir():
+        folder = Path(text)
+        folder = folder / "checkpoint" if (folder / "checkpoint").is_dir() else folder
+        return ModelSource(folder, str(folder))
+    use_store(tracking_uri)
+    if text.startswith("models:/"):
+        origin = f"--model {text}"
+        return ModelSource(model_checkpoint(text, origin), origin)
+    run_id = find_run(text, experiment)
+    return ModelSource(run_checkpoint(run_id, text), f"run {text!r}", run_id)
+
+
+def model_sources(sources: list[str], *, experiment: str | None = None, tracking_uri: str | None = None) -> list[str]:
+    """`sources` as given (run ids or names, `models:/` URIs, folders); none given: every run with a
+    checkpoint in `experiment`."""
+    if not sources and experiment:
+        return experiment_runs(experiment, tracking_uri=tracking_uri)
+    return list(sources)

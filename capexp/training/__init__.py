@@ -1,6 +1,7 @@
-"""Training: where a spec becomes a run.
+"""Training: where a spec becomes a tracked run.
 
-`run` holds `run_spec` (data, backbones, the MLflow run, features, the model, the epochs) and the
-run recorder; `cross_entropy` the cross-entropy epochs and per-epoch validation; `self_critical`
-the self-critical phase after them; `outputs` the files a run writes beside its metrics.
+It owns `run_spec` (bad input refused before the MLflow run exists, then data, features, model, epochs
+and everything a run logs, kept when it fails), the cross-entropy epochs with their per-epoch validation
+and progress line, the self-critical phase after them, the optimizer both share, and the files a run
+writes beside its metrics.
 """

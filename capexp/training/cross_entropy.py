@@ -1,7 +1,7 @@
 """The training loop: cached features and tokenized captions in, a trained ClipCap and per-epoch metrics out.
 
-`fit` trains; after each epoch `evaluate_epoch` (also what `capexp evaluate` runs) captions the
-validation images and scores them.
+`train_cross_entropy` trains (its progress line shows the whole run's time left, `RunClock`); after each
+epoch `evaluate_epoch` (also what `capexp evaluate` runs) captions the validation images and scores them.
 """
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from capexp.model.decoding import DecodeOptions, decode
 from capexp.errors import TrainingDiverged, warn
-from capexp.model.captioner import ClipCap, crop_pool
+from capexp.model.captioner import ClipCap
+from capexp.model.decoding import DecodeOptions, decode
+from capexp.model.mappers import crop_pool
+from capexp.training.optimizer import ClippedAdamW
 
 if TYPE_CHECKING:
     from capexp.spec.schema import EvaluationConfig, Spec
 
-__all__ = ["CaptionData", "EpochResult", "pick_device", "tokenize", "evaluate_epoch", "fit"]
+__all__ = ["CaptionData", "EpochResult", "RunClock", "pick_device", "tokenize", "evaluate_epoch", "train_cross_entropy"]
 
 log = logging.getLogger("capexp")
 
@@ -132,6 +134,32 @@ def evaluate_epoch(
     return captions, caption_metrics(captions, references, ev, device=str(device))
 
 
+class RunClock:
+    """The time left in a run's cross-entropy training: the mean step time so far times the steps left
+    over all its epochs, shown on the progress line so that the hours ahead show in the first minute."""
+
+    def __init__(self, total_steps: int) -> None:
+        self.total_steps, self.steps, self.seconds = total_steps, 0, 0.0
+
+    def tick(self, seconds: float) -> None:
+        """One step done, which took `seconds`."""
+        self.steps += 1
+        self.seconds += seconds
+
+    def left(self) -> float:
+        """Seconds left (nan before the first step)."""
+        return self.seconds / self.steps * (self.total_steps - self.steps) if self.steps else math.nan
+
+    def describe(self) -> str:
+        """`~3h12m left`, `~4m05s left` (`?` before the first step)."""
+        left = self.left()
+        if math.isnan(left):
+            return "? left"
+        minutes, seconds = divmod(round(left), 60)
+        hours, minutes = divmod(minutes, 60)
+        return f"~{hours}h{minutes:02d}m left" if hours else f"~{minutes}m{seconds:02d}s left"
+
+
 class _Batches:
     """The training pairs, the optimizer and its schedule: one `epoch` call trains one epoch."""
 
@@ -142,9 +170,10 @@ class _Batches:
         self.index, self.ids, self.mask = _pairs(train, tokenizer, spec.gpt2_config.text_tokens_max_length)
         n_rows = len(train.references) if cfg.one_caption_per_image else len(self.ids)
         self.steps = math.ceil(n_rows / cfg.batch_size)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        self.scheduler = _schedule(self.optimizer, cfg.warmup_steps, self.steps * cfg.num_epochs, cfg.lr_schedule)
+        self.optimizer = ClippedAdamW(model, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                      grad_clip=cfg.grad_clip)
+        self.scheduler = _schedule(self.optimizer.optimizer, cfg.warmup_steps, self.steps * cfg.num_epochs, cfg.lr_schedule)
+        self.clock = RunClock(self.steps * cfg.num_epochs)
 
     def epoch(self, epoch: int) -> float:
         """Train one epoch; the mean training loss."""
@@ -155,6 +184,7 @@ class _Batches:
         total = 0.0
         bar = tqdm(range(0, len(rows), cfg.batch_size), desc=f"epoch {epoch}/{cfg.num_epochs}", leave=False)
         for start in bar:
+            started = time.perf_counter()
             batch = rows[start : start + cfg.batch_size]
             features = self.train.features[self.index[batch]]
             if cfg.feature_crop is not None:
@@ -162,11 +192,7 @@ class _Batches:
             with _autocast(self.device):
                 loss = model(features.to(self.device), self.ids[batch].to(self.device),
                              self.mask[batch].to(self.device), cfg.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-            self.optimizer.step()
+            self.optimizer.step(loss)
             self.scheduler.step()
             value = loss.item()
             if not math.isfinite(value):
@@ -177,11 +203,12 @@ class _Batches:
                     f"`training_config.warmup_steps`. Epochs finished before keep their metrics and checkpoint."
                 )
             total += value
-            bar.set_postfix(loss=f"{total / (start // cfg.batch_size + 1):.3f}")
+            self.clock.tick(time.perf_counter() - started)
+            bar.set_postfix(loss=f"{total / (start // cfg.batch_size + 1):.3f}", run=self.clock.describe())
         return total / self.steps
 
 
-def fit(
+def train_cross_entropy(
     model: ClipCap,
     tokenizer,
     train: CaptionData,
@@ -200,7 +227,7 @@ def fit(
     options = DecodeOptions.from_spec(spec)
     log.info(
         "training %d trainable / %d parameters on %s: %d images, %d captions, %d steps per epoch",
-        sum(p.numel() for p in batches.params), sum(p.numel() for p in model.parameters()), device,
+        sum(p.numel() for p in batches.optimizer.params), sum(p.numel() for p in model.parameters()), device,
         len(train.image_ids), len(batches.ids), batches.steps,
     )
 

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 from capexp import __version__
 from capexp.errors import CapexpError, TrainingDiverged, warn
 from capexp.training.outputs import plot_curves, write_captions
-from capexp.spec.schema import Spec, expand_path, flatten, spec_hash
+from capexp.spec.schema import Spec
+from capexp.spec.loading import expand_path, flatten, spec_hash
 from capexp.stopping import stoppable
 from capexp.tracking import (
     ARTIFACT_CHECKPOINT,
@@ -46,8 +47,8 @@ if TYPE_CHECKING:
 
     from capexp.backbones import EncoderCard
     from capexp.data import Splits
-    from capexp.serving.folder import Checkpoint
-    from capexp.model.captioner import CheckpointMeta, ClipCap
+    from capexp.model.captioner import ClipCap
+    from capexp.model.checkpoint import Checkpoint, CheckpointMeta
     from capexp.training.cross_entropy import CaptionData, EpochResult
 
 __all__ = ["RunResult", "run_spec"]
@@ -96,20 +97,17 @@ class _Inputs:
     experiment_id: str
     splits: Splits
     card: EncoderCard
-    decoder: Any
-    tokenizer: Any
-    blocks: Any  # the decoder's transformer blocks (torch.nn.ModuleList)
+    decoder: tuple[Any, Any]  # the spec's decoder and its tokenizer (`load_spec_decoder`)
     device: torch.device
     init: Checkpoint | None  # `training_config.init_from`, found and checked against the spec
 
 
 def _prepare(spec: Spec, origin: str, experiment: str, tracking_uri: str | None) -> _Inputs:
-    import torch
-
-    from capexp.backbones import decoder_blocks, load_decoder, resolve_encoder
-    from capexp.spec.checks import check_decoder_fit, check_init_from, check_spec
+    from capexp.backbones import DecoderFacts, resolve_encoder
     from capexp.data import check_inputs, load_data
-    from capexp.serving.folder import find_checkpoint
+    from capexp.model.captioner import load_spec_decoder
+    from capexp.model.checkpoint import find_checkpoint
+    from capexp.spec.checks import check_decoder_fit, check_init_from, check_spec
     from capexp.training.cross_entropy import pick_device
 
     check_inputs(spec, origin)
@@ -125,17 +123,9 @@ def _prepare(spec: Spec, origin: str, experiment: str, tracking_uri: str | None)
         check_init_from(spec, origin, init.spec)
     splits = load_data(spec)
     card = resolve_encoder(spec.clip_config.model, spec.clip_config.image_size, spec.clip_config.features)
-    torch.manual_seed(spec.seed)
-    decoder, tokenizer = load_decoder(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
-    blocks = decoder_blocks(decoder)
-    freeze = spec.gpt2_config.n_layers_to_freeze
-    if freeze is not None and freeze > len(blocks):
-        raise CapexpError(
-            f"{origin}: `gpt2_config.n_layers_to_freeze` is {freeze} but {spec.gpt2_config.model} has "
-            f"{len(blocks)} blocks. Use a value from 0 to {len(blocks)}."
-        )
-    check_decoder_fit(spec, origin, decoder.config.to_dict())  # a hub id that validate could not see
-    return _Inputs(exp_id, splits, card, decoder, tokenizer, blocks, pick_device(spec.training_config.enable_GPU), init)
+    decoder = load_spec_decoder(spec)  # seeds torch: the mapper's initial weights come next from the same stream
+    check_decoder_fit(spec, origin, DecoderFacts.of_model(decoder[0]))  # a hub id that validate could not see
+    return _Inputs(exp_id, splits, card, decoder, pick_device(spec.training_config.enable_GPU), init)
 
 
 def _run_tags(spec: Spec, device: torch.device, extra: dict[str, str] | None) -> dict[str, str]:
@@ -177,27 +167,27 @@ def _encode_data(spec: Spec, origin: str, inputs: _Inputs, workdir: Path) -> tup
     return train, val
 
 
-def _vocabulary(spec: Spec, inputs: _Inputs, references: list[list[str]]) -> tuple[Any, list[int] | None]:
-    """The tokenizer, cut to the training captions' tokens when `gpt2_config.vocabulary` is "train"
-    (with the kept ids); its size is logged as a param."""
+def _build(spec: Spec, inputs: _Inputs, references: list[list[str]]) -> tuple[ClipCap, Any, list[int] | None]:
+    """The model and its tokenizer, cut to the training captions' tokens when `gpt2_config.vocabulary` is
+    "train" (with the kept ids); the tokenizer's size is logged as a param."""
     import mlflow
 
-    from capexp.model.vocabulary import restrict_vocabulary, training_vocabulary
+    from capexp.model.captioner import build_captioner
+    from capexp.model.vocabulary import training_vocabulary
 
-    tokenizer, kept = inputs.tokenizer, None
-    if spec.gpt2_config.vocabulary == "train":
-        kept = training_vocabulary(tokenizer, references)
-        tokenizer = restrict_vocabulary(inputs.decoder, tokenizer, kept)
+    kept = training_vocabulary(inputs.decoder[1], references) if spec.gpt2_config.vocabulary == "train" else None
+    model, tokenizer = build_captioner(spec, kept, feature_dim=inputs.card.feature_dim, decoder=inputs.decoder)
+    if kept is not None:
         log.info("vocabulary cut to the %d tokens of the training captions", len(kept))
     mlflow.log_param(PARAM_VOCABULARY_SIZE, len(tokenizer))
-    return tokenizer, kept
+    return model, tokenizer, kept
 
 
 def _start_from(init: Checkpoint, model: ClipCap, kept: list[int] | None, origin: str) -> None:
     """Load `training_config.init_from`'s weights into `model`; tag the run with where they came from."""
     import mlflow
 
-    from capexp.model.captioner import load_state
+    from capexp.model.checkpoint import load_state
 
     if init.meta.vocabulary != kept:
         raise CapexpError(
@@ -215,7 +205,7 @@ class _Recorder:
 
     def __init__(self, spec: Spec, origin: str, model: ClipCap, meta: CheckpointMeta, val: CaptionData, workdir: Path,
                  on_epoch: Callable[[int, dict[str, float]], bool | None] | None) -> None:
-        from capexp.model.captioner import frozen_base
+        from capexp.model.checkpoint import frozen_base
 
         self.metric, self.mode = spec.training_config.best_metric, spec.training_config.mode
         self.origin, self.model, self.meta, self.val, self.workdir, self.on_epoch = origin, model, meta, val, workdir, on_epoch
@@ -232,7 +222,7 @@ class _Recorder:
     def __call__(self, result: EpochResult) -> bool:
         import mlflow
 
-        from capexp.model.captioner import save_checkpoint
+        from capexp.model.checkpoint import save_checkpoint
 
         metrics, metric, workdir = result.metrics, self.metric, self.workdir
         self.history.append(metrics)
@@ -274,8 +264,8 @@ def run_spec(
     """
     import mlflow
 
-    from capexp.model.captioner import CheckpointMeta, build_model
-    from capexp.training.cross_entropy import fit
+    from capexp.model.checkpoint import CheckpointMeta
+    from capexp.training.cross_entropy import train_cross_entropy
 
     inputs = _prepare(spec, origin, experiment, tracking_uri)  # everything that can fail on bad input
     active = mlflow.start_run(
@@ -284,25 +274,20 @@ def run_spec(
     )
     run_id = active.info.run_id
     workdir = Path(tempfile.mkdtemp(prefix="capexp-run-"))
-    handler = logging.FileHandler(workdir / "run.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
+    handler = _log_to_file(workdir / "run.log")
     best: dict[str, Any] = {}
     status = "FAILED"
     try:
         log.info("run %s (%s) in experiment %r, store %s", spec.id, run_id, experiment, mlflow.get_tracking_uri())
-        mlflow.log_params({k: param_value(v) for k, v in flatten(spec).items() if k not in ("id", "notes")} | (params or {}))
-        (workdir / "spec.json").write_text(spec.model_dump_json(indent=2))
-        mlflow.log_artifact(str(workdir / "spec.json"))
+        _log_spec(spec, params, workdir)
         train, val = _encode_data(spec, origin, inputs, workdir)
-        tokenizer, kept = _vocabulary(spec, inputs, train.references)
-        model = build_model(spec, inputs.decoder, inputs.blocks, inputs.card.feature_dim)
+        model, tokenizer, kept = _build(spec, inputs, train.references)
         if inputs.init:
             _start_from(inputs.init, model, kept, origin)
         meta = CheckpointMeta(__version__, spec, inputs.card.feature_dim, inputs.card.cache_id, kept)
         recorder = _Recorder(spec, origin, model, meta, val, workdir, on_epoch)
         best = recorder.best
-        results = fit(model, tokenizer, train, val, spec, inputs.device, recorder)
+        results = train_cross_entropy(model, tokenizer, train, val, spec, inputs.device, recorder)
         pruned = len(results) < spec.training_config.total_epochs
         if pruned:
             mlflow.set_tag(TAG_PRUNED, "true")
@@ -316,6 +301,23 @@ def run_spec(
         raise
     finally:
         _finish(spec, workdir, best, status, handler)
+
+
+def _log_to_file(path: Path) -> logging.Handler:
+    """capexp's log lines also go to `path` (the run's `run.log`) until the handler is removed."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return handler
+
+
+def _log_spec(spec: Spec, params: dict[str, str] | None, workdir: Path) -> None:
+    """The spec's values (dotted keys) and `params` as the run's params; the spec itself as `spec.json`."""
+    import mlflow
+
+    mlflow.log_params({k: param_value(v) for k, v in flatten(spec).items() if k not in ("id", "notes")} | (params or {}))
+    (workdir / "spec.json").write_text(spec.model_dump_json(indent=2))
+    mlflow.log_artifact(str(workdir / "spec.json"))
 
 
 def _finish(spec: Spec, workdir: Path, best: dict[str, Any], status: str, handler: logging.Handler) -> None:

@@ -15,7 +15,9 @@ from tqdm.auto import tqdm
 
 from capexp.evaluation.cider import CiderD, ptb_words
 from capexp.model.decoding import greedy_tokens, sample_tokens, texts
-from capexp.model.captioner import ClipCap, crop_pool
+from capexp.model.captioner import ClipCap
+from capexp.model.mappers import crop_pool
+from capexp.training.optimizer import ClippedAdamW
 
 if TYPE_CHECKING:
     from capexp.spec.schema import ScstConfig
@@ -37,11 +39,10 @@ class SelfCritical:
                  *, max_tokens: int, weight_decay: float, grad_clip: float | None, seed: int, device: torch.device,
                  feature_crop: float | None = None) -> None:
         self.model, self.tokenizer, self.features, self.cfg, self.device = model, tokenizer, features, cfg, device
-        self.max_tokens, self.grad_clip, self.feature_crop = max_tokens, grad_clip, feature_crop
+        self.max_tokens, self.feature_crop = max_tokens, feature_crop
         self.eos = tokenizer.eos_token_id
         self.cider = CiderD([[ptb_words(r) for r in refs] for refs in references])
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=weight_decay)
+        self.optimizer = ClippedAdamW(model, learning_rate=cfg.learning_rate, weight_decay=weight_decay, grad_clip=grad_clip)
         self.gen = torch.Generator().manual_seed(seed)
 
     def rewards(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -68,12 +69,7 @@ class SelfCritical:
         advantage = (reward - baseline).view(-1).to(self.device)  # (B*n,)
         mask = _caption_mask(tokens, self.eos)  # (B*n, T)
         logp = model.token_logprobs(prefix.repeat_interleave(n, dim=0), tokens, mask)  # (B*n, T)
-        loss = -(advantage[:, None] * logp).sum() / mask.sum()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.optimizer.step()
+        self.optimizer.step(-(advantage[:, None] * logp).sum() / mask.sum())
         return float(reward.mean()), float(baseline.mean())
 
     def epoch(self, label: str) -> dict[str, float]:
