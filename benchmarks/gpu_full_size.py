@@ -395,7 +395,7 @@ def _bench(sizes: _Sizes, device: torch.device, tmp: Path) -> None:
         seconds, _ = timed(once)
         return 1000 * seconds, "ms: caption + BERTScore of 1 image"
 
-    row("train: fit's per-epoch eval, its caption and BERTScore", 1, evaluation)
+    row("train: the trainer's per-epoch eval, its caption and BERTScore", 1, evaluation)
 
     big = sizes.caption_batch
     profiles["train 512"] = (f"fit, 1 epoch at batch {big}", lambda: train_cross_entropy(
