@@ -61,47 +61,47 @@ class Gpt2Config(_Section):
 class CaptionListData(_Section):
     """The seed's format: JSON lists of {"image": path, "caption": text}, one entry per caption."""
 
-    source: Literal["caption_list"] = "caption_list"
-    train_captions_path: str
-    val_captions_path: str
+    source: Literal["caption_list"] = "caption_list"  # the default when `source` is absent
+    train_captions_path: str  # JSON list of training captions
+    val_captions_path: str  # JSON list of validation captions
     images_root: str | None = None  # relative image paths resolve here (default: the JSON's folder, then CWD)
 
 
 class CocoData(_Section):
     """COCO captions JSON (`captions_{split}.json`) with its image folder."""
 
-    source: Literal["coco"]
-    train_annotations: str
-    train_images: str
-    val_annotations: str
-    val_images: str
+    source: Literal["coco"]  # selects this form
+    train_annotations: str  # captions_train*.json
+    train_images: str  # its image folder
+    val_annotations: str  # captions_val*.json
+    val_images: str  # its image folder
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # >0: hold out this share of train as val instead
 
 
 class Flickr8kData(_Section):
     """Flickr8k as distributed: `Flicker8k_Dataset/` and `Flickr8k_text/` under one root."""
 
-    source: Literal["flickr8k"]
-    root: str = "${CAPEXP_DATA:-../shared/data}/flickr8k"
-    val_split: Literal["dev", "test"] = "dev"
+    source: Literal["flickr8k"]  # selects this form
+    root: str = "${CAPEXP_DATA:-../shared/data}/flickr8k"  # holds Flicker8k_Dataset/ and Flickr8k_text/
+    val_split: Literal["dev", "test"] = "dev"  # the official split validated on each epoch
 
 
 class KarpathyData(_Section):
     """A Karpathy-split JSON (`dataset_coco.json` / `dataset_flickr8k.json` style)."""
 
-    source: Literal["karpathy"]
-    dataset_json: str
-    images_root: str
-    val_split: Literal["val", "test"] = "val"
+    source: Literal["karpathy"]  # selects this form
+    dataset_json: str  # the split file
+    images_root: str  # image paths in it resolve here
+    val_split: Literal["val", "test"] = "val"  # the split validated on each epoch
     include_restval: bool = True  # train on `restval` too, as is customary
 
 
 class GeneratedData(_Section):
     """Deterministic shape images whose captions describe them; offline and learnable in minutes."""
 
-    source: Literal["generated"]
-    num_train: int = Field(800, ge=1)
-    num_val: int = Field(100, ge=1)
+    source: Literal["generated"]  # selects this form
+    num_train: int = Field(800, ge=1)  # training images
+    num_val: int = Field(100, ge=1)  # validation images
     image_px: int = Field(64, ge=16)  # side of the rendered square image
     seed: int = 0  # dataset seed (independent of the training seed)
 
@@ -117,7 +117,7 @@ class ScstConfig(_Section):
     """Self-critical sequence training (Rennie et al. 2017), after the cross-entropy epochs: sample
     captions, reward each by its CIDEr-D against the image's training references, minus a baseline."""
 
-    epochs: int = Field(1, ge=1)
+    epochs: int = Field(1, ge=1)  # self-critical epochs
     samples: int = Field(5, ge=2)  # captions sampled per image and step
     learning_rate: float = Field(1e-5, gt=0.0)  # constant
     baseline: Literal["mean", "greedy"] = "mean"  # the other samples' mean reward, or the greedy caption's
@@ -125,13 +125,15 @@ class ScstConfig(_Section):
 
 
 class TrainingConfig(_Section):
+    """How the captioner trains: cross-entropy epochs, then optional self-critical ones; which checkpoint is kept."""
+
     subset_ratio: float = Field(1.0, gt=0.0, le=1.0)  # share of training images, sampled from `seed`
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1)  # captions per step
     num_epochs: int = Field(10, ge=0)  # cross-entropy epochs; 0 with `scst` and `init_from`: self-critical only
-    learning_rate: float = Field(1e-4, gt=0.0)
-    weight_decay: float = Field(0.01, ge=0.0)
+    learning_rate: float = Field(1e-4, gt=0.0)  # AdamW, for the mapper and the trained decoder blocks
+    weight_decay: float = Field(0.01, ge=0.0)  # AdamW weight decay
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warmup
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0)  # linear warmup from 0 to `learning_rate`
     grad_clip: float | None = Field(1.0, gt=0.0)  # max gradient norm; None disables
     one_caption_per_image: bool = False  # each epoch samples one reference per image
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)  # cross-entropy label smoothing
@@ -162,14 +164,16 @@ class TrainingConfig(_Section):
 
 
 class EvaluationConfig(_Section):
+    """How validation (each epoch) and `capexp evaluate` caption and score."""
+
     bertscore_model: str = "all-MiniLM-L6-v2"  # registry name, hub id (e.g. roberta-large) or folder
     bertscore_num_layers: int | None = None  # None: bert-score's default for the model
     coco_metrics: bool = True  # BLEU/METEOR/ROUGE-L/CIDEr when Java is available
     max_images: int | None = Field(500, ge=1)  # validation images captioned per epoch; None: all
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1)  # images per decoding batch
     beam_size: int = Field(1, ge=1)  # 1: greedy
-    length_penalty: float = 1.0
-    no_repeat_ngram_size: int = Field(0, ge=0)
+    length_penalty: float = 1.0  # beam score / length ** this (1.0: per-token mean log-probability)
+    no_repeat_ngram_size: int = Field(0, ge=0)  # >0: no n-gram of this size twice in a caption
     max_caption_tokens: int | None = Field(None, ge=1)  # None: text_tokens_max_length
 
 
@@ -190,7 +194,7 @@ class Spec(_Section):
 
     id: str = Field(default_factory=_default_id)  # the MLflow run name
     notes: str = ""  # the MLflow run description
-    seed: int = 0
+    seed: int = 0  # training seed: initialisation, subset sampling, batch order
     clip_config: ClipConfig = ClipConfig()
     gpt2_config: Gpt2Config = Gpt2Config()
     data_paths: DataSpec = Field(default_factory=lambda: GeneratedData(source="generated"))
