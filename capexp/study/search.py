@@ -16,6 +16,8 @@ from capexp.spec.checks import check_decoder_fit, check_spec
 from capexp.data import check_inputs
 from capexp.errors import CapexpError, warn
 from capexp.paths import project_file
+from capexp.study.gpus import choose_gpus
+from capexp.study.pareto import RUN_TOTALS, Objective, objective_list
 from capexp.study.space import Categorical, GridSampler, SearchSpace, load_space
 from capexp.spec.schema import Spec, flatten, load_spec, metric_mode, spec_hash
 from capexp.stopping import stoppable
@@ -39,13 +41,13 @@ def default_base() -> Path:
     return project_file("experiments", "quickstart.json")
 
 
-def _auto_objective(space: SearchSpace, spec: Spec) -> tuple[str, str]:
-    metric = space.objective.metric
+def _auto_objective(objective: Objective, spec: Spec) -> tuple[str, str]:
+    metric = objective.metric
     if metric == "auto":
         metric = "cider" if spec.evaluation.coco_metrics and shutil.which("java") else "bertscore_f1"
-    direction = space.objective.direction
+    direction = objective.direction
     if direction == "auto":
-        direction = "minimize" if metric_mode(metric) == "min" else "maximize"
+        direction = "minimize" if metric_mode(metric) == "min" or metric in RUN_TOTALS else "maximize"
     return metric, direction
 
 
@@ -93,6 +95,7 @@ def run_study(
     overrides: Sequence[str] = (),
     heartbeat_interval: int = 60,
     keep_models: int | None = None,
+    gpus: str | None = None,
 ) -> StudySummary:
     """Search `space` (default `studies/default.json`) around `base` (default: the quickstart)
     until the study has `trials` complete or pruned trials, resuming a study of that name.
@@ -102,7 +105,8 @@ def run_study(
     heartbeats). `workers` processes run trials in parallel. `enqueue` specs run first.
     Ctrl-C, SIGTERM or SIGHUP stop every worker: their running trials end KILLED and are queued
     to run again, and the parent run ends KILLED. `keep_models`: only the best k trials keep their
-    logged models (capexp.study.keep_models).
+    logged models (capexp.study.keep_models). `gpus` (e.g. "0,2", default every visible GPU): worker i
+    sees only the (i mod G)-th of them (capexp.study.gpus).
     """
     from capexp.backbones import decoder_depth
 
@@ -119,15 +123,17 @@ def run_study(
     depth = decoder_depth(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
     fitted = raw.fit_to_depth(depth, origin)
     _check_values(fitted, base, overrides, origin)
-    metric, direction = _auto_objective(fitted, spec)
+    objectives = tuple(_auto_objective(o, spec) for o in objective_list(fitted.objective))
+    metric, direction = objectives[0]
+    devices = choose_gpus(gpus)
     trials = _grid_trials(fitted, trials, origin)
-    study = _open_study(name, storage, heartbeat_interval, metric, direction, spec, base, origin)
+    study = _open_study(name, storage, heartbeat_interval, objectives, spec, base, origin)
     _enqueue(study, enqueue, raw, fitted, depth)
 
     uri = use_store(tracking_uri)
     label = storage_label(storage, name)
     parent = parent_run(uri, experiment_id(experiment), name, raw, fitted,
-                        dict(base=str(base), space=origin, storage=label, metric=metric, direction=direction))
+                        dict(base=str(base), space=origin, storage=label, metric=metric, direction=direction), objectives)
     snapshot = _snapshot(spec, base)
     counts = trial_counts(study)
     plan = Plan(
@@ -136,6 +142,7 @@ def run_study(
         tracking_uri=uri, parent_run_id=parent, heartbeat_interval=heartbeat_interval,
         seed_offset=sum(counts.values()), workers=workers, threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0,
         log_level=logging.getLogger("capexp").getEffectiveLevel(), keep_models=keep_models,
+        objectives=objectives, gpus=devices, spawn=gpus is not None and bool(devices),
     )
     done = counts["COMPLETE"] + counts["PRUNED"]
     log.info("study %s: %d of %d trials done; %s with %d worker(s); storage %s; MLflow parent run %s",
@@ -177,18 +184,21 @@ def _grid_trials(fitted: SearchSpace, trials: int, origin: str) -> int:
     return trials
 
 
-def _open_study(name: str, storage: str | None, heartbeat_interval: int, metric: str, direction: str, spec: Spec,
-                base: Path, space: str):
+def _open_study(name: str, storage: str | None, heartbeat_interval: int, objectives: Sequence[tuple[str, str]],
+                spec: Spec, base: Path, space: str):
     """The study of that name, created or resumed; a resume must keep the objective (and is warned
     when the base spec changed)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # capexp prints its own line per trial
+    metric, directions = ",".join(m for m, _ in objectives), [d for _, d in objectives]
     study = optuna.create_study(study_name=name, storage=open_storage(storage, name, heartbeat_interval),
-                                direction=direction, load_if_exists=True)
-    if study.direction.name.lower() != direction or study.user_attrs.get(ATTR_METRIC, metric) != metric:
+                                directions=directions, load_if_exists=True)
+    had = [d.name.lower() for d in study.directions]
+    if had != directions or study.user_attrs.get(ATTR_METRIC, metric) != metric:
+        direction = ",".join(directions)
         raise CapexpError(
-            f"study {name} was created to {study.direction.name.lower()} "
+            f"study {name} was created to {','.join(had)} "
             f"{study.user_attrs.get(ATTR_METRIC)!r}, but this run asks to {direction} {metric!r}. "
             f"Use a new --name for a new objective."
         )
@@ -205,7 +215,7 @@ def _run_trials(study, plan: Plan, workers: int) -> str:
     RUNNING while other machines still run the last trials."""
     name, trials = plan.name, plan.trials
     problems: list[str] = []
-    if workers > 1:
+    if workers > 1 or plan.spawn:
         problems = run_workers(plan, workers)
         _reap_dead_workers(plan)
     else:
