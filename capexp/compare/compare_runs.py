@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from capexp.compare.pareto_table import front_markdown, front_tables, load_front
 from capexp.compare.records import StudyParent, load_runs, load_study
 from capexp.compare.render import FORMATS, importance_grid, render, study_markdown, terminal_tables, terminal_text
 from capexp.compare.table import Comparison, Ranking, Trials, build_comparison, build_ranking, build_trials
@@ -66,16 +67,19 @@ def compare(
     else:
         table = build_comparison(records, metric=metric, only_changed=only_changed)
     console = console or Console()
+    front = load_front(study, records, parent) if study is not None and not ranking else None
     if output is None and fmt == "term":  # lay the tables out once: printed with style, returned as text
         tables = terminal_tables(*table.grid(), console.width)
         if parent is not None and parent.importances:
             tables += terminal_tables(*importance_grid(parent), console.width)
+        tables += front_tables(front, console.width) if front is not None else []
         for t in tables:
             console.print(t)
         return terminal_text(tables, console.width)
     text = render(table, fmt, width=console.width if output is None else 100)
     if parent is not None and fmt == "md":
-        text += study_markdown(parent, _plot_links(parent, Path(output) if output else None))
+        text += (front_markdown(front) if front is not None else "") + study_markdown(
+            parent, _plot_links(parent, Path(output) if output else None))
     if output is None:
         console.print(text, end="", markup=False, highlight=False, soft_wrap=True)
         return text

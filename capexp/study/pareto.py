@@ -23,7 +23,7 @@ from capexp.tracking.names import METRIC_TRAIN_MINUTES, PARAM_DIRECTIONS, PARAM_
 
 __all__ = [
     "Objective", "Objectives", "Member", "Rule", "RUN_TOTALS", "check_pruner", "objective_list",
-    "objective_value", "objective_params", "pareto_front", "default_pick", "parse_pick", "pick",
+    "objective_value", "objective_params", "objectives_of", "pareto_front", "default_pick", "parse_pick", "pick",
 ]
 
 RUN_TOTALS = frozenset({METRIC_TRAIN_MINUTES})  # metrics whose last value, not their best epoch's, scores a trial
@@ -200,3 +200,9 @@ def objective_params(objectives: Sequence[tuple[str, str]]) -> dict[str, str]:
     if len(objectives) <= 1:
         return {}
     return {PARAM_OBJECTIVES: ",".join(m for m, _ in objectives), PARAM_DIRECTIONS: ",".join(d for _, d in objectives)}
+
+
+def objectives_of(params: dict[str, str]) -> list[tuple[str, str]]:
+    """The objectives a study parent run's params name (`objective_params`); empty for a single objective."""
+    metrics, directions = params.get(PARAM_OBJECTIVES, ""), params.get(PARAM_DIRECTIONS, "")
+    return list(zip(metrics.split(","), directions.split(","))) if metrics else []

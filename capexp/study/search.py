@@ -114,6 +114,7 @@ def run_study(
     name = name or base.stem
     _check_counts(name, trials, workers)
     check_keep_models(keep_models)
+    devices = choose_gpus(gpus)
     origin = str(space) if space is not None else "studies/default.json"
     raw = load_space(space)
     overrides = [*overrides, *raw.budget_overrides()]  # every trial runs on the space's budget
@@ -125,7 +126,6 @@ def run_study(
     _check_values(fitted, base, overrides, origin)
     objectives = tuple(_auto_objective(o, spec) for o in objective_list(fitted.objective))
     metric, direction = objectives[0]
-    devices = choose_gpus(gpus)
     trials = _grid_trials(fitted, trials, origin)
     study = _open_study(name, storage, heartbeat_interval, objectives, spec, base, origin)
     _enqueue(study, enqueue, raw, fitted, depth)

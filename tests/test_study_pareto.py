@@ -1,0 +1,151 @@
+"""Cost as an objective: a space of several objectives, the Pareto front, and the `--pick` rule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from capexp.cli import cli
+from capexp.errors import CapexpError
+from capexp.study.front import picked_trial, ranked
+from capexp.study.pareto import Member, default_pick, objective_value, pareto_front, parse_pick, pick
+from capexp.study.plan import Plan
+from capexp.study.progress import trial_line
+from capexp.study.space import load_space
+from capexp.study.storage import open_storage
+from capexp.tracking.names import ATTR_BASE, ATTR_METRIC, ATTR_SPACE
+
+REPO = Path(__file__).resolve().parents[1]
+OBJECTIVES = [("cider", "maximize"), ("train_minutes", "minimize")]
+# Trials 3 and 4 are dominated (by 2, and by 0); 0, 1 and 2 trade quality for minutes.
+TRIALS = {0: (0.50, 4.0), 1: (0.49, 2.0), 2: (0.45, 1.0), 3: (0.40, 3.0), 4: (0.50, 5.0)}
+MEMBERS = [Member(n, {"cider": c, "train_minutes": m}) for n, (c, m) in TRIALS.items()]
+SPACE = {
+    "objective": [{"metric": "cider", "direction": "maximize"}, {"metric": "train_minutes", "direction": "minimize"}],
+    "params": {"gpt2_config.visual_tokens_length": {"choices": [2, 4, 8]}},
+}
+
+
+def test_the_front_is_the_undominated_trials_best_quality_first() -> None:
+    assert [m.number for m in pareto_front(MEMBERS, OBJECTIVES)] == [0, 1, 2]
+    flipped = [("cider", "minimize"), ("train_minutes", "maximize")]
+    assert [m.number for m in pareto_front(MEMBERS, flipped)] == [3, 4]
+
+
+@pytest.mark.parametrize(("rule", "trial"), [
+    ("cider>=0.98*best, min train_minutes", 1),  # the default: within 2% of the best CIDEr (0.49), then cheapest
+    ("cider>=0.9*best, min train_minutes", 2),
+    ("train_minutes<=3, max cider", 1),
+    ("cider >= 0.46", 0),  # without min/max: the best of the first objective
+    ("train_minutes<=best", 2),
+    ("max cider", 0),
+])
+def test_pick_on_a_known_front(rule: str, trial: int) -> None:
+    front = pareto_front(MEMBERS, OBJECTIVES)
+    assert pick(front, parse_pick(rule), OBJECTIVES, "s").number == trial
+
+
+def test_the_default_rule_follows_the_directions() -> None:
+    assert default_pick(OBJECTIVES) == "cider>=0.98*best, min train_minutes"
+    assert default_pick([("val_loss", "minimize"), ("train_minutes", "minimize")]) == "val_loss<=1.02*best, min train_minutes"
+    assert default_pick([("cider", "maximize")]) == "max cider"
+
+
+def test_a_rule_naming_a_metric_the_study_lacks_is_refused() -> None:
+    with pytest.raises(CapexpError) as e:
+        pick(pareto_front(MEMBERS, OBJECTIVES), parse_pick("bleu4>=0.2, min train_minutes"), OBJECTIVES, "s")
+    assert str(e.value) == ("--pick 'bleu4>=0.2, min train_minutes': study s has no objective 'bleu4'; its objectives "
+                            "are cider, train_minutes. Name one of these.")
+
+
+@pytest.mark.parametrize(("rule", "said"), [
+    ("cider=>0.5", "is neither a bound nor an order"),
+    ("min train_minutes, cider>=0.5", "must come last"),
+    ("min train_minutes, max cider", "second `min`/`max` clause"),
+])
+def test_bad_rule_syntax_says_how_to_write_one(rule: str, said: str) -> None:
+    with pytest.raises(CapexpError, match=said):
+        parse_pick(rule)
+
+
+def test_a_rule_no_member_meets_shows_the_front() -> None:
+    with pytest.raises(CapexpError, match=r"meets 'train_minutes<0.5'.*#0 cider=0.5 train_minutes=4"):
+        pick(pareto_front(MEMBERS, OBJECTIVES), parse_pick("train_minutes<0.5"), OBJECTIVES, "s")
+
+
+def test_minutes_score_a_trial_by_their_total_other_metrics_by_the_best_epoch() -> None:
+    assert objective_value("train_minutes", "minimize", [0.5, 1.0, 1.5]) == 1.5
+    assert objective_value("cider", "maximize", [0.2, 0.4, 0.3]) == 0.4
+    assert objective_value("val_loss", "minimize", [2.0, 1.0, 1.5]) == 1.0
+    assert objective_value("cider", "maximize", []) is None
+
+
+def test_a_space_may_list_several_objectives(tmp_path: Path) -> None:
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps(SPACE))
+    assert [(o.metric, o.direction) for o in load_space(path).objective] == OBJECTIVES  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("change", "said"), [
+    ({"objective": [{"metric": "cider"}]}, "`objective`: a list needs two objectives or more"),
+    ({"objective": [{"metric": "cider"}, {"metric": "cider"}]}, "`objective`: names cider more than once"),
+    ({"objective": [{"metric": "cider"}, {"metric": "train_minutes", "direction": "down"}]},
+     "`objective.1.direction`: input should be 'auto', 'maximize' or 'minimize'"),
+    ({"pruner": {"name": "median"}}, "`pruner`: pruning works on one objective only"),
+])
+def test_a_bad_list_of_objectives_names_the_file_and_field(tmp_path: Path, change: dict, said: str) -> None:
+    path = tmp_path / "space.json"
+    path.write_text(json.dumps({**SPACE, **change}))
+    with pytest.raises(CapexpError) as e:
+        load_space(path)
+    assert str(e.value).startswith(f"{path}: {said}")
+
+
+def _study(tmp_path: Path, name: str = "pq") -> str:
+    """A journal study of the five TRIALS (made here, no training), as `capexp study` records one."""
+    storage = str(tmp_path / f"{name}.journal")
+    study = optuna.create_study(study_name=name, storage=open_storage(storage, name), directions=["maximize", "minimize"])
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(SPACE))
+    for key, value in ((ATTR_METRIC, "cider,train_minutes"), (ATTR_BASE, str(REPO / "experiments" / "quickstart.json")),
+                       (ATTR_SPACE, str(space))):
+        study.set_user_attr(key, value)
+    dist = optuna.distributions.CategoricalDistribution([2, 4, 8])
+    for number, values in TRIALS.items():
+        study.add_trial(optuna.trial.create_trial(params={"gpt2_config.visual_tokens_length": [2, 4, 8][number % 3]},
+                                                  distributions={"gpt2_config.visual_tokens_length": dist},
+                                                  values=list(values)))
+    return storage
+
+
+def test_progress_lines_and_kept_models_follow_the_front(tmp_path: Path) -> None:
+    storage = _study(tmp_path)
+    study = optuna.load_study(study_name="pq", storage=open_storage(storage, "pq"))
+    plan = Plan(name="pq", storage=storage, base="b.json", snapshot="b.json", space=load_space(tmp_path / "space.json"),
+                metric="cider", direction="maximize", num_epochs=1, trials=6, experiment="capexp",
+                tracking_uri="sqlite:///unused.db", parent_run_id="p", heartbeat_interval=60, seed_offset=0, threads=0,
+                log_level=0, objectives=tuple(OBJECTIVES))
+    line = trial_line(study, study.trials[1], plan, width=200)
+    assert line.startswith("trial 1 cider 0.4900, train_minutes 2.0000 | front #0 #1 #2 | 5/6 done")
+    assert [t.number for t in ranked(study, study.trials, plan)] == [0, 1, 2, 4, 3]
+
+
+def test_best_spec_picks_a_member_of_the_front_and_refuses_an_unknown_metric(tmp_path: Path) -> None:
+    storage = _study(tmp_path)
+    study = optuna.load_study(study_name="pq", storage=open_storage(storage, "pq"))
+    trial, said = picked_trial(study, "pq", None)
+    assert trial.number == 1 and said == ("cider 0.4900, train_minutes 2.0000; picked by "
+                                          "'cider>=0.98*best, min train_minutes' from a Pareto front of 3")
+    result = CliRunner().invoke(cli, ["study", "--name", "pq", "--storage", storage, "--best-spec",
+                                      "--pick", "cider>=0.9*best, min train_minutes"])
+    assert result.exit_code == 0, result.output
+    spec = json.loads(result.output)
+    assert spec["gpt2_config"]["visual_tokens_length"] == 8  # trial 2's value
+    assert spec["notes"].startswith("Best trial 2 of study pq (cider 0.4500, train_minutes 1.0000; picked by")
+    refused = CliRunner().invoke(cli, ["study", "--name", "pq", "--storage", storage, "--best-spec", "--pick", "bleu4>=1"])
+    assert refused.exit_code == 2
+    assert len(refused.output.strip().splitlines()) == 1 and "has no objective 'bleu4'" in refused.output
