@@ -149,3 +149,47 @@ def test_best_spec_picks_a_member_of_the_front_and_refuses_an_unknown_metric(tmp
     refused = CliRunner().invoke(cli, ["study", "--name", "pq", "--storage", storage, "--best-spec", "--pick", "bleu4>=1"])
     assert refused.exit_code == 2
     assert len(refused.output.strip().splitlines()) == 1 and "has no objective 'bleu4'" in refused.output
+
+
+def _logged_study(uri: str) -> None:
+    """An MLflow parent run and the five TRIALS as its children, logged as `capexp study` logs them (no training)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from capexp.tracking.names import PARAM_TRIAL_NUMBER, TAG_OPTUNA_STATE, TAG_PARENT, TAG_STUDY, TAG_STUDY_ROLE, TAG_TRIAL
+
+    client = MlflowClient(uri)
+    exp = client.create_experiment("capexp")
+    parent = client.create_run(exp, run_name="pq", tags={TAG_STUDY: "pq", TAG_STUDY_ROLE: "parent"}).info.run_id
+    params = {"objective.metric": "cider", "objective.direction": "maximize", "objective.metrics": "cider,train_minutes",
+              "objective.directions": "maximize,minimize", "space.gpt2_config.visual_tokens_length": "{}"}
+    client.log_batch(parent, params=[Param(k, v) for k, v in params.items()])
+    for number, (cider, minutes) in TRIALS.items():
+        run = client.create_run(exp, run_name=f"pq-{number:03d}", tags={
+            TAG_STUDY: "pq", TAG_PARENT: parent, TAG_TRIAL: str(number), TAG_OPTUNA_STATE: "COMPLETE"}).info.run_id
+        # CIDEr peaks at epoch 1; minutes add up: the study scored the peak and the total
+        metrics = [Metric("cider", cider, 0, 1), Metric("cider", cider - 0.1, 0, 2),
+                   Metric("train_minutes", minutes / 2, 0, 1), Metric("train_minutes", minutes, 0, 2)]
+        client.log_batch(run, metrics=metrics, params=[Param(PARAM_TRIAL_NUMBER, str(number)),
+                                                       Param("gpt2_config.visual_tokens_length", str(2 + number))])
+        client.set_terminated(run)
+
+
+def test_compare_study_shows_the_front_at_80_columns(tracking_uri: str) -> None:
+    import io
+
+    from rich.console import Console
+
+    from capexp.compare import compare
+
+    _logged_study(tracking_uri)
+    text = compare(study="pq", console=Console(file=io.StringIO(), width=80))
+    assert all(len(line) <= 80 for line in text.splitlines())
+    start = text.index("Pareto front of study pq")
+    front = text[start:]
+    assert "(maximize cider, minimize train_minutes): 3 of 5 complete trials" in " ".join(front.split())
+    rows = [line.split() for line in front.splitlines() if line.strip()[:1].isdigit()]
+    assert rows == [["0", "2", "0.5000", "4.0000"], ["1", "3", "0.4900", "2.0000", "default", "pick"],
+                    ["2", "4", "0.4500", "1.0000"]]
+    markdown = compare(study="pq", fmt="md", console=Console(file=io.StringIO(), width=80))
+    assert "### Pareto front" in markdown and "| **1** | 3 | 0.4900 | 2.0000 | default pick |" in markdown

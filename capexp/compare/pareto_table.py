@@ -97,4 +97,5 @@ def front_markdown(front: ParetoFront) -> str:
     """The front as a Markdown section, to follow the trials table."""
     from capexp.compare.render import render
 
-    return f"\n### Pareto front\n\n{front.title()}; bold: the member `--best-spec` picks by default.\n\n" + render(front, "md")  # type: ignore[arg-type]
+    table = render(front, "md")  # type: ignore[arg-type] - any table with a grid() renders
+    return f"\n### Pareto front\n\n{front.title()}; bold: the member `--best-spec` picks by default.\n\n{table}"
