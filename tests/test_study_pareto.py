@@ -88,6 +88,8 @@ def test_a_space_may_list_several_objectives(tmp_path: Path) -> None:
     path = tmp_path / "space.json"
     path.write_text(json.dumps(SPACE))
     assert [(o.metric, o.direction) for o in load_space(path).objective] == OBJECTIVES  # type: ignore[union-attr]
+    shipped = load_space(REPO / "studies" / "cost.json")  # the seed's knobs against minutes
+    assert [o.metric for o in shipped.objective] == ["auto", "train_minutes"]  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(("change", "said"), [
@@ -193,3 +195,14 @@ def test_compare_study_shows_the_front_at_80_columns(tracking_uri: str) -> None:
                     ["2", "4", "0.4500", "1.0000"]]
     markdown = compare(study="pq", fmt="md", console=Console(file=io.StringIO(), width=80))
     assert "### Pareto front" in markdown and "| **1** | 3 | 0.4900 | 2.0000 | default pick |" in markdown
+
+
+def test_auto_direction_minimizes_minutes_and_losses_and_maximizes_scores() -> None:
+    from capexp.spec.schema import load_spec
+    from capexp.study.pareto import Objective
+    from capexp.study.search import _auto_objective
+
+    spec = load_spec(REPO / "experiments" / "quickstart.json")
+    assert _auto_objective(Objective(metric="train_minutes"), spec) == ("train_minutes", "minimize")
+    assert _auto_objective(Objective(metric="val_loss"), spec) == ("val_loss", "minimize")
+    assert _auto_objective(Objective(metric="bleu4"), spec) == ("bleu4", "maximize")
