@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from capexp.study.front import first_value, several, value_columns
