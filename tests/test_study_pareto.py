@@ -206,3 +206,30 @@ def test_auto_direction_minimizes_minutes_and_losses_and_maximizes_scores() -> N
     assert _auto_objective(Objective(metric="train_minutes"), spec) == ("train_minutes", "minimize")
     assert _auto_objective(Objective(metric="val_loss"), spec) == ("val_loss", "minimize")
     assert _auto_objective(Objective(metric="bleu4"), spec) == ("bleu4", "maximize")
+
+
+def test_a_two_objective_study_prints_its_front_and_logs_the_plot(tmp_path: Path, tracking_uri: str) -> None:
+    from mlflow import MlflowClient
+
+    from capexp.study import run_study
+
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({**SPACE, "objective": [{"metric": "val_loss"}, {"metric": "train_minutes"}],
+                                 "params": {"gpt2_config.visual_tokens_length": {"choices": [2, 4]}}}))
+    tiny = ["training_config.num_epochs=1", "data_paths.num_train=16", "data_paths.num_val=4", "training_config.batch_size=8",
+            "training_config.warmup_steps=0", "evaluation.coco_metrics=false", "evaluation.max_images=4"]
+    summary = run_study(REPO / "experiments" / "quickstart.json", trials=2, name="two", space=space,
+                        storage=str(tmp_path / "two.journal"), overrides=tiny)
+    assert summary.complete == 2 and summary.best_trial is None  # no single best trial
+    assert summary.front[0].startswith("Pareto front (minimize val_loss, minimize train_minutes)")
+    study = optuna.load_study(study_name="two", storage=open_storage(str(tmp_path / "two.journal"), "two"))
+    assert {f"  trial {t.number}: val_loss={t.values[0]:.4f}" for t in study.best_trials} == {
+        line.split(" train_minutes")[0] for line in summary.front[1:]}
+    client = MlflowClient(tracking_uri)
+    for t in study.trials:  # each trial's minutes are its run's logged total
+        history = client.get_metric_history(t.user_attrs["mlflow_run_id"], "train_minutes")
+        assert len(history) == 1 and t.values[1] == history[-1].value > 0
+    parent = client.get_run(summary.parent_run_id)
+    assert parent.data.tags["capexp.pareto_front"] == ",".join(str(t) for t in sorted(
+        (t.number for t in study.best_trials), key=lambda n: (study.trials[n].values[0], n)))
+    assert "plots/pareto_front.png" in [f.path for f in client.list_artifacts(summary.parent_run_id, "plots")]

@@ -50,7 +50,7 @@ def pareto_plot(study: Any, folder: Path, plan: Plan) -> list[Path]:
 
     if not several(plan):
         return []
-    names = [f"{m} ({d[:3]})" for m, d in plan.objectives[:2]]
+    names = [f"{m} ({d})" for m, d in plan.objectives[:2]]
     with quiet_experimental():
         fig = ovm.plot_pareto_front(study, targets=lambda t: t.values[:2], target_names=names).figure
     fig.set_size_inches(9, 5)
