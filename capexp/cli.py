@@ -132,6 +132,10 @@ def ui(tracking_uri: str | None, port: int, experiment: str) -> None:
 @click.option("--space", type=click.Path(path_type=Path), default=None, help="Search space file (default: studies/default.json).")
 @click.option("--storage", default=None, help="Optuna storage: default studies/NAME.journal; a PostgreSQL URL for several machines.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Worker processes on this machine.")
+@click.option("--gpus", default=None, metavar="LIST", help=(
+    "GPUs the workers share, numbered as this machine shows them, e.g. 0,2 (default: every visible GPU). "
+    "Worker i sees only the (i mod G)-th of the G chosen, via CUDA_VISIBLE_DEVICES; without a GPU nothing changes."
+))
 @click.option("--enqueue", type=click.Path(path_type=Path), multiple=True, help="A spec to try first (repeatable).")
 @click.option("--keep-models", type=int, default=None,
               help="Keep logged models (weights) of the best K trials only; the others keep metrics and curves.")
@@ -139,19 +143,28 @@ def ui(tracking_uri: str | None, port: int, experiment: str) -> None:
               help="Skip the control: the base spec's own values of the searched keys, otherwise run as the first trial.")
 @click.option("--finalists", type=int, default=None, metavar="K",
               help="After the search, retrain the best K complete trials and the control at the base spec's full "
-                   "budget (without the space's `budget`); the best mean validation objective wins.")
+                   "budget (without the space's `budget`); the best mean validation objective wins. A space of "
+                   "several objectives has no single best, so it refuses --finalists.")
 @click.option("--finalist-seeds", type=int, default=1, show_default=True, metavar="S",
               help="Seeds per finalist (the base's seed, seed+1, ...): their spread shows what is noise.")
 @click.option("--best-spec", is_flag=True,
               help="Run nothing: print the full-budget spec (--spec, default the study's base) of the finalists' "
-                   "winner, or of the best trial before finalists ran, as JSON.")
+                   "winner, or of the best trial before finalists ran (with several objectives: the --pick), as JSON.")
+@click.option("--pick", default=None, metavar="RULE", help=(
+    "With --best-spec on a study of several objectives: the rule that picks one member of the Pareto front "
+    "(given on a study with finalists, it picks among the trials instead of taking the finalists' winner). "
+    "Comma-separated clauses: bounds METRIC>=X or METRIC<=X, X a number, `best` (the front's best value of "
+    "METRIC) or F*best; then at most one `min METRIC` or `max METRIC`, which picks among the members that meet "
+    "every bound (default: the best of the first objective). Default rule: the first objective within 2% of its "
+    "best, then the best of the second, e.g. \"cider>=0.98*best, min train_minutes\"."
+))
 @_SET
 @_EXPERIMENT
 @_URI
 @_NO_SYSTEM_METRICS
 def study(base: Path | None, trials: int, name: str | None, space: Path | None, storage: str | None, workers: int,
-          enqueue: tuple[Path, ...], keep_models: int | None, no_control: bool, finalists: int | None,
-          finalist_seeds: int, best_spec: bool, overrides: tuple[str, ...], experiment: str,
+          gpus: str | None, enqueue: tuple[Path, ...], keep_models: int | None, no_control: bool, finalists: int | None,
+          finalist_seeds: int, best_spec: bool, pick: str | None, overrides: tuple[str, ...], experiment: str,
           tracking_uri: str | None) -> None:
     """Optuna search over the base spec, every trial a child MLflow run; resumable and parallel."""
     from capexp.study import run_study
@@ -161,12 +174,12 @@ def study(base: Path | None, trials: int, name: str | None, space: Path | None, 
 
         if name is None:
             raise CapexpError("--best-spec needs the study's --name.")
-        click.echo(best(name, base=base, space=space, storage=storage, overrides=overrides).model_dump_json(indent=2))
+        click.echo(best(name, base=base, space=space, storage=storage, overrides=overrides, pick=pick).model_dump_json(indent=2))
         return
     summary = run_study(base, trials=trials, name=name, space=space, storage=storage, workers=workers,
                         experiment=experiment, enqueue=enqueue, tracking_uri=tracking_uri, overrides=overrides,
                         keep_models=keep_models, control=not no_control, finalists=finalists,
-                        finalist_seeds=finalist_seeds)
+                        finalist_seeds=finalist_seeds, gpus=gpus)
     click.echo(summary.report())
 
 

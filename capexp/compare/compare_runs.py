@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from capexp.compare.finalist_table import Finalists, build_finalists, split_finalists
+from capexp.compare.pareto_table import ParetoFront, front_markdown, front_tables, load_front
 from capexp.compare.records import StudyParent, load_runs, load_study
 from capexp.compare.significance_table import compare_significance
 from capexp.compare.render import FORMATS, importance_grid, render, study_markdown, terminal_tables, terminal_text
@@ -60,15 +61,13 @@ def compare(
             raise CapexpError("--significance prints its own table to the terminal: drop --output, --format and "
                               "--ranking, or run them without --significance.")
         return compare_significance(runs, experiment=experiment, study=study, console=console or Console())
-    table, count, parent, finalists = _table(runs, experiment, study, metric, ranking, only_changed)
+    found = _table(runs, experiment, study, metric, ranking, only_changed)
     console = console or Console()
     if output is None and fmt == "term":  # lay the tables out once: printed with style, returned as text
-        return _print_terminal(console, table, parent, finalists)
-    text = render(table, fmt, width=console.width if output is None else 100)
-    if finalists is not None and fmt == "md":
-        text += f"\n### Finalists at full budget\n\n{render(finalists, fmt)}\n{finalists.sentence}\n"
-    if parent is not None and fmt == "md":
-        text += study_markdown(parent, _plot_links(parent, Path(output) if output else None))
+        return _print_terminal(console, found)
+    text = render(found.table, fmt, width=console.width if output is None else 100)
+    if fmt == "md":
+        text += _study_sections(found, Path(output) if output else None)
     if output is None:
         console.print(text, end="", markup=False, highlight=False, soft_wrap=True)
         return text
@@ -78,34 +77,58 @@ def compare(
         path.write_text(text, encoding="utf-8")
     except OSError as e:
         raise CapexpError(f"Cannot write --output {path}: {e.strerror}. Pick a writable path.") from None
-    console.print(f"Wrote {path} ({fmt}, {count} runs).", highlight=False)
+    console.print(f"Wrote {path} ({fmt}, {found.count} runs).", highlight=False)
     return text
 
 
+class _Found(NamedTuple):
+    """The main table and how many runs it read; for a study, also its parent run, its finalists
+    and its Pareto front (None where there are none)."""
+
+    table: Comparison | Trials | Ranking
+    count: int
+    parent: StudyParent | None = None
+    finalists: Finalists | None = None
+    front: ParetoFront | None = None
+
+
 def _table(runs: Sequence[str], experiment: str | None, study: str | None, metric: str | None, ranking: bool,
-           only_changed: bool) -> tuple[Comparison | Trials | Ranking, int, StudyParent | None, Finalists | None]:
-    """The main table and how many runs it read; with `study`, also its parent run and its finalists
-    (None where there are none)."""
+           only_changed: bool) -> _Found:
+    """Read the runs (or the study's) and build what `compare` shows."""
     if study is None:
         records = load_runs(runs, experiment=experiment)
         table = build_ranking(records) if ranking else build_comparison(records, metric=metric, only_changed=only_changed)
-        return table, len(records), None, None
+        return _Found(table, len(records))
     records, direction, parent = load_study(study, experiment)
     searched, finals = split_finalists(records)
     if ranking:
-        return build_ranking(searched), len(records), parent, None
+        return _Found(build_ranking(searched), len(records), parent)
     knobs, objective = (parent.knobs, parent.metric) if parent is not None else ([], None)
     trials = build_trials(searched, knobs, objective=objective, metric=metric,
                           direction=direction if metric in (None, "objective") else None)
-    return trials, len(records), parent, build_finalists(searched, finals, knobs, parent)
+    return _Found(trials, len(records), parent, build_finalists(searched, finals, knobs, parent),
+                  load_front(study, searched, parent))
 
 
-def _print_terminal(console: Console, table: Comparison | Trials | Ranking, parent: StudyParent | None,
-                    finalists: Finalists | None) -> str:
-    """Print the tables at the console's width (a study's finalists and importances follow its trials); return them as text."""
+def _study_sections(found: _Found, output: Path | None) -> str:
+    """What follows a study's trials in Markdown: its Pareto front, finalists, importances and plots."""
+    text = front_markdown(found.front) if found.front is not None else ""
+    if found.finalists is not None:
+        text += f"\n### Finalists at full budget\n\n{render(found.finalists, 'md')}\n{found.finalists.sentence}\n"
+    if found.parent is not None:
+        text += study_markdown(found.parent, _plot_links(found.parent, output))
+    return text
+
+
+def _print_terminal(console: Console, found: _Found) -> str:
+    """Print the tables at the console's width (a study's Pareto front, finalists and importances
+    follow its trials); return them as text."""
     from rich.text import Text
 
-    blocks: list = terminal_tables(*table.grid(), console.width)
+    parent, finalists = found.parent, found.finalists
+    blocks: list = terminal_tables(*found.table.grid(), console.width)
+    if found.front is not None:
+        blocks += front_tables(found.front, console.width)
     if finalists is not None:
         blocks += [Text("Finalists at full budget", style="bold"), *terminal_tables(*finalists.grid(), console.width),
                    Text(finalists.sentence + "\n")]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from capexp.errors import CapexpError
+from capexp.study.front import picked_trial
 from capexp.study.space import load_space
 from capexp.spec.schema import Spec
 from capexp.spec.loading import load_spec
@@ -19,10 +20,11 @@ __all__ = ["best_spec"]
 
 
 def best_spec(name: str, *, base: Path | None = None, space: Path | None = None, storage: str | None = None,
-              overrides: Sequence[str] = ()) -> Spec:
+              overrides: Sequence[str] = (), pick: str | None = None) -> Spec:
     """The spec of study `name`'s best trial at full budget: `base` (default: the study's own base
     spec file) with the trial's values and `overrides`, without the search space's `budget`. Once
-    finalists ran, the best is their winner (the control: the base's own values)."""
+    finalists ran (and without `pick`), the best is their winner (the control: the base's own values).
+    With several objectives, or `pick`, the member of the Pareto front the `pick` rule chooses."""
     import optuna
 
     from capexp.backbones import decoder_depth
@@ -31,8 +33,11 @@ def best_spec(name: str, *, base: Path | None = None, space: Path | None = None,
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise CapexpError(f"study {name} has no complete trial yet. Run `capexp study --name {name}` until one completes.")
-    winner = study.user_attrs.get(ATTR_WINNER)
-    best = study.best_trial if winner is None or winner == CONTROL else study.trials[int(winner)]
+    winner = study.user_attrs.get(ATTR_WINNER) if pick is None else None  # finalists run on one objective only
+    if winner is None or winner == CONTROL:
+        best, scored = picked_trial(study, name, pick)
+    else:
+        best, scored = study.trials[int(winner)], None
     base = base or Path(study.user_attrs.get(ATTR_BASE, ""))
     space_path = space or Path(study.user_attrs.get(ATTR_SPACE, "studies/default.json"))
     if not base.is_file():
@@ -51,6 +56,6 @@ def best_spec(name: str, *, base: Path | None = None, space: Path | None = None,
         notes = (f"Trial {best.number} won study {name}'s finalists (best mean full-budget {metric} on validation) "
                  f"at the full budget of {base}: {shown}.")
     else:
-        notes = (f"Best trial {best.number} of study {name} ({metric} {best.value:.4f}, run "
+        notes = (f"Best trial {best.number} of study {name} ({scored or f'{metric} {best.value:.4f}'}, run "
                  f"{best.user_attrs.get(ATTR_RUN_ID, '?')}) at the full budget of {base}: {shown}.")
     return spec.model_copy(update={"notes": notes})

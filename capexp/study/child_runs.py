@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from capexp.errors import CapexpError, TrainingDiverged, warn
 from capexp.spec.schema import Spec
 from capexp.study.liveness import is_dead, worker_id
+from capexp.study.pareto import objective_value as objective_of
 from capexp.study.plan import StudyPlan
 from capexp.study.progress import run_line
 from capexp.study.storage import MAX_RETRY
@@ -46,14 +47,16 @@ def _settle(client: MlflowClient, runs: Sequence[Run]) -> tuple[str, Run | None]
 
 
 def objective_value(client: MlflowClient, run: Run, plan: StudyPlan) -> float:
-    """The study's objective for `run`: its best per-epoch value of the objective metric (validation)."""
+    """The study's (first) objective for `run`: its best per-epoch value of the objective metric
+    (validation; the last value for run totals such as `train_minutes`)."""
     history = client.get_metric_history(run.info.run_id, plan.metric)
-    if not history:
+    value = objective_of(plan.metric, plan.direction, [m.value for m in history])
+    if value is None:
         raise CapexpError(
             f"study {plan.name}: run {run.info.run_name} logs no {plan.metric!r}, the study's objective metric. "
             f"Set `objective.metric` in the search-space file to a metric the runs log and use a new --name."
         )
-    return (max if plan.direction == "maximize" else min)(m.value for m in history)
+    return value
 
 
 def child_run(plan: StudyPlan, spec: Spec, tags: dict[str, str], label: str, values: dict[str, Any]) -> Run | None:

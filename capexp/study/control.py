@@ -81,14 +81,15 @@ def outside_control_run(plan: StudyPlan) -> Run | None:
 
 
 def control_outcome(study, plan: StudyPlan) -> tuple[int | None, float | None]:
-    """The control's trial number (None outside the space) and its trial-budget objective (None: not done)."""
+    """The control's trial number (None outside the space) and its trial-budget objective (None: not done;
+    with several objectives, the first)."""
     from mlflow import MlflowClient
     from optuna.trial import TrialState
 
     inside = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(ATTR_CONTROL)]
     done = [t for t in inside if t.state == TrialState.COMPLETE]
     if done:
-        return done[-1].number, done[-1].value
+        return done[-1].number, done[-1].values[0]
     if inside:
         return inside[-1].number, None
     run = outside_control_run(plan)

@@ -47,11 +47,19 @@ class Finalist:
         return f"trial {self.key}" + (" (control)" if self.control else "")
 
 
-def check_finalists(finalists: int | None, seeds: int) -> None:
-    """`--finalists` and `--finalist-seeds` must be at least 1."""
+def check_finalists(finalists: int | None, seeds: int, objectives: Sequence[tuple[str, str]] = (),
+                    origin: str = "the search space") -> None:
+    """`--finalists` and `--finalist-seeds` must be at least 1, and the study must have one objective
+    (several have no single best to retrain and no single order to check)."""
     if (finalists is not None and finalists < 1) or seeds < 1:
         raise CapexpError(f"--finalists and --finalist-seeds must be 1 or more, got {finalists} and {seeds}; "
                           f"leave --finalists out to skip the full-budget retraining.")
+    if finalists is not None and len(objectives) > 1:
+        raise CapexpError(
+            f"--finalists ranks trials by one objective, but {origin} lists {len(objectives)} "
+            f"({', '.join(m for m, _ in objectives)}): leave --finalists out, pick a member of the Pareto front "
+            f"with --best-spec --pick and train that spec with `capexp run`."
+        )
 
 
 def _pick(study, plan: StudyPlan, count: int, control: dict[str, Any] | None) -> list[Finalist]:

@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from capexp.errors import CapexpError, warn
+from capexp.study.front import ranked
 from capexp.study.plan import StudyPlan
 from capexp.tracking import MODEL_NAME, TAG_REGISTERED, TAG_STUDY, TAG_TRIAL, delete_model, experiment_id, use_store
 
@@ -54,8 +55,7 @@ def keep_best_models(study: optuna.Study, plan: StudyPlan) -> int:
     if plan.keep_models is None:
         return 0
     trials = study.get_trials(deepcopy=False)
-    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: t.value,
-                      reverse=plan.direction == "maximize")
+    complete = ranked(study, [t for t in trials if t.state == TrialState.COMPLETE], plan)
     keep = {str(t.number) for t in complete[: plan.keep_models]}
     finished = {str(t.number) for t in trials if t.state.is_finished()}  # a running trial may be logging its model
     use_store(plan.tracking_uri)

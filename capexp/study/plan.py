@@ -26,6 +26,7 @@ class StudySummary:
     best_value: float | None = None
     best_params: dict[str, Any] = field(default_factory=dict)
     best_run_id: str | None = None
+    front: list[str] = field(default_factory=list)  # a study of several objectives: its Pareto front, a line each
     finalists: list[str] = field(default_factory=list)  # what the finalists showed at full budget, as lines
 
     def report(self) -> str:
@@ -37,7 +38,7 @@ class StudySummary:
         if self.best_trial is not None and self.best_value is not None:
             values = ", ".join(f"{k}={json.dumps(v)}" for k, v in self.best_params.items())
             lines.append(f"best: trial {self.best_trial} (run {self.best_run_id}), {self.metric}={self.best_value:.4f}; {values}")
-        return "\n".join([*lines, *self.finalists])
+        return "\n".join([*lines, *self.front, *self.finalists])
 
 
 @dataclass(frozen=True)
@@ -62,3 +63,6 @@ class StudyPlan:
     log_level: int
     keep_models: int | None = None  # only the best k trials keep their logged models (None: every trial)
     workers: int = 1  # worker processes on this machine (for the time-left estimate)
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, direction) each; metric and direction are the first
+    gpus: tuple[str, ...] = ()  # CUDA_VISIBLE_DEVICES values the workers take in turn (capexp.study.gpus)
+    spawn: bool = False  # run even one worker in its own process (to pin its GPU)

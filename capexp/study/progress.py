@@ -7,6 +7,7 @@ import shutil
 import textwrap
 from typing import Any
 
+from capexp.study.front import best_text, value_text
 from capexp.study.plan import StudyPlan
 from capexp.tracking import ATTR_ERROR
 from capexp.tracking.names import ATTR_CONTROL
@@ -46,10 +47,10 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{max(1, round(seconds / 60))} min"
 
 
-def _outcome(trial: Any, metric: str) -> str:
-    state = trial.state.name
+def _outcome(trial: Any, plan: StudyPlan) -> str:
+    state, metric = trial.state.name, plan.metric
     if state == "COMPLETE":
-        return f"{metric} {trial.value:.4f}"
+        return value_text(trial, plan)
     if state == "PRUNED":
         steps = sorted(trial.intermediate_values)
         last = f" ({metric} {trial.intermediate_values[steps[-1]]:.4f})" if steps else ""
@@ -66,11 +67,10 @@ def trial_line(study: Any, trial: Any, plan: StudyPlan, width: int | None = None
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     done = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in finished)
     control = " (control)" if trial.user_attrs.get(ATTR_CONTROL) else ""
-    parts = [f"trial {trial.number}{control} {_outcome(trial, plan.metric)}"]
+    parts = [f"trial {trial.number}{control} {_outcome(trial, plan)}"]
     complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:
-        best = (max if plan.direction == "maximize" else min)(complete, key=lambda t: t.value)
-        parts.append(f"best #{best.number} {best.value:.4f}")
+        parts.append(best_text(study, complete, plan))
     parts.append(f"{done}/{plan.trials} done")
     durations = [d for d in map(_duration, finished) if d is not None]
     if durations and done < plan.trials:

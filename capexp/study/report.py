@@ -6,9 +6,13 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from capexp.study.front import first_value, several, value_columns
+from capexp.study.pareto import objective_params
+from capexp.study.pareto_report import front_lines, front_tags, pareto_plot
 from capexp.study.space import SearchSpace
 from capexp.study.plan import StudyPlan, StudySummary
 from capexp.study.storage import quiet_experimental, storage_label, trial_counts
@@ -40,7 +44,8 @@ from capexp.tracking.study_runs import oldest_parent_run
 from capexp.study.control import control_outcome, mark_control
 
 
-def parent_run(uri: str, exp_id: str, name: str, raw: SearchSpace, fitted: SearchSpace, study: dict[str, str]) -> str:
+def parent_run(uri: str, exp_id: str, name: str, raw: SearchSpace, fitted: SearchSpace, study: dict[str, str],
+               objectives: Sequence[tuple[str, str]] = ()) -> str:
     """The study's parent run, found by its tags (a resume reuses it) or created with the study's
     params: `study` names its base, space, storage, metric and direction."""
     from mlflow import MlflowClient
@@ -52,7 +57,8 @@ def parent_run(uri: str, exp_id: str, name: str, raw: SearchSpace, fitted: Searc
     params = {PARAM_STUDY_BASE: study["base"], PARAM_STUDY_SPACE: study["space"], PARAM_STUDY_STORAGE: study["storage"],
               PARAM_OBJECTIVE: study["metric"], PARAM_DIRECTION: study["direction"],
               PARAM_SAMPLER: raw.sampler.name, PARAM_PRUNER: raw.pruner.name,
-              **{f"{SPACE_PREFIX}{k}": p.model_dump_json(exclude_none=True) for k, p in fitted.params.items()}}
+              **{f"{SPACE_PREFIX}{k}": p.model_dump_json(exclude_none=True) for k, p in fitted.params.items()},
+              **objective_params(objectives)}
     client = MlflowClient(uri)
     existing = oldest_parent_run(client, exp_id, name)
     if existing is not None:
@@ -72,7 +78,7 @@ def _decoded(space: SearchSpace, params: dict[str, Any]) -> dict[str, Any]:
     return {k: space.params[k].decode(v) for k, v in params.items() if k in space.params}
 
 
-def _trials_table(study, space: SearchSpace) -> Any:
+def _trials_table(study, space: SearchSpace, objectives: Sequence[tuple[str, str]]) -> Any:
     import pandas as pd
 
     rows = []
@@ -81,7 +87,7 @@ def _trials_table(study, space: SearchSpace) -> Any:
         rows.append({
             "number": t.number,
             "state": t.state.name,
-            "value": t.value,
+            **value_columns(t, objectives),
             "epochs": len(t.intermediate_values),
             **{k: json.dumps(values[k]) if isinstance(values.get(k), (list, dict)) else values.get(k) for k in space.params},
             "control": bool(t.user_attrs.get(ATTR_CONTROL)),
@@ -101,7 +107,7 @@ def _evaluator() -> Any:
     return FanovaImportanceEvaluator(seed=0)
 
 
-def _importances(study) -> dict[str, float]:
+def _importances(study, target: Any = None) -> dict[str, float]:
     """Each searched knob's share of the objective's variance over the complete trials (fANOVA);
     empty with fewer than two complete trials, or when their objectives do not vary."""
     from optuna.importance import get_param_importances
@@ -111,16 +117,17 @@ def _importances(study) -> dict[str, float]:
         return {}
     with quiet_experimental():
         try:
-            return get_param_importances(study, evaluator=_evaluator())
+            return get_param_importances(study, evaluator=_evaluator(), target=target)
         except RuntimeError:  # "zero total variance in all trees": nothing to attribute
             return {}
 
 
 def _plots(study, folder: Path, metric: str, importances: dict[str, float],
-           control: tuple[int | None, float | None] = (None, None)) -> list[Path]:
+           control: tuple[int | None, float | None] = (None, None), value: Any = None) -> list[Path]:
     """The four Optuna plots as PNGs, the objective named by its metric (one with too few trials
     to show anything is drawn empty, the importances too when there are none); the optimization
-    history marks the `control` (its trial number, None outside the space, and its objective)."""
+    history marks the `control` (its trial number, None outside the space, and its objective).
+    `value`: the target of a study of several objectives (its first objective; None for one)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,11 +136,12 @@ def _plots(study, folder: Path, metric: str, importances: dict[str, float],
 
     target = f"{metric} (validation)"
     drawers = {
-        "optimization_history": lambda s: ovm.plot_optimization_history(s, target_name=target),
-        "param_importances": lambda s: (ovm.plot_param_importances(s, evaluator=_evaluator(), target_name=target)
+        "optimization_history": lambda s: ovm.plot_optimization_history(s, target=value, target_name=target),
+        "param_importances": lambda s: (ovm.plot_param_importances(s, evaluator=_evaluator(), target=value,
+                                                                   target_name=target)
                                         if importances else plt.figure().add_subplot(title="No importances: the complete "
                                                                                      "trials' objectives do not vary")),
-        "parallel_coordinate": lambda s: ovm.plot_parallel_coordinate(s, target_name=target),
+        "parallel_coordinate": lambda s: ovm.plot_parallel_coordinate(s, target=value, target_name=target),
         "intermediate_values": ovm.plot_intermediate_values,
     }
     made = []
@@ -173,7 +181,7 @@ def summarize(study, plan: StudyPlan, status: str) -> StudySummary:
     metrics = [Metric(f"trials_{state}", counts[key], now, 0)
                for key, state in (("COMPLETE", "complete"), ("PRUNED", "pruned"), ("FAIL", "failed"))]
     tags = []
-    if counts["COMPLETE"]:
+    if counts["COMPLETE"] and not several(plan):
         best = study.best_trial
         params = _decoded(plan.space, best.params)
         summary.best_trial, summary.best_value, summary.best_params = best.number, best.value, params
@@ -181,15 +189,19 @@ def summarize(study, plan: StudyPlan, status: str) -> StudySummary:
         metrics.append(Metric(f"best_{plan.metric}", float(best.value), now, 0))
         tags += [RunTag(TAG_BEST_TRIAL, str(best.number)), RunTag(TAG_BEST_RUN_ID, summary.best_run_id or "")]
         tags += [RunTag(f"{BEST_PREFIX}{k}", param_value(v)) for k, v in params.items()]
-    importances = _importances(study)
+    if counts["COMPLETE"] and several(plan):
+        summary.front = front_lines(study, plan)
+        tags += [RunTag(k, v) for k, v in front_tags(study, plan).items()]
+    importances = _importances(study, first_value(plan))
     metrics += [Metric(f"{IMPORTANCE_PREFIX}{k}", float(v), now, 0) for k, v in importances.items()]
     client.log_batch(plan.parent_run_id, metrics=metrics, tags=tags)
     with tempfile.TemporaryDirectory(prefix="capexp-study-") as tmp:
         folder = Path(tmp)
-        _trials_table(study, plan.space).to_csv(folder / "trials.csv", index=False)
+        _trials_table(study, plan.space, plan.objectives).to_csv(folder / "trials.csv", index=False)
         client.log_artifact(plan.parent_run_id, str(folder / "trials.csv"))
         if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False)):
-            for path in _plots(study, folder, plan.metric, importances, control_outcome(study, plan)):
+            plots = _plots(study, folder, plan.metric, importances, control_outcome(study, plan), first_value(plan))
+            for path in plots + pareto_plot(study, folder, plan):
                 client.log_artifact(plan.parent_run_id, str(path), artifact_path="plots")
     if status != "RUNNING":
         client.set_terminated(plan.parent_run_id, status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -17,6 +18,8 @@ from capexp.spec.checks import check_decoder_fit, check_spec
 from capexp.data import check_inputs
 from capexp.errors import CapexpError, warn
 from capexp.paths import project_file
+from capexp.study.gpus import choose_gpus
+from capexp.study.pareto import RUN_TOTALS, Objective, objective_list
 from capexp.study.space import Categorical, GridSampler, SearchSpace, load_space
 from capexp.spec.schema import Spec, metric_mode
 from capexp.spec.loading import flatten, load_spec, spec_hash
@@ -43,13 +46,13 @@ def default_base() -> Path:
     return project_file("experiments", "quickstart.json")
 
 
-def _auto_objective(space: SearchSpace, spec: Spec) -> tuple[str, str]:
-    metric = space.objective.metric
+def _auto_objective(objective: Objective, spec: Spec) -> tuple[str, str]:
+    metric = objective.metric
     if metric == "auto":
         metric = "cider" if spec.evaluation.coco_metrics and shutil.which("java") else "bertscore_f1"
-    direction = space.objective.direction
+    direction = objective.direction
     if direction == "auto":
-        direction = "minimize" if metric_mode(metric) == "min" else "maximize"
+        direction = "minimize" if metric_mode(metric) == "min" or metric in RUN_TOTALS else "maximize"
     return metric, direction
 
 
@@ -91,9 +94,18 @@ class _Setup(NamedTuple):
     full: Spec  # the base at its own (full) budget: what finalists retrain
     depth: int
     origin: str
-    metric: str
-    direction: str
+    objectives: tuple[tuple[str, str], ...]  # (metric, direction) each, "auto" resolved
     trials: int
+
+    @property
+    def metric(self) -> str:
+        """The (first) objective's metric."""
+        return self.objectives[0][0]
+
+    @property
+    def direction(self) -> str:
+        """The (first) objective's direction."""
+        return self.objectives[0][1]
 
 
 def _setup(base: Path, space: Path | None, overrides: Sequence[str], trials: int) -> _Setup:
@@ -108,8 +120,8 @@ def _setup(base: Path, space: Path | None, overrides: Sequence[str], trials: int
     depth = decoder_depth(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
     fitted = raw.fit_to_depth(depth, origin)
     _check_values(fitted, base, [*overrides, *raw.budget_overrides()], origin)
-    metric, direction = _auto_objective(fitted, spec)
-    return _Setup(raw, fitted, spec, load_spec(base, overrides), depth, origin, metric, direction,
+    objectives = tuple(_auto_objective(o, spec) for o in objective_list(fitted.objective))
+    return _Setup(raw, fitted, spec, load_spec(base, overrides), depth, origin, objectives,
                   _grid_trials(fitted, trials, origin))
 
 
@@ -144,6 +156,7 @@ def run_study(
     control: bool = True,
     finalists: int | None = None,
     finalist_seeds: int = 1,
+    gpus: str | None = None,
 ) -> StudySummary:
     """Search `space` (default `studies/default.json`) around `base` (default: the quickstart)
     until the study has `trials` complete or pruned trials, resuming a study of that name.
@@ -154,18 +167,21 @@ def run_study(
     capexp.study.control) runs first unless `control` is False, then `enqueue` specs.
     Ctrl-C, SIGTERM or SIGHUP stop every worker: their running trials end KILLED and are queued
     to run again, and the parent run ends KILLED. `keep_models`: only the best k trials keep their
-    logged models (capexp.study.keep_models). `finalists`: retrain the best k trials and the control
-    at full budget, `finalist_seeds` seeds each, after the search (capexp.study.finalists).
+    logged models (capexp.study.keep_models). `finalists`: retrain the best k trials and the control at
+    full budget, `finalist_seeds` seeds each, after the search (capexp.study.finalists; one objective
+    only). `gpus` ("0,2"; default every visible GPU): worker i sees the (i mod G)-th (capexp.study.gpus).
     """
     base = Path(base) if base is not None else default_base()
     name = name or base.stem
-    _check_counts(name, trials, workers)
-    check_keep_models(keep_models)
-    check_finalists(finalists, finalist_seeds)
+    _check_counts(name, trials, workers, keep_models)
+    devices = choose_gpus(gpus)
     setup = _setup(base, space, overrides, trials)
-    study = _open_study(name, storage, heartbeat_interval, setup.metric, setup.direction, setup.spec, base, setup.origin)
+    check_finalists(finalists, finalist_seeds, setup.objectives, setup.origin)
+    study = _open_study(name, storage, heartbeat_interval, setup.objectives, setup.spec, base, setup.origin)
     setup, values, inside = _queue(study, setup, name, enqueue, control)
-    plan = _plan(study, setup, name, storage, base, experiment, tracking_uri, heartbeat_interval, workers, keep_models)
+    plan = dataclasses.replace(  # spawn even one worker to pin its GPU
+        _plan(study, setup, name, storage, base, experiment, tracking_uri, heartbeat_interval, workers, keep_models),
+        gpus=devices, spawn=gpus is not None and bool(devices))
     status, lines = "FAILED", []
     try:
         if values is not None and not inside:
@@ -191,7 +207,7 @@ def _plan(study, setup: _Setup, name: str, storage: str | None, base: Path, expe
     label = storage_label(storage, name)
     parent = parent_run(uri, experiment_id(experiment), name, setup.raw, setup.space,
                         dict(base=str(base), space=setup.origin, storage=label, metric=setup.metric,
-                             direction=setup.direction))
+                             direction=setup.direction), setup.objectives)
     counts = trial_counts(study)
     done = counts["COMPLETE"] + counts["PRUNED"]
     log.info("study %s: %d of %d trials done; %s with %d worker(s); storage %s; MLflow parent run %s", name, done,
@@ -203,6 +219,7 @@ def _plan(study, setup: _Setup, name: str, storage: str | None, base: Path, expe
         heartbeat_interval=heartbeat_interval, seed_offset=sum(counts.values()), workers=workers,
         threads=max(1, (os.cpu_count() or 1) // workers) if workers > 1 else 0,
         log_level=logging.getLogger("capexp").getEffectiveLevel(), keep_models=keep_models,
+        objectives=setup.objectives,
     )
 
 
@@ -227,7 +244,8 @@ def _snapshot(spec: Spec, base: Path) -> Path:
     return snapshot
 
 
-def _check_counts(name: str, trials: int, workers: int) -> None:
+def _check_counts(name: str, trials: int, workers: int, keep_models: int | None) -> None:
+    check_keep_models(keep_models)
     if not _NAME.match(name):
         raise CapexpError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only (it names the study file and runs).")
     if trials < 1 or workers < 1:
@@ -244,18 +262,21 @@ def _grid_trials(fitted: SearchSpace, trials: int, origin: str) -> int:
     return trials
 
 
-def _open_study(name: str, storage: str | None, heartbeat_interval: int, metric: str, direction: str, spec: Spec,
-                base: Path, space: str):
+def _open_study(name: str, storage: str | None, heartbeat_interval: int, objectives: Sequence[tuple[str, str]],
+                spec: Spec, base: Path, space: str):
     """The study of that name, created or resumed; a resume must keep the objective (and is warned
     when the base spec changed)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # capexp prints its own line per trial
+    metric, directions = ",".join(m for m, _ in objectives), [d for _, d in objectives]
     study = optuna.create_study(study_name=name, storage=open_storage(storage, name, heartbeat_interval),
-                                direction=direction, load_if_exists=True)
-    if study.direction.name.lower() != direction or study.user_attrs.get(ATTR_METRIC, metric) != metric:
+                                directions=directions, load_if_exists=True)
+    had = [d.name.lower() for d in study.directions]
+    if had != directions or study.user_attrs.get(ATTR_METRIC, metric) != metric:
+        direction = ",".join(directions)
         raise CapexpError(
-            f"study {name} was created to {study.direction.name.lower()} "
+            f"study {name} was created to {','.join(had)} "
             f"{study.user_attrs.get(ATTR_METRIC)!r}, but this run asks to {direction} {metric!r}. "
             f"Use a new --name for a new objective."
         )
@@ -272,7 +293,7 @@ def _run_trials(study, plan: StudyPlan, workers: int) -> str:
     RUNNING while other machines still run the last trials."""
     name, trials = plan.name, plan.trials
     problems: list[str] = []
-    if workers > 1:
+    if workers > 1 or plan.spawn:
         problems = run_workers(plan, workers)
         _reap_dead_workers(plan)
     else:

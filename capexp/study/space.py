@@ -19,6 +19,7 @@ from pydantic import (
     JsonValue,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -26,6 +27,7 @@ from pydantic import (
 from capexp.spec import schema as specs
 from capexp.errors import CapexpError, warn
 from capexp.paths import project_file
+from capexp.study.pareto import Objective, Objectives, check_pruner
 
 __all__ = [
     "FREEZE_KEY",
@@ -174,13 +176,6 @@ Param = Annotated[
 
 
 # ---------------------------------------------------------------------------- objective, sampler, pruner
-class Objective(_Strict):
-    """What a trial is scored by: the best per-epoch value of `metric` over its epochs."""
-
-    metric: str = "auto"  # auto: cider when COCO metrics are on and Java exists, else bertscore_f1
-    direction: Literal["auto", "maximize", "minimize"] = "auto"  # auto: minimize losses, maximize the rest
-
-
 class TpeSampler(_Strict):
     name: Literal["tpe"] = "tpe"
     seed: int = 0  # each worker and each resume derives its own seed from this one
@@ -262,7 +257,7 @@ class SearchSpace(_Strict):
 
     notes: str = ""  # why the space is what it is; becomes the study's parent-run description
     budget: dict[str, JsonValue] = {}  # spec values every trial runs with (fewer epochs, ...); not in --best-spec
-    objective: Objective = Objective()
+    objective: Objectives = Objective()  # or a list of several (capexp.study.pareto)
     sampler: Sampler = TpeSampler()
     pruner: Pruner = MedianPruner()
     params: dict[str, Param] = Field(min_length=1)
@@ -306,6 +301,11 @@ class SearchSpace(_Strict):
                     f"{'is a range' if len(ranged) == 1 else 'are ranges'}; list the values or use the tpe sampler"
                 )
         return self
+
+    @field_validator("pruner")
+    @classmethod
+    def _prunable(cls, v: Any, info: ValidationInfo) -> Any:
+        return check_pruner(v, info.data.get("objective"))
 
     def fit_to_depth(self, depth: int, origin: str) -> SearchSpace:
         """The space with `n_layers_to_freeze` bounded by a decoder of `depth` blocks.
@@ -353,7 +353,7 @@ class SearchSpace(_Strict):
 
 
 # ---------------------------------------------------------------------------- loading
-_TAGS = {"categorical", "int", "float", "tpe", "grid", "median", "hyperband", "none"}
+_TAGS = {"objective", "objectives", "categorical", "int", "float", "tpe", "grid", "median", "hyperband", "none"}
 
 
 def default_space_path() -> Path:

@@ -16,6 +16,9 @@ from capexp.errors import CapexpError, TrainingDiverged, warn
 from capexp.study.space import GridSampler, HyperbandPruner, MedianPruner
 from capexp.spec.loading import load_spec
 from capexp.stopping import exit_code, stop_on_signals
+from capexp.study.front import run_values, several
+from capexp.study.pareto import objective_value
+from capexp.study.gpus import worker_env
 from capexp.study.liveness import on_stale, reap, retry, worker_id
 from capexp.study.keep_models import keep_best_models
 from capexp.study.plan import StudyPlan
@@ -48,7 +51,7 @@ def _sampler(plan: StudyPlan, index: int):
 def _pruner(plan: StudyPlan):
     import optuna
 
-    cfg = plan.space.pruner
+    cfg = plan.space.pruner if not several(plan) else None  # Optuna prunes single-objective studies only
     if isinstance(cfg, MedianPruner):
         return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_steps)
     if isinstance(cfg, HyperbandPruner):
@@ -59,9 +62,12 @@ def _pruner(plan: StudyPlan):
 
 
 def _reporter(plan: StudyPlan, trial, scores: list[float]):
-    """The per-epoch callback of a trial's run: record the objective, report it, ask the pruner."""
+    """The per-epoch callback of a trial's run: record the objective, report it, ask the pruner
+    (with several objectives, nothing: the trial is scored from its run's metrics once it ends)."""
 
     def on_epoch(epoch: int, metrics: dict[str, float]) -> bool:
+        if several(plan):
+            return False
         if plan.metric not in metrics:
             raise CapexpError(
                 f"study {plan.name}: the objective metric is {plan.metric!r}, but trial {trial.number} "
@@ -86,16 +92,14 @@ def _objective(plan: StudyPlan, storage, worker: str):
 
     from capexp.training.run import run_spec
 
-    better = max if plan.direction == "maximize" else min
-
-    def objective(trial: optuna.Trial) -> float:
+    def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
         try:
             return run_trial(trial)
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: this trial runs again on the next command
             retry(trial.study, frozen(storage, plan.name, trial.number))
             raise
 
-    def run_trial(trial: optuna.Trial) -> float:
+    def run_trial(trial: optuna.Trial) -> float | tuple[float, ...]:
         trial.set_user_attr(ATTR_WORKER, worker)
         values = {key: param.suggest(trial, key) for key, param in plan.space.params.items()}
         run_name = trial.user_attrs.get(ATTR_RUN_NAME) or f"{plan.name}-{trial.number:03d}"
@@ -126,7 +130,9 @@ def _objective(plan: StudyPlan, storage, worker: str):
         _tag_state(plan, trial.number, "PRUNED" if result.pruned else "COMPLETE", result.run_id)
         if result.pruned:
             raise optuna.TrialPruned(f"pruned after epoch {len(scores)}")
-        return better(scores)
+        if several(plan):
+            return run_values(plan, result.run_id, trial.number)
+        return objective_value(plan.metric, plan.direction, scores)  # type: ignore[return-value] - an epoch ran
 
     return objective
 
@@ -262,8 +268,9 @@ def run_workers(plan: StudyPlan, workers: int) -> list[str]:
     # Workers' training bars would overwrite one another on the console: with several, the
     # progress lines say enough. A spawned process reads its environment as it starts.
     with environment({"TQDM_DISABLE": "1"} if workers > 1 else {}):
-        for proc in procs:
-            proc.start()
+        for i, proc in enumerate(procs):
+            with environment(worker_env(i, plan.gpus)):
+                proc.start()
     try:
         for proc in procs:
             proc.join()

@@ -17,6 +17,7 @@ __all__ = [
     "ATTR_WORKER", "ATTR_RUN_ID", "ATTR_RUN_NAME", "ATTR_METRIC", "ATTR_BASE_HASH", "ATTR_BASE", "ATTR_SPACE", "ATTR_ERROR",
     "ATTR_RETRY_OWED", "TAG_CONTROL", "TAG_FINALIST", "TAG_FINALIST_SEED", "TAG_WINNER", "TAG_WORKER", "FINALIST_PREFIX",
     "FIDELITY_PREFIX", "ATTR_CONTROL", "ATTR_WINNER",
+    "METRIC_TRAIN_MINUTES", "PARAM_OBJECTIVES", "PARAM_DIRECTIONS", "TAG_PARETO_FRONT", "PARETO_PLOT",
 ]
 
 DEFAULT_EXPERIMENT = "capexp"
@@ -50,6 +51,7 @@ FIDELITY_PREFIX = "fidelity."  # fidelity.spearman and .kendall: how the trial b
 TAG_BEST_TRIAL = "capexp.best_trial"  # on a study's parent run
 TAG_BEST_RUN_ID = "capexp.best_run_id"
 BEST_PREFIX = "best."  # best.<dotted key>: the best trial's values, as tags of the parent run
+TAG_PARETO_FRONT = "capexp.pareto_front"  # on a study of several objectives' parent run: the front's trial numbers
 TAG_EVAL_DECODING = "capexp.{split}_decoding"  # how the logged <split>_* captions were decoded
 TAG_ENSEMBLE = "capexp.ensemble"  # on an ensemble's evaluation run: its members' run ids, comma-separated
 TAG_NOTE = "mlflow.note.content"  # MLflow's own: the run description
@@ -62,14 +64,21 @@ PARAM_TRIAL_NUMBER = "optuna.trial_number"  # a param, so MLflow's charts can us
 # A study's parent run: the metric the trials optimise and "minimize"/"maximize", where it came from
 PARAM_OBJECTIVE = "objective.metric"
 PARAM_DIRECTION = "objective.direction"
+# A study of several objectives: all of them, comma-separated, in order (the two above: the first one)
+PARAM_OBJECTIVES = "objective.metrics"
+PARAM_DIRECTIONS = "objective.directions"
 PARAM_STUDY_BASE = "study.base"
 PARAM_STUDY_SPACE = "study.space"
 PARAM_STUDY_STORAGE = "study.storage"
 PARAM_SAMPLER = "sampler"
 PARAM_PRUNER = "pruner"
 STUDY_PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "intermediate_values")  # plots/<name>.png
+PARETO_PLOT = "pareto_front"  # plots/pareto_front.png, for a study of several objectives
 IMPORTANCE_PREFIX = "importance."  # importance.<dotted key>: a knob's fANOVA importance, on a study's parent run
 SPACE_PREFIX = "space."  # space.<dotted key>: each searched parameter's definition
+
+# ---------------------------------------------------------------------------- metrics
+METRIC_TRAIN_MINUTES = "train_minutes"  # wall time of a run's epochs so far, logged each epoch: a cost objective
 
 # ---------------------------------------------------------------------------- artifacts
 ARTIFACT_CHECKPOINT = "checkpoint"  # the best checkpoint's folder: in a logged model's artifacts/ (older runs: the run's)

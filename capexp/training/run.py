@@ -40,6 +40,7 @@ from capexp.tracking import (
     param_value,
     use_store,
 )
+from capexp.tracking.names import METRIC_TRAIN_MINUTES
 from capexp.tracking.system import system_metrics
 
 if TYPE_CHECKING:
@@ -211,6 +212,7 @@ class _Recorder:
         self.origin, self.model, self.meta, self.val, self.workdir, self.on_epoch = origin, model, meta, val, workdir, on_epoch
         self.history: list[dict[str, float]] = []
         self.best: dict[str, Any] = {}
+        self.minutes = 0.0  # the epochs' wall time so far (training and validation)
         self.frozen = frozen_base(model, spec.gpt2_config.model)  # frozen blocks stay out of the checkpoint
 
     def _improves(self, value: float) -> bool:
@@ -226,7 +228,8 @@ class _Recorder:
 
         metrics, metric, workdir = result.metrics, self.metric, self.workdir
         self.history.append(metrics)
-        mlflow.log_metrics({**metrics, "epoch_seconds": result.seconds}, step=result.epoch)
+        self.minutes += result.seconds / 60
+        mlflow.log_metrics({**metrics, "epoch_seconds": result.seconds, METRIC_TRAIN_MINUTES: self.minutes}, step=result.epoch)
         if metric not in metrics:
             raise CapexpError(
                 f"{self.origin}: `training_config.best_metric` is {metric!r}, which this run does not log. "
