@@ -146,24 +146,17 @@ def _plot_links(parent: StudyParent, output: Path | None) -> dict[str, str]:
     import tempfile
 
     import mlflow
-    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    from capexp.tracking.store import no_download_bars
 
     if output is None:
         return {p: f"{parent.artifact_uri}/{p}" for p in parent.plots}
     folder = output.parent / f"{output.stem}-plots"
     folder.mkdir(parents=True, exist_ok=True)
     links = {}
-    shown = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get_raw()
-    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set("false")  # no download bars around the report
-    try:
-        with tempfile.TemporaryDirectory(prefix="capexp-plots-") as tmp:
-            for p in parent.plots:
-                local = mlflow.artifacts.download_artifacts(run_id=parent.run_id, artifact_path=p, dst_path=tmp)
-                shutil.copyfile(local, folder / Path(p).name)
-                links[p] = f"{folder.name}/{Path(p).name}"
-    finally:
-        if shown is None:
-            MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.unset()
-        else:
-            MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(shown)
+    with no_download_bars(), tempfile.TemporaryDirectory(prefix="capexp-plots-") as tmp:  # no bars around the report
+        for p in parent.plots:
+            local = mlflow.artifacts.download_artifacts(run_id=parent.run_id, artifact_path=p, dst_path=tmp)
+            shutil.copyfile(local, folder / Path(p).name)
+            links[p] = f"{folder.name}/{Path(p).name}"
     return links

@@ -7,12 +7,12 @@ import os
 import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
-from unittest import mock
 
 from capexp.errors import CapexpError
 from capexp.evaluation.significance import METRICS, RESAMPLES, SEED, Difference, Scored, bootstrap, paired, \
     read_scored, statistics
 from capexp.tracking.names import ARTIFACT_EVAL_PER_IMAGE
+from capexp.tracking.store import no_download_bars
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -52,7 +52,7 @@ def load_scored(runs: Sequence[str], experiment: str | None = None) -> tuple[lis
         raise CapexpError(f"the runs were evaluated on different splits ({held}): evaluate them on the same split "
                           f"with `capexp evaluate RUN --split test|val`.")
     path = ARTIFACT_EVAL_PER_IMAGE.format(split=common[0])
-    with mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):
+    with no_download_bars():
         scored = [read_scored(mlflow.artifacts.load_text(f"runs:/{i}/{path}")) for i in ids]
     return names, scored
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from capexp.tracking.names import DEFAULT_EXPERIMENT, EXPERIMENT_KIND, TAG_EXPERIMENT_KIND
 
-__all__ = ["resolve_tracking_uri", "artifact_root", "use_store", "experiment_id", "param_value"]
+__all__ = ["resolve_tracking_uri", "artifact_root", "use_store", "experiment_id", "param_value", "no_download_bars"]
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -64,3 +66,19 @@ def experiment_id(name: str = DEFAULT_EXPERIMENT, *, create: bool = True) -> str
 def param_value(value: Any) -> str:
     """How a spec value is written as an MLflow param: strings as-is, the rest as JSON."""
     return value if isinstance(value, str) else json.dumps(value)
+
+
+@contextlib.contextmanager
+def no_download_bars() -> Iterator[None]:
+    """MLflow's artifact download bars off inside the block (they would break a table being printed)."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    shown = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get_raw()
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set("false")
+    try:
+        yield
+    finally:
+        if shown is None:
+            MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.unset()
+        else:
+            MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(shown)
