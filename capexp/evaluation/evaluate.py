@@ -93,13 +93,11 @@ def evaluate_run(
         raise CapexpError(f"{origin}: none of the {split} images could be read; nothing to evaluate.")
     captions, scores = evaluate_epoch([m.model for m in members], captioner.tokenizer, enc.features, data.captions, options, ev,
                                       captioner.device)  # captions (N,) in split order
-    metrics = {f"{split}_{name}": value for name, value in scores.items()}
-    metrics[f"{split}_images"] = float(len(captions))
+    metrics = {f"{split}_{name}": value for name, value in scores.items()} | {f"{split}_images": float(len(captions))}
     name = "+".join(m.name for m in members)
     log.info("%s on %s (%d images, %s, %.0fs): %s", name, split, len(captions), options.describe(),
              time.perf_counter() - started, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    target = _ensemble_run(member_ids, name) if ensemble else member_ids[0]
-    ids = [im.image_id for im in data.images]
+    target, ids = _ensemble_run(member_ids, name) if ensemble else member_ids[0], [im.image_id for im in data.images]
     _log_to_run(target, split, metrics, options, ids, captions, data.captions)
     log_per_image(target, split, options.describe(), ids, captions, data.captions, ev, str(captioner.device))
     return metrics
