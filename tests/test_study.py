@@ -169,6 +169,22 @@ def test_the_same_study_again_runs_nothing_and_keeps_its_parent_run(nest: Nest, 
     assert len(_trials(nest.storage, "nest")) == 4
 
 
+def test_optuna_dashboard_reads_the_study_journal(nest: Nest, tmp_path: Path) -> None:
+    from optuna_dashboard import wsgi
+    from optuna_dashboard._storage_url import get_storage  # what `optuna-dashboard FILE` runs
+
+    app = wsgi(get_storage(nest.storage))
+    status: list[str] = []
+    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies", "QUERY_STRING": "", "SERVER_NAME": "x",
+                         "SERVER_PORT": "80", "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http"},
+                        lambda s, headers, exc_info=None: status.append(s)))
+    assert status == ["200 OK"]
+    studies = json.loads(body)["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["nest"]
+    missing = CliRunner().invoke(cli, ["dashboard", "nosuch", "--storage", str(tmp_path / "nosuch.journal")])
+    assert missing.exit_code == 2 and "no study journal" in missing.output
+
+
 def test_killed_worker_then_rerun_completes_and_keeps_every_finished_trial(
     tmp_path: Path, tracking_uri: str, space: Path, tiny
 ) -> None:
@@ -335,22 +351,6 @@ def test_progress_lines_name_each_trial_and_stay_readable_at_80_columns(
     assert f"best #{best.number} {best.value:.4f}" in " ".join(blocks[-1])
     assert "min left" in lines[0]  # an estimate while trials remain
     assert "Trial 0 finished with value" not in err  # Optuna's own line is not printed beside ours
-
-
-def test_optuna_dashboard_reads_the_study_journal(nest: Nest, tmp_path: Path) -> None:
-    from optuna_dashboard import wsgi
-    from optuna_dashboard._storage_url import get_storage  # what `optuna-dashboard FILE` runs
-
-    app = wsgi(get_storage(nest.storage))
-    status: list[str] = []
-    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies", "QUERY_STRING": "", "SERVER_NAME": "x",
-                         "SERVER_PORT": "80", "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http"},
-                        lambda s, headers, exc_info=None: status.append(s)))
-    assert status == ["200 OK"]
-    studies = json.loads(body)["study_summaries"]
-    assert [s["study_name"] for s in studies] == ["nest"]
-    missing = CliRunner().invoke(cli, ["dashboard", "nosuch", "--storage", str(tmp_path / "nosuch.journal")])
-    assert missing.exit_code == 2 and "no study journal" in missing.output
 
 
 def test_trials_with_equal_objectives_have_no_importances_and_still_four_plots(tmp_path: Path) -> None:
