@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# PostgreSQL server binaries for the study-storage tests: tests/test_study.py starts its own
+# PostgreSQL server binaries for the store tests: tests/conftest.py (`postgres`) starts its own
 # throwaway cluster (initdb + pg_ctl on a free localhost port) and only needs them installed.
 set -euo pipefail
 

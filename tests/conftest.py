@@ -1,4 +1,5 @@
-"""Shared fixtures: photo files made here, the optional real data, an isolated MLflow store and feature cache.
+"""Shared fixtures: the tiny quickstart (`tiny`), photo files made here, the optional real data, an isolated
+MLflow store and feature cache, and a throwaway PostgreSQL server.
 
 The suite needs nothing outside the repository. Tests that need real photos or Flickr8k take the
 `shared_data` fixture: they skip with one line naming `CAPEXP_DATA` when the data is absent, and
@@ -8,14 +9,26 @@ fail instead under `CI=true` (or `CAPEXP_REQUIRE_DATA=1`), so CI never skips the
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import pwd
 import shutil
+import socket
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from capexp.spec.schema import Spec
+    from capexp.training.run import RunResult
+
 REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "experiments" / "quickstart.json"
 
 
 def _require_data() -> bool:
@@ -42,6 +55,45 @@ def pytest_configure(config: pytest.Config) -> None:
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+# The quickstart cut to seconds: one epoch of one optimizer step, four validation images, no Java metrics.
+TINY = ("training_config.num_epochs=1", "data_paths.num_train=8", "data_paths.num_val=4",
+        "training_config.batch_size=8", "training_config.warmup_steps=0", "evaluation.coco_metrics=false",
+        "evaluation.max_images=4", "evaluation.batch_size=8")
+
+
+@dataclass(frozen=True)
+class Tiny:
+    """The tiny quickstart as `--set` values; each use adds only what differs (later values win)."""
+
+    base: Path = QUICKSTART
+    overrides: tuple[str, ...] = TINY
+
+    def sets(self, *changes: str) -> list[str]:
+        """The overrides, then `changes`: `tiny.sets("training_config.num_epochs=3")`."""
+        return [*self.overrides, *changes]
+
+    def args(self, *changes: str) -> list[str]:
+        """The same as command-line options: `--set A --set B ...`."""
+        return [a for value in self.sets(*changes) for a in ("--set", value)]
+
+    def spec(self, *changes: str) -> Spec:
+        from capexp.spec.loading import load_spec
+
+        return load_spec(self.base, self.sets(*changes))
+
+    def run(self, *changes: str, **kwargs) -> RunResult:
+        """Train it: `run_spec` of the spec with `changes` (`kwargs` go to `run_spec`)."""
+        from capexp.training.run import run_spec
+
+        return run_spec(self.spec(*changes), **kwargs)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> Tiny:
+    """The quickstart cut to seconds (`TINY`): `tiny.sets(...)`, `tiny.args(...)`, `tiny.spec(...)`, `tiny.run(...)`."""
+    return Tiny()
 
 
 @pytest.fixture(scope="session")
@@ -117,23 +169,91 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 
 
 @pytest.fixture(scope="session")
-def quickstart_runs(tmp_path_factory: pytest.TempPathFactory) -> Callable:
-    """`with quickstart_runs(names, overrides, env) as (uri, ids)`: one tiny quickstart run per name
-    (the i-th with seed i, `overrides` as --set values, `env` set meanwhile) in a fresh SQLite store."""
+def shared_store(tmp_path_factory: pytest.TempPathFactory, _migrated_store: Path) -> Callable:
+    """`with shared_store(env) as uri`: a fresh SQLite store for runs that a module's tests share, exported as
+    MLFLOW_TRACKING_URI with the session's feature cache (and `env`: None unsets) meanwhile."""
 
     @contextlib.contextmanager
-    def make(names: list[str], overrides: list[str], env: dict[str, str | None] | None = None) -> Iterator[tuple[str, list[str]]]:
-        from capexp.training.run import run_spec
-        from capexp.spec.loading import load_spec
-
-        uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    def make(env: dict[str, str | None] | None = None) -> Iterator[str]:
+        folder = tmp_path_factory.mktemp("store")
+        shutil.copy(_migrated_store, folder / "mlflow.db")
+        uri = f"sqlite:///{folder / 'mlflow.db'}"
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("MLFLOW_TRACKING_URI", uri)
             mp.setenv("CAPEXP_CACHE", str(tmp_path_factory.getbasetemp() / "capexp-cache"))
             for key, value in (env or {}).items():
                 mp.delenv(key, raising=False) if value is None else mp.setenv(key, value)
-            ids = [run_spec(load_spec(REPO / "experiments" / "quickstart.json", [*overrides, f'id="{name}"', f"seed={i}"])).run_id
-                   for i, name in enumerate(names)]
-            yield uri, ids
+            yield uri
 
     return make
+
+
+@pytest.fixture(scope="session")
+def quickstart_runs(shared_store: Callable, tiny: Tiny) -> Callable:
+    """`with quickstart_runs(names, *changes, env=...) as (uri, ids)`: one tiny quickstart run per name
+    (the i-th with seed i, `changes` to the tiny spec) in a `shared_store(env)`."""
+
+    @contextlib.contextmanager
+    def make(names: list[str], *changes: str, env: dict[str, str | None] | None = None) -> Iterator[tuple[str, list[str]]]:
+        with shared_store(env) as uri:
+            yield uri, [tiny.run(*changes, f'id="{name}"', f"seed={i}").run_id for i, name in enumerate(names)]
+
+    return make
+
+
+# ---------------------------------------------------------------------------- a real PostgreSQL server
+def _postgres_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).resolve().parent if initdb else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_postgres_user(root: Path) -> list[str]:
+    """The prefix that runs a command as `postgres` when we are root (the server refuses root), else none."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.fail("running as root and there is no `postgres` user to run the server as; run .ci/postgres.sh")
+    shutil.chown(root, "postgres")
+    runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")  # sbin may be off PATH
+    return [runuser or "runuser", "-u", "postgres", "--"]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Callable[[str], str]]:
+    """A throwaway PostgreSQL cluster on a free localhost port; `postgres(name)` creates database `name`
+    there and returns its URL. Skips when the server binaries are missing (.ci/postgres.sh installs them)."""
+    bindir = _postgres_bin()
+    if bindir is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed; run .ci/postgres.sh")
+    root = Path(tempfile.mkdtemp(prefix="capexp-pg-"))
+    as_user = _as_postgres_user(root)
+    data, port = root / "data", _free_port()
+
+    def run(cmd: list) -> None:
+        done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+        log = (root / "server.log").read_text() if (root / "server.log").exists() else ""
+        assert done.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{done.stdout}\n{done.stderr}\n{log}"
+
+    def database(name: str) -> str:
+        run([bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "capexp", name])
+        return f"postgresql://capexp@127.0.0.1:{port}/{name}"
+
+    run([*as_user, bindir / "initdb", "-D", data, "-U", "capexp", "--auth=trust", "-E", "UTF8"])
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run([*as_user, bindir / "pg_ctl", "-D", data, "-l", root / "server.log", "-o", options, "-w", "start"])
+    try:
+        yield database
+    finally:
+        run([*as_user, bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"])
+        shutil.rmtree(root, ignore_errors=True)

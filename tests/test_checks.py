@@ -20,8 +20,6 @@ from capexp.spec.loading import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "experiments" / "quickstart.json")
-TINY = ["training_config.num_epochs=1", "data_paths.num_train=8", "data_paths.num_val=2", "training_config.batch_size=8",
-        "training_config.warmup_steps=0", "evaluation.coco_metrics=false", "evaluation.max_images=2"]
 
 
 def _sets(*values: str) -> list[str]:
@@ -34,14 +32,14 @@ def _no_runs(uri: str) -> bool:
     return exp is None or client.search_runs([exp.experiment_id]) == []
 
 
-def test_visual_tokens_past_decoder_positions_fail_validate_and_run_before_a_run(tracking_uri: str) -> None:
+def test_visual_tokens_past_decoder_positions_fail_validate_and_run_before_a_run(tracking_uri: str, tiny) -> None:
     runner = CliRunner()
     bad = "gpt2_config.visual_tokens_length=10000"
     checked = runner.invoke(cli, ["validate", QUICKSTART, *_sets(bad)])
     assert checked.exit_code == 2, checked.output
     assert "visual_tokens_length" in checked.stderr and "has 64" in checked.stderr and "quickstart.json" in checked.stderr
     assert "Traceback" not in checked.output
-    ran = runner.invoke(cli, ["run", QUICKSTART, *_sets(*TINY, bad)])
+    ran = runner.invoke(cli, ["run", QUICKSTART, *tiny.args(bad)])
     assert ran.exit_code == 2 and "visual_tokens_length" in ran.stderr
     assert _no_runs(tracking_uri)
     # the limit is exact: k + text + EOS <= n_positions (64 for gpt2-tiny)
@@ -72,11 +70,11 @@ def test_a_folder_decoders_positions_come_from_its_config_json(tmp_path: Path) -
     assert decoder_facts("no-such-org/never-cached-model") is None  # unknown: the run checks after loading
 
 
-def test_unknown_best_metric_fails_validate_and_run_before_a_run(tracking_uri: str) -> None:
+def test_unknown_best_metric_fails_validate_and_run_before_a_run(tracking_uri: str, tiny) -> None:
     runner = CliRunner()
     checked = runner.invoke(cli, ["validate", QUICKSTART, "--set", "training_config.best_metric=foo"])
     assert checked.exit_code == 2 and "best_metric" in checked.stderr and "val_loss" in checked.stderr
-    ran = runner.invoke(cli, ["run", QUICKSTART, *_sets(*TINY, "training_config.best_metric=foo")])
+    ran = runner.invoke(cli, ["run", QUICKSTART, *tiny.args("training_config.best_metric=foo")])
     assert ran.exit_code == 2 and "best_metric" in ran.stderr
     assert _no_runs(tracking_uri)
     coco_off = runner.invoke(cli, ["validate", QUICKSTART, *_sets("training_config.best_metric=bleu4", "evaluation.coco_metrics=false")])

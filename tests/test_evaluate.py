@@ -10,17 +10,12 @@ from mlflow.tracking import MlflowClient
 
 from capexp.errors import CapexpError
 from capexp.evaluation.evaluate import evaluate_run
-from capexp.training.run import run_spec
-from capexp.spec.loading import load_spec
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = ["data_paths.num_train=48", "data_paths.num_val=12", "training_config.batch_size=16",
-        "training_config.warmup_steps=0", "training_config.num_epochs=1", "evaluation.max_images=12", "id=tiny"]
 SCORES = ["bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "bertscore_f1"]
 
 
-def test_evaluate_logs_split_metrics_and_captions_to_a_finished_run(tracking_uri: str, tmp_path: Path) -> None:
-    result = run_spec(load_spec(REPO / "experiments" / "quickstart.json", TINY), tracking_uri=tracking_uri)
+def test_evaluate_logs_split_metrics_and_captions_to_a_finished_run(tracking_uri: str, tmp_path: Path, tiny) -> None:
+    result = tiny.run("id=tiny", "evaluation.coco_metrics=true", tracking_uri=tracking_uri)
 
     metrics = evaluate_run("tiny", split="val", beam=2, no_repeat_ngram_size=2)
 
@@ -30,7 +25,7 @@ def test_evaluate_logs_split_metrics_and_captions_to_a_finished_run(tracking_uri
     for name in SCORES:
         assert 0.0 <= metrics[f"val_{name}"] <= (10.0 if name == "cider" else 1.0), name
         assert run.data.metrics[f"val_{name}"] == pytest.approx(metrics[f"val_{name}"]), name
-    assert run.data.metrics["val_images"] == 12
+    assert run.data.metrics["val_images"] == 4
     assert run.data.tags["capexp.val_decoding"] == "beam=2 length_penalty=1.0 no_repeat_ngram_size=2"
     (model,) = client.search_logged_models([run.info.experiment_id])  # the run's model shows the scores too
     assert {m.key: m.value for m in model.metrics}["val_bertscore_f1"] == pytest.approx(metrics["val_bertscore_f1"])
@@ -39,7 +34,7 @@ def test_evaluate_logs_split_metrics_and_captions_to_a_finished_run(tracking_uri
     csv_path = client.download_artifacts(result.run_id, "evaluation/val_captions.csv", str(tmp_path))
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 12 and set(rows[0]) == {"image_id", "caption", "references"}
+    assert len(rows) == 4 and set(rows[0]) == {"image_id", "caption", "references"}
     assert all(r["references"] for r in rows)
 
     # generated data holds no test split: say so instead of passing off validation scores as test ones
@@ -57,8 +52,7 @@ def test_evaluate_logs_split_metrics_and_captions_to_a_finished_run(tracking_uri
     assert ensemble.data.metrics["val_cider"] == pytest.approx(metrics["val_cider"])
     assert len(client.get_metric_history(result.run_id, "val_cider")) == 1  # the member kept only its own evaluation
     # a member that predicts over other tokens cannot join
-    run_spec(load_spec(REPO / "experiments" / "quickstart.json", [*TINY, "id=full", "gpt2_config.vocabulary=full"]),
-             tracking_uri=tracking_uri)
+    tiny.run("id=full", "gpt2_config.vocabulary=full", tracking_uri=tracking_uri)
     with pytest.raises(CapexpError, match=r"'tiny' and 'full' cannot decode as one ensemble: their token "
                                           r"vocabularies .*gpt2_config.vocabulary"):
         evaluate_run("tiny", split="val", ensemble=["full"])

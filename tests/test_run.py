@@ -14,13 +14,10 @@ from mlflow.tracking import MlflowClient
 
 from capexp.cli import cli
 from capexp.training.run import run_spec
-from capexp.spec.loading import load_spec
 from capexp.tracking import run_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "experiments" / "quickstart.json"
-TINY = ["data_paths.num_train=48", "data_paths.num_val=12", "training_config.batch_size=16",
-        "training_config.warmup_steps=0", "evaluation.max_images=12"]
 METRICS = ["train_loss", "val_loss", "bertscore_precision", "bertscore_recall", "bertscore_f1"]
 
 
@@ -32,12 +29,11 @@ def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
 
 
 def test_quickstart_run_is_tracked_with_curves_checkpoint_and_cache_reuse(
-    tracking_uri: str, tmp_path: Path, caplog, monkeypatch: pytest.MonkeyPatch
+    tracking_uri: str, tmp_path: Path, caplog, monkeypatch: pytest.MonkeyPatch, tiny
 ) -> None:
     monkeypatch.setenv("CAPEXP_CACHE", str(tmp_path / "cache"))  # an empty feature cache
     runner = CliRunner()
-    args = ["run", str(QUICKSTART), *[a for s in TINY for a in ("--set", s)], "--set", "training_config.num_epochs=3",
-            "--set", "id=first", "--set", "notes=tiny quickstart"]
+    args = ["run", str(QUICKSTART), *tiny.args("training_config.num_epochs=3", "id=first", "notes=tiny quickstart")]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     client = MlflowClient(tracking_uri)
@@ -53,7 +49,7 @@ def test_quickstart_run_is_tracked_with_curves_checkpoint_and_cache_reuse(
         assert [m.step for m in history] == [1, 2, 3], name
     val = [m.value for m in client.get_metric_history(run.info.run_id, "val_loss")]
     assert val[-1] < val[0]  # it learns
-    assert run.data.metrics["images_encoded"] == 60 and run.data.metrics["images_skipped"] == 0
+    assert run.data.metrics["images_encoded"] == 12 and run.data.metrics["images_skipped"] == 0
     files = _artifacts(client, run.info.run_id)
     assert {"spec.json", "curves.png", "val_captions.csv", "run.log"} <= files
     assert not any(f.startswith("checkpoint/") for f in files)  # the checkpoint is stored once: in the run's model
@@ -73,13 +69,13 @@ def test_quickstart_run_is_tracked_with_curves_checkpoint_and_cache_reuse(
     second = runner.invoke(cli, [*args[:-4], "--set", "id=second"])
     assert second.exit_code == 0, second.output
     (again,) = client.search_runs([run.info.experiment_id], "attributes.run_name = 'second'")
-    assert again.data.metrics["images_encoded"] == 0 and again.data.metrics["images_cached"] == 60
-    assert "48 of 48 images cached, 0 to encode" in caplog.text
+    assert again.data.metrics["images_encoded"] == 0 and again.data.metrics["images_cached"] == 12
+    assert "8 of 8 images cached, 0 to encode" in caplog.text
     assert {k: again.data.metrics[k] for k in METRICS} == {k: run.data.metrics[k] for k in METRICS}
 
 
-def test_crash_or_interrupt_keeps_what_was_logged(tracking_uri: str) -> None:
-    spec = load_spec(QUICKSTART, [*TINY, "training_config.num_epochs=3", "evaluation.coco_metrics=false"])
+def test_crash_or_interrupt_keeps_what_was_logged(tracking_uri: str, tiny) -> None:
+    spec = tiny.spec("training_config.num_epochs=3")
 
     def crash(epoch: int, metrics: dict) -> None:
         if epoch == 2:
@@ -102,9 +98,11 @@ def test_crash_or_interrupt_keeps_what_was_logged(tracking_uri: str) -> None:
     assert mlflow.active_run() is None
 
 
-def test_diverging_training_stops_with_a_clear_error(tracking_uri: str) -> None:
-    sets = [*TINY, "training_config.learning_rate=1e6", "training_config.num_epochs=3", "id=diverged"]
-    result = CliRunner().invoke(cli, ["run", str(QUICKSTART), *[a for s in sets for a in ("--set", s)]])
+def test_diverging_training_stops_with_a_clear_error(tracking_uri: str, tiny) -> None:
+    # four steps in epoch 1: the loss of the steps after the first is nan
+    sets = tiny.args("training_config.learning_rate=1e6", "training_config.batch_size=2", "training_config.num_epochs=3",
+                     "id=diverged")
+    result = CliRunner().invoke(cli, ["run", str(QUICKSTART), *sets])
     assert result.exit_code == 2
     message = " ".join(result.output.split())
     assert "quickstart.json: run diverged ends FAILED: the training loss became nan at epoch 1" in message
@@ -114,7 +112,7 @@ def test_diverging_training_stops_with_a_clear_error(tracking_uri: str) -> None:
     assert run.info.status == "FAILED" and "run.log" in _artifacts(client, run.info.run_id)
 
 
-def test_unreadable_images_are_skipped_and_counted(tracking_uri: str, tmp_path: Path, make_photos) -> None:
+def test_unreadable_images_are_skipped_and_counted(tracking_uri: str, tmp_path: Path, make_photos, tiny) -> None:
     photos = [p for p, _ in make_photos(tmp_path / "photos", 6)]
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     Image.new("1", (20000, 20000)).save(tmp_path / "bomb.png")  # 48 KB, 400 M pixels: Pillow's decompression-bomb error
@@ -122,9 +120,8 @@ def test_unreadable_images_are_skipped_and_counted(tracking_uri: str, tmp_path: 
         {"image": str(tmp_path / name), "caption": "x"} for name in ("broken.jpg", "bomb.png")]
     (tmp_path / "train.json").write_text(json.dumps(entries))
     (tmp_path / "val.json").write_text(json.dumps([{"image": str(p), "caption": "a photo"} for p in photos[4:]]))
-    spec = load_spec(QUICKSTART, [f'data_paths={{"train_captions_path": "{tmp_path}/train.json", "val_captions_path": "{tmp_path}/val.json", "source": "caption_list"}}',
-                                  "training_config.num_epochs=1", "evaluation.coco_metrics=false"])
-    result = run_spec(spec)
+    result = tiny.run(f'data_paths={{"train_captions_path": "{tmp_path}/train.json", '
+                      f'"val_captions_path": "{tmp_path}/val.json", "source": "caption_list"}}')
     run = MlflowClient(tracking_uri).get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["images_skipped"] == 2 and run.data.tags["capexp.skipped_images"] == "2"
@@ -134,12 +131,12 @@ def test_unreadable_images_are_skipped_and_counted(tracking_uri: str, tmp_path: 
     assert reasons["broken.jpg"].startswith("unreadable: UnidentifiedImageError")
 
 
-def test_missing_data_and_bad_freeze_fail_before_any_run(tracking_uri: str, tmp_path: Path) -> None:
+def test_missing_data_and_bad_freeze_fail_before_any_run(tracking_uri: str, tmp_path: Path, tiny) -> None:
     runner = CliRunner()
     missing = runner.invoke(cli, ["run", str(REPO / "experiments" / "flickr8k.json"), "--set", f"data_paths.root={tmp_path}/none"])
     assert missing.exit_code == 2
     assert "data_paths.root" in missing.stderr and "--set" in missing.stderr
-    too_deep = runner.invoke(cli, ["run", str(QUICKSTART), "--set", "gpt2_config.n_layers_to_freeze=99", *[a for s in TINY for a in ("--set", s)]])
+    too_deep = runner.invoke(cli, ["run", str(QUICKSTART), *tiny.args("gpt2_config.n_layers_to_freeze=99")])
     assert too_deep.exit_code == 2 and "n_layers_to_freeze" in too_deep.stderr
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("capexp")

@@ -71,12 +71,9 @@ def test_caption_mask_covers_tokens_up_to_the_first_eos() -> None:
     assert _caption_mask(tokens, eos).tolist() == [[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
 
 
-def test_a_run_with_self_critical_epochs_logs_reward_and_baseline(tracking_uri: str) -> None:
-    args = ["run", str(QUICKSTART), "--set", "data_paths.num_train=48", "--set", "data_paths.num_val=12",
-            "--set", "training_config.num_epochs=1", "--set", "training_config.batch_size=16",
-            "--set", "evaluation.max_images=12", "--set", "id=scst",
-            "--set", 'training_config.scst={"epochs": 2, "baseline": "greedy", "batch_size": 16}']
-    result = CliRunner().invoke(cli, args)
+def test_a_run_with_self_critical_epochs_logs_reward_and_baseline(tracking_uri: str, tiny) -> None:
+    args = tiny.args("id=scst", 'training_config.scst={"epochs": 2, "baseline": "greedy", "batch_size": 8}')
+    result = CliRunner().invoke(cli, ["run", str(QUICKSTART), *args])
     assert result.exit_code == 0, result.output
     client = MlflowClient(tracking_uri)
     run = client.search_runs([client.get_experiment_by_name("capexp").experiment_id])[0]
@@ -88,9 +85,7 @@ def test_a_run_with_self_critical_epochs_logs_reward_and_baseline(tracking_uri: 
     assert run.data.tags.get("capexp.pruned") is None
 
 
-_SMALL = ["--set", "data_paths.num_train=48", "--set", "data_paths.num_val=12", "--set", "training_config.batch_size=16",
-          "--set", "evaluation.max_images=12"]
-_SCST = ["--set", 'training_config.scst={"epochs": 1, "batch_size": 16}', "--set", "training_config.best_metric=val_loss"]
+SCST = ('training_config.scst={"epochs": 1, "batch_size": 8}', "training_config.best_metric=val_loss")
 
 
 def _history(client: MlflowClient, run_name: str, metric: str) -> list[tuple[int, float]]:
@@ -99,14 +94,13 @@ def _history(client: MlflowClient, run_name: str, metric: str) -> list[tuple[int
     return [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, metric)]
 
 
-def test_self_critical_epochs_from_a_finished_run_equal_those_of_one_run_that_does_both(tracking_uri: str) -> None:
+def test_self_critical_epochs_from_a_finished_run_equal_those_of_one_run_that_does_both(tracking_uri: str, tiny) -> None:
     runner, client = CliRunner(), MlflowClient(tracking_uri)
-    both = runner.invoke(cli, ["run", str(QUICKSTART), *_SMALL, *_SCST, "--set", "id=both",
-                               "--set", "training_config.num_epochs=1"])
+    both = runner.invoke(cli, ["run", str(QUICKSTART), *tiny.args(*SCST, "id=both")])
     assert both.exit_code == 0, both.output
-    first = runner.invoke(cli, ["run", str(QUICKSTART), *_SMALL, "--set", "id=xe", "--set", "training_config.num_epochs=1"])
+    first = runner.invoke(cli, ["run", str(QUICKSTART), *tiny.args("id=xe")])
     assert first.exit_code == 0, first.output
-    scst_only = [*_SMALL, *_SCST, "--set", "training_config.num_epochs=0", "--set", "training_config.init_from=xe"]
+    scst_only = tiny.args(*SCST, "training_config.num_epochs=0", "training_config.init_from=xe")
 
     other = runner.invoke(cli, ["run", str(QUICKSTART), *scst_only, "--set", "id=other",
                                 "--set", "gpt2_config.visual_tokens_length=6"])

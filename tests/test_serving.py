@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import json
@@ -20,30 +21,19 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from capexp.model.checkpoint import find_checkpoint
 from capexp.serving.folder import caption_folder
-from capexp.training.run import run_spec
+from capexp.model.checkpoint import find_checkpoint
 from capexp.serving.register import register_run
-from capexp.spec.loading import load_spec
-
-REPO = Path(__file__).resolve().parents[1]
-# one optimizer step per run: tests stay fast
-TINY = ["training_config.num_epochs=1", "data_paths.num_train=16", "training_config.batch_size=16",
-        "training_config.one_caption_per_image=true", "data_paths.num_val=4", "evaluation.coco_metrics=false", 'id="tiny-served"']
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
+def registered(shared_store, tiny) -> Iterator[tuple[str, str, str]]:
     """A tiny quickstart run registered as `captioner@champion`: (store uri, run id, cache folder)."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
-    cache = str(tmp_path_factory.getbasetemp() / "capexp-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("CAPEXP_CACHE", cache)
-        run_id = run_spec(load_spec(REPO / "experiments" / "quickstart.json", TINY)).run_id
+    with shared_store() as uri:
+        run_id = tiny.run('id="tiny-served"').run_id
         model = register_run("tiny-served", "captioner", alias="champion")
         assert (model.version, model.run_id, model.model_uri) == ("1", run_id, "models:/captioner@champion")
-        yield uri, run_id, cache
+        yield uri, run_id, os.environ["CAPEXP_CACHE"]
 
 
 def test_registered_model_points_at_the_run_and_a_new_version_moves_the_alias(registered) -> None:
@@ -82,6 +72,35 @@ def _assert_one_line(answer: dict) -> None:
     assert "stack_trace" not in answer
 
 
+@contextlib.contextmanager
+def _serve(model_uri: str, env: dict[str, str], log: Path) -> Iterator[tuple[int, subprocess.Popen]]:
+    """`mlflow models serve` of `model_uri` on a free port, once it answers /ping: (port, server process)."""
+    port = _free_port()
+    # `mlflow models serve` execs `uvicorn` from PATH: the venv's bin must be on it, as after `activate`
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+            env={**os.environ, **env, "PATH": path}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                assert server.poll() is None, f"server exited:\n{log.read_text()[-3000:]}"
+                assert time.monotonic() < deadline, f"no /ping answer:\n{log.read_text()[-3000:]}"
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    time.sleep(1)
+            yield port, server
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)  # mlflow starts uvicorn in the same new session
+            server.wait(timeout=30)
+
+
 def test_mlflow_models_serve_captions_a_photo(registered, make_photos, tmp_path) -> None:
     """Served by the run's own logged model id (`models:/m-...`); `models:/captioner@champion` names the same model."""
     from mlflow import MlflowClient
@@ -91,28 +110,8 @@ def test_mlflow_models_serve_captions_a_photo(registered, make_photos, tmp_path)
     uri, run_id, cache = registered
     model_id = run_model(run_id).model_id
     assert MlflowClient(uri, registry_uri=uri).get_model_version_by_alias("captioner", "champion").source == f"models:/{model_id}"
-    port = _free_port()
-    log = (tmp_path / "serve.log").open("w")
-    # `mlflow models serve` execs `uvicorn` from PATH: the venv's bin must be on it, as after `activate`
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "CAPEXP_CACHE": cache, "PATH": path, "CAPEXP_SERVE_MAX_ROWS": "4"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{model_id}",
-         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, f"server exited:\n{(tmp_path / 'serve.log').read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no /ping answer:\n{(tmp_path / 'serve.log').read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-
+    env = {"MLFLOW_TRACKING_URI": uri, "CAPEXP_CACHE": cache, "CAPEXP_SERVE_MAX_ROWS": "4"}
+    with _serve(f"models:/{model_id}", env, tmp_path / "serve.log") as (port, server):
         photo = make_photos(tmp_path / "photos", 1, px=224)[0][0]
         image = base64.b64encode(photo.read_bytes()).decode()
         status, answer = _post(port, {"dataframe_split": {"columns": ["image"], "data": [[image], [image]]}})
@@ -139,10 +138,6 @@ def test_mlflow_models_serve_captions_a_photo(registered, make_photos, tmp_path)
         assert status == 400 and "at most 4 images per request (CAPEXP_SERVE_MAX_ROWS)" in answer["message"]
         _assert_one_line(answer)
         assert server.poll() is None  # still serving
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # mlflow starts uvicorn in the same new session
-        server.wait(timeout=30)
-        log.close()
 
 
 def test_caption_folder_with_a_registered_model_matches_the_run(registered, make_photos, tmp_path) -> None:

@@ -18,9 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "experiments" / "quickstart.json"
-# many one-step epochs: the run is surely inside training when the signal comes
-SLOW = ["training_config.num_epochs=500", "data_paths.num_train=8", "data_paths.num_val=2", "training_config.batch_size=8",
-        "evaluation.coco_metrics=false", "evaluation.max_images=2", "training_config.warmup_steps=0"]
+# the tiny quickstart's one-step epochs, many of them: the run is surely inside training when the signal comes
+SLOW = "training_config.num_epochs=500"
 
 
 def _capexp(args: list[str], tmp_path: Path, uri: str, log: str, **kwargs) -> subprocess.Popen:
@@ -50,8 +49,8 @@ def _training(log: Path, runs: int = 1) -> bool:
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)])
-def test_a_signal_ends_the_run_killed_with_what_it_logged(tracking_uri: str, tmp_path: Path, signum: int, code: int) -> None:
-    proc = _capexp(["run", str(QUICKSTART), *[f"--set={s}" for s in SLOW]], tmp_path, tracking_uri, "run.log")
+def test_a_signal_ends_the_run_killed_with_what_it_logged(tracking_uri: str, tmp_path: Path, signum: int, code: int, tiny) -> None:
+    proc = _capexp(["run", str(QUICKSTART), *tiny.args(SLOW)], tmp_path, tracking_uri, "run.log")
     _wait_for(lambda: _training(tmp_path / "run.log"), proc, tmp_path / "run.log")
     proc.send_signal(signum)
     assert proc.wait(timeout=120) == code, (tmp_path / "run.log").read_text()[-3000:]
@@ -64,7 +63,7 @@ def test_a_signal_ends_the_run_killed_with_what_it_logged(tracking_uri: str, tmp
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_stops_a_two_worker_study_with_nothing_left_running(tracking_uri: str, tmp_path: Path, signum: int) -> None:
+def test_a_signal_stops_a_two_worker_study_with_nothing_left_running(tracking_uri: str, tmp_path: Path, signum: int, tiny) -> None:
     """One signal to the study command (SIGINT: as Ctrl-C, to its whole process group) stops both
     workers; their trials end FAIL with a retry queued, their runs and the parent run KILLED."""
     import optuna
@@ -73,8 +72,7 @@ def test_a_signal_stops_a_two_worker_study_with_nothing_left_running(tracking_ur
 
     # -v: the workers' runs log to the console too (a study shows only its progress lines otherwise)
     proc = _capexp(["-v", "study", "--spec", str(QUICKSTART), "--trials", "4", "--workers", "2", "--name", "stop",
-                    "--no-control", *[f"--set={s}" for s in SLOW]], tmp_path, tracking_uri, "study.log",
-                   start_new_session=True)
+                    *tiny.args(SLOW)], tmp_path, tracking_uri, "study.log", start_new_session=True)
     try:
         _wait_for(lambda: _training(tmp_path / "study.log", 2), proc, tmp_path / "study.log")
     except AssertionError:

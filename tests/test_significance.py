@@ -11,7 +11,6 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
-from test_evaluate import REPO, TINY
 
 from capexp.cli import cli
 from capexp.errors import CapexpError
@@ -100,14 +99,13 @@ def test_runs_scored_differently_are_refused_with_what_differs() -> None:
         paired(["a", "b"], [run, fewer])
 
 
-def test_cli_on_an_evaluated_run(tracking_uri: str) -> None:
+def test_cli_on_an_evaluated_run(tracking_uri: str, tiny) -> None:
     """End to end: `capexp evaluate` logs the per-image record, and `compare --significance` reads it back
     (its values are the ones evaluate logged); a run never evaluated is refused in one line, exit 2."""
     from capexp.evaluation.evaluate import evaluate_run
-    from capexp.spec.loading import load_spec
-    from capexp.training.run import run_spec
 
-    result = run_spec(load_spec(REPO / "experiments" / "quickstart.json", TINY), tracking_uri=tracking_uri)
+    result = tiny.run("id=tiny", "evaluation.coco_metrics=true", "data_paths.num_val=12", "evaluation.max_images=12",
+                      tracking_uri=tracking_uri)
     metrics = evaluate_run("tiny", split="val", beam=2)
     runner = CliRunner()
     same = runner.invoke(cli, ["compare", "tiny", result.run_id, "--significance"], env={"COLUMNS": "80"})

@@ -1,22 +1,19 @@
-"""Studies end to end on tiny generated data: MLflow nesting and pruning, resume after a killed
-worker, two workers on a journal file, two workers on a real PostgreSQL server (which also
-retry a trial whose machine stopped its heartbeat), and errors raised before any trial runs."""
+"""Studies end to end on tiny generated data: MLflow nesting and pruning, the plots and report a study
+leaves, a study run again, a killed worker, failing and diverging trials, `--keep-models`, `--best-spec`, progress lines,
+the Optuna dashboard, and errors raised before any trial runs. (Each storage, several workers and a dead
+worker's trial: test_stores.py.)"""
 
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
-import os
-import pwd
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -36,12 +33,8 @@ from capexp.tracking import TAG_PRUNED, TAG_STUDY, run_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "experiments" / "quickstart.json"
-TINY = [  # a trial takes seconds: 2 training steps and 4 validation images per epoch
-    "training_config.num_epochs=2", "data_paths.num_train=16", "data_paths.num_val=4",
-    "training_config.batch_size=8", "training_config.warmup_steps=0", "training_config.one_caption_per_image=true",
-    "evaluation.coco_metrics=false", "evaluation.max_images=4", "evaluation.batch_size=8",
-]
-ONE_EPOCH = [*TINY, "training_config.num_epochs=1"]  # where pruning is beside the point
+TWO_STEPS = "data_paths.num_train=16"  # two optimizer steps per epoch: a diverging loss is nan within epoch 1
+TWO_EPOCHS = "training_config.num_epochs=2"  # the pruner acts after epoch 1
 # A learning rate of 1e-9 learns nothing: such trials are clearly worse, epoch by epoch.
 SPACE = {
     "objective": {"metric": "val_loss"},
@@ -51,6 +44,7 @@ SPACE = {
         "gpt2_config.visual_tokens_length": {"choices": [2, 4]},
     },
 }
+PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "intermediate_values")
 
 
 @pytest.fixture
@@ -79,20 +73,42 @@ def _runs(uri: str, name: str) -> tuple[mlflow.entities.Run, list[mlflow.entitie
     return parents[0], children
 
 
-def test_study_is_a_parent_run_with_trial_children_pruned_ones_marked(
-    tmp_path: Path, tracking_uri: str, space: Path
-) -> None:
+def _trials_table(client: mlflow.MlflowClient, parent_run_id: str) -> list[dict[str, str]]:
+    """The parent run's `trials.csv`: one row per trial."""
+    return list(csv.DictReader(io.StringIO(Path(client.download_artifacts(parent_run_id, "trials.csv")).read_text())))
+
+
+@dataclass
+class Nest:
+    uri: str
+    storage: str
+    space: Path
+    queued: list[Path]
+    summary: object
+
+
+@pytest.fixture(scope="module")
+def nest(shared_store, tiny, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nest]:
+    """Study `nest`, run once for the module: four queued trials, of which the two with learning rate 1e-9
+    fall behind the median after epoch 1 and are pruned."""
+    folder = tmp_path_factory.mktemp("nest")
+    space = folder / "space.json"
+    space.write_text(json.dumps(SPACE))
     queued = []
     for i, (lr, k) in enumerate([(1e-3, 2), (1e-3, 4), (1e-9, 2), (1e-9, 4)]):
-        path = tmp_path / f"queued{i}.json"
+        path = folder / f"queued{i}.json"
         path.write_text(json.dumps({"id": f"queued-{i}", "training_config": {"learning_rate": lr},
                                     "gpt2_config": {"visual_tokens_length": k}}))
         queued.append(path)
-    storage = str(tmp_path / "s.journal")
-    summary = run_study(BASE, trials=4, name="nest", space=space, storage=storage, enqueue=queued, overrides=TINY,
-                        control=False)
+    storage = str(folder / "s.journal")
+    with shared_store() as uri:
+        summary = run_study(BASE, trials=4, name="nest", space=space, storage=storage, enqueue=queued,
+                            overrides=tiny.sets(TWO_STEPS, TWO_EPOCHS))
+        yield Nest(uri, storage, space, queued, summary)
 
-    trials = _trials(storage, "nest")
+
+def test_study_is_a_parent_run_with_trial_children_pruned_ones_marked(nest: Nest) -> None:
+    trials, summary = _trials(nest.storage, "nest"), nest.summary
     # Trials 0 and 1 set the median; the 1e-9 trials fall behind it after epoch 1 and are pruned.
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.PRUNED]
     assert [len(t.intermediate_values) for t in trials] == [2, 2, 1, 1]
@@ -100,7 +116,7 @@ def test_study_is_a_parent_run_with_trial_children_pruned_ones_marked(
     assert summary.metric == "val_loss" and summary.direction == "minimize"
     assert summary.best_params["training_config.learning_rate"] == 1e-3
 
-    parent, children = _runs(tracking_uri, "nest")
+    parent, children = _runs(nest.uri, "nest")
     assert parent.info.status == "FINISHED"
     assert sorted(c.info.run_name for c in children) == ["queued-0", "queued-1", "queued-2", "queued-3"]
     pruned = {c.data.tags[TAG_TRIAL] for c in children if c.data.tags.get(TAG_PRUNED) == "true"}
@@ -112,17 +128,21 @@ def test_study_is_a_parent_run_with_trial_children_pruned_ones_marked(
     assert {c.data.params["optuna.trial_number"]: c.data.tags["optuna.state"] for c in children} == {
         "0": "COMPLETE", "1": "COMPLETE", "2": "PRUNED", "3": "PRUNED"}
     description = parent.data.tags["mlflow.note.content"]
-    assert str(BASE) in description and str(space) in description and "minimize val_loss" in description
+    assert str(BASE) in description and str(nest.space) in description and "minimize val_loss" in description
     assert parent.data.tags["capexp.best_trial"] == str(summary.best_trial)
     assert parent.data.tags["capexp.best_run_id"] in {c.info.run_id for c in children}
     assert parent.data.metrics["best_val_loss"] == pytest.approx(summary.best_value)
-    client = mlflow.MlflowClient(tracking_uri)
+    client = mlflow.MlflowClient(nest.uri)
     models = client.search_logged_models([parent.info.experiment_id])  # without --keep-models: every trial's
     assert sorted(m.source_run_id for m in models) == sorted(c.info.run_id for c in children)
+
+
+def test_study_logs_plots_a_trials_table_and_importances_that_compare_reports(nest: Nest, tmp_path: Path) -> None:
+    parent, children = _runs(nest.uri, "nest")
+    client = mlflow.MlflowClient(nest.uri)
     plots = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert plots == {"optimization_history.png", "param_importances.png", "parallel_coordinate.png",
-                     "intermediate_values.png"}
-    table = list(csv.DictReader(io.StringIO(Path(client.download_artifacts(parent.info.run_id, "trials.csv")).read_text())))
+    assert plots == {f"{name}.png" for name in PLOTS}
+    table = _trials_table(client, parent.info.run_id)
     assert [row["state"] for row in table] == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
     assert {row["run_id"] for row in table} == {c.info.run_id for c in children}
 
@@ -131,29 +151,45 @@ def test_study_is_a_parent_run_with_trial_children_pruned_ones_marked(
     importances = {k.removeprefix("importance."): v for k, v in parent.data.metrics.items() if k.startswith("importance.")}
     assert set(importances) == set(SPACE["params"]) and sum(importances.values()) == pytest.approx(1.0)
     report = tmp_path / "docs" / "nest.md"
-    text = compare(study="nest", output=report, tracking_uri=tracking_uri, console=Console(file=io.StringIO()))
+    text = compare(study="nest", output=report, tracking_uri=nest.uri, console=Console(file=io.StringIO()))
     assert report.read_text() == text and "### Which knobs mattered" in text
     trial_rows = text.split("\n\n")[0].splitlines()[2:]  # one per trial, best first
     assert [row.split(" | ")[-3].strip("* ") for row in trial_rows] == ["best", "complete", "pruned", "pruned"]
     for knob, value in importances.items():
         assert f"| {knob} | {value:.3f} |" in text
     links = [line[line.index("](") + 2:-1] for line in text.splitlines() if line.startswith("![")]
-    assert links == [f"nest-plots/{name}.png" for name in ("optimization_history", "param_importances",
-                                                           "parallel_coordinate", "intermediate_values")]
+    assert links == [f"nest-plots/{name}.png" for name in PLOTS]
     assert all((report.parent / link).read_bytes().startswith(b"\x89PNG") for link in links)
 
-    # The same command again: nothing left to run, the same parent run.
-    again = run_study(BASE, trials=4, name="nest", space=space, storage=storage, enqueue=queued, overrides=TINY,
-                      control=False)
-    assert (again.complete, again.pruned) == (2, 2) and again.parent_run_id == parent.info.run_id
-    assert len(_trials(storage, "nest")) == 4
+
+def test_the_same_study_again_runs_nothing_and_keeps_its_parent_run(nest: Nest, tiny) -> None:
+    again = run_study(BASE, trials=4, name="nest", space=nest.space, storage=nest.storage, enqueue=nest.queued,
+                      overrides=tiny.sets(TWO_STEPS, TWO_EPOCHS), tracking_uri=nest.uri)
+    assert (again.complete, again.pruned) == (2, 2) and again.parent_run_id == nest.summary.parent_run_id
+    assert len(_trials(nest.storage, "nest")) == 4
+
+
+def test_optuna_dashboard_reads_the_study_journal(nest: Nest, tmp_path: Path) -> None:
+    from optuna_dashboard import wsgi
+    from optuna_dashboard._storage_url import get_storage  # what `optuna-dashboard FILE` runs
+
+    app = wsgi(get_storage(nest.storage))
+    status: list[str] = []
+    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies", "QUERY_STRING": "", "SERVER_NAME": "x",
+                         "SERVER_PORT": "80", "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http"},
+                        lambda s, headers, exc_info=None: status.append(s)))
+    assert status == ["200 OK"]
+    studies = json.loads(body)["study_summaries"]
+    assert [s["study_name"] for s in studies] == ["nest"]
+    missing = CliRunner().invoke(cli, ["dashboard", "nosuch", "--storage", str(tmp_path / "nosuch.journal")])
+    assert missing.exit_code == 2 and "no study journal" in missing.output
 
 
 def test_killed_worker_then_rerun_completes_and_keeps_every_finished_trial(
-    tmp_path: Path, tracking_uri: str, space: Path
+    tmp_path: Path, tracking_uri: str, space: Path, tiny
 ) -> None:
     storage = str(tmp_path / "k.journal")
-    args = dict(trials=2, name="killed", space=str(space), storage=storage, overrides=ONE_EPOCH)
+    args = dict(trials=2, name="killed", space=str(space), storage=storage, overrides=tiny.sets(TWO_STEPS))
     code = f"from capexp.study import run_study; run_study({str(BASE)!r}, **{args!r})"
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = mlflow.MlflowClient(tracking_uri)
@@ -190,110 +226,12 @@ def test_killed_worker_then_rerun_completes_and_keeps_every_finished_trial(
     assert set(status.values()) == {"FINISHED"} and parent.info.status == "FINISHED"
 
 
-def _two_workers(storage: str, name: str, space: Path, tracking_uri: str, **kwargs) -> list[optuna.trial.FrozenTrial]:
-    summary = run_study(BASE, trials=3, name=name, space=space, storage=storage, workers=2, overrides=ONE_EPOCH, **kwargs)
-    trials = _trials(storage, name)
-    done = summary.complete + summary.pruned
-    assert 3 <= done <= 4  # two workers that finish at the same moment may both start the last trial
-    workers = {t.user_attrs["capexp.worker"] for t in trials if t.state.is_finished() and t.state != TrialState.FAIL}
-    assert len({w.rsplit(":", 2)[1] for w in workers}) == 2 and str(os.getpid()) not in str(workers)
-    parent, children = _runs(tracking_uri, name)
-    assert len(children) == done and all(c.info.status == "FINISHED" for c in children)
-    assert parent.info.status == "FINISHED"
-    return trials
-
-
-def test_two_workers_share_a_journal_file(
-    tmp_path: Path, tracking_uri: str, space: Path, capfd: pytest.CaptureFixture[str]
-) -> None:
-    trials = _two_workers(str(tmp_path / "two.journal"), "two", space, tracking_uri)
-    assert _states(trials).count("FAIL") == 0
-    err = capfd.readouterr().err  # the spawned workers' console: our progress lines, not Optuna's
-    assert sum(line.startswith("trial ") for line in err.splitlines()) == len(trials), err
-    assert "finished with value" not in err and "Trial 0 finished" not in err
-    assert "INFO mlflow" not in err  # nor MLflow's console lines from logging each trial's model
-    assert "epoch 1/1" not in err  # nor two workers' training bars, which would overwrite each other
-
-
-# ---------------------------------------------------------------------------- a real PostgreSQL
-def _postgres_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).resolve().parent if initdb else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A throwaway PostgreSQL cluster on a free localhost port (run as `postgres` when we are root)."""
-    bindir = _postgres_bin()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed; run .ci/postgres.sh")
-    root = Path(tempfile.mkdtemp(prefix="capexp-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.fail("running as root and there is no `postgres` user to run the server as; run .ci/postgres.sh")
-        shutil.chown(root, "postgres")
-        runuser = shutil.which("runuser") or shutil.which("runuser", path="/usr/sbin:/sbin")  # sbin may be off PATH
-        as_user = [runuser or "runuser", "-u", "postgres", "--"]
-    data, port = root / "data", _free_port()
-
-    def run(cmd: list) -> None:
-        done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
-        log = (root / "server.log").read_text() if (root / "server.log").exists() else ""
-        assert done.returncode == 0, f"{cmd[len(as_user)]} failed:\n{done.stdout}\n{done.stderr}\n{log}"
-
-    run([*as_user, bindir / "initdb", "-D", data, "-U", "capexp", "--auth=trust", "-E", "UTF8"])
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    run([*as_user, bindir / "pg_ctl", "-D", data, "-l", root / "server.log", "-o", options, "-w", "start"])
-    try:
-        run([bindir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "capexp", "studies"])
-        yield f"postgresql://capexp@127.0.0.1:{port}/studies"
-    finally:
-        run([*as_user, bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"])
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def test_two_workers_on_postgresql_retry_a_dead_machines_trial(postgres_url: str, tracking_uri: str, space: Path) -> None:
-    # A trial left running by a worker on another machine that died: its heartbeat has stopped.
-    storage = open_storage(postgres_url, "pg", heartbeat_interval=2)
-    lost = optuna.create_study(study_name="pg", storage=storage, direction="minimize").ask()
-    lost.set_user_attr("capexp.worker", "another-machine:1:1")
-    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name("pg"), 0))
-
-    trials = _two_workers(postgres_url, "pg", space, tracking_uri, heartbeat_interval=2)
-
-    assert trials[lost.number].state == TrialState.FAIL
-    retried = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
-    assert len(retried) == 1 and retried[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
-    assert _states(trials).count("FAIL") == 1
-
-
-def test_unreachable_database_is_a_clear_error(space: Path) -> None:
-    url = f"postgresql://capexp:secret@127.0.0.1:{_free_port()}/none"
-    with pytest.raises(CapexpError, match=r"cannot open the study database") as err:
-        open_storage(url, "x")
-    assert "secret" not in str(err.value)
-
-
-def test_bad_values_and_enqueued_specs_fail_before_any_trial(tmp_path: Path) -> None:
-    from capexp.errors import CapexpError
-
+def test_bad_values_and_enqueued_specs_fail_before_any_trial(tmp_path: Path, tiny) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"params": {"gpt2_config.visual_tokens_length": {"choices": [4, 0]}}}))
     storage = str(tmp_path / "never.journal")
     with pytest.raises(CapexpError, match=r"bad.json: `params.gpt2_config.visual_tokens_length` value 0 does not fit the base spec"):
-        run_study(BASE, trials=1, space=bad, storage=storage, overrides=TINY)
+        run_study(BASE, trials=1, space=bad, storage=storage, overrides=tiny.sets())
     assert not Path(storage).exists()
 
     queued = tmp_path / "k7.json"
@@ -301,7 +239,7 @@ def test_bad_values_and_enqueued_specs_fail_before_any_trial(tmp_path: Path) -> 
     space = tmp_path / "space.json"
     space.write_text(json.dumps(SPACE))
     with pytest.raises(CapexpError, match=r"--enqueue .*k7.json: `gpt2_config.visual_tokens_length` is 7"):
-        run_study(BASE, trials=1, space=space, storage=storage, enqueue=[queued], overrides=TINY)
+        run_study(BASE, trials=1, space=space, storage=storage, enqueue=[queued], overrides=tiny.sets())
 
     f8k = REPO / "experiments" / "flickr8k.json"  # its data folder, moved away
     with pytest.raises(CapexpError, match=r"flickr8k.json: data not found: `data_paths.root`"):
@@ -310,13 +248,13 @@ def test_bad_values_and_enqueued_specs_fail_before_any_trial(tmp_path: Path) -> 
     assert not (tmp_path / "nodata.journal").exists()
 
 
-def test_diverging_trials_fail_alone_and_the_study_goes_on(tmp_path: Path, tracking_uri: str) -> None:
+def test_diverging_trials_fail_alone_and_the_study_goes_on(tmp_path: Path, tracking_uri: str, tiny) -> None:
     space = tmp_path / "grid.json"
     space.write_text(json.dumps({"objective": {"metric": "val_loss"}, "sampler": {"name": "grid"},
                                  "pruner": {"name": "none"},
                                  "params": {"training_config.learning_rate": {"choices": [1e6, 1e-3]}}}))
     storage = str(tmp_path / "g.journal")
-    summary = run_study(BASE, trials=2, name="diverge", space=space, storage=storage, overrides=ONE_EPOCH, control=False)
+    summary = run_study(BASE, trials=2, name="diverge", space=space, storage=storage, overrides=tiny.sets(TWO_STEPS))
 
     assert (summary.complete, summary.failed) == (1, 1)  # lr 1e6 diverges; the study still runs lr 1e-3
     assert summary.best_params["training_config.learning_rate"] == 1e-3
@@ -324,19 +262,18 @@ def test_diverging_trials_fail_alone_and_the_study_goes_on(tmp_path: Path, track
     assert parent.info.status == "FINISHED"
     assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED"]  # the diverged run is kept, FAILED
     client = mlflow.MlflowClient(tracking_uri)
-    table = list(csv.DictReader(io.StringIO(Path(client.download_artifacts(parent.info.run_id, "trials.csv")).read_text())))
-    failed = [row for row in table if row["state"] == "FAIL"]
+    failed = [row for row in _trials_table(client, parent.info.run_id) if row["state"] == "FAIL"]
     assert len(failed) == 1 and "training loss became nan" in failed[0]["error"]
     assert "training_config.learning_rate" in failed[0]["error"]  # the error says what to change
 
 
-def test_keep_models_leaves_the_best_trials_models_and_every_trials_metrics(tmp_path: Path, tracking_uri: str) -> None:
+def test_keep_models_leaves_the_best_trials_models_and_every_trials_metrics(tmp_path: Path, tracking_uri: str, tiny) -> None:
     space = tmp_path / "grid.json"
     space.write_text(json.dumps({"objective": {"metric": "val_loss"}, "sampler": {"name": "grid"},
                                  "pruner": {"name": "none"},
                                  "params": {"training_config.learning_rate": {"choices": [1e-3, 1e-9, 1e-2]}}}))
     summary = run_study(BASE, trials=3, name="keep", space=space, storage=str(tmp_path / "k.journal"),
-                        overrides=ONE_EPOCH, keep_models=1, control=False)
+                        overrides=tiny.sets(TWO_STEPS), keep_models=1)
 
     assert summary.complete == 3
     _, children = _runs(tracking_uri, "keep")
@@ -353,26 +290,43 @@ def test_keep_models_leaves_the_best_trials_models_and_every_trials_metrics(tmp_
         run_study(BASE, trials=3, name="keep", space=space, storage=str(tmp_path / "k.journal"), keep_models=0)
 
 
-def test_a_worker_whose_trials_keep_failing_stops_with_the_reason(tmp_path: Path, tracking_uri: str) -> None:
-    from capexp.errors import CapexpError
-
+def test_a_worker_whose_trials_keep_failing_stops_with_the_reason(tmp_path: Path, tracking_uri: str, tiny) -> None:
     space = tmp_path / "bad_lr.json"
     space.write_text(json.dumps({"objective": {"metric": "val_loss"},
                                  "params": {"training_config.learning_rate": {"choices": [1e6, 1e7]}}}))
     storage = str(tmp_path / "b.journal")
     with pytest.raises(CapexpError, match=r"trials 0, 1, 2 failed one after another \(last: .*training loss became"):
-        run_study(BASE, trials=5, name="allbad", space=space, storage=storage, overrides=ONE_EPOCH, control=False)
+        run_study(BASE, trials=5, name="allbad", space=space, storage=storage, overrides=tiny.sets(TWO_STEPS))
     assert _states(_trials(storage, "allbad")) == ["FAIL"] * 3  # it stopped instead of trying forever
     parent, children = _runs(tracking_uri, "allbad")
     assert parent.info.status == "FAILED" and [c.info.status for c in children] == ["FAILED"] * 3
 
 
+def test_best_spec_is_the_best_trial_at_full_budget_and_runs(tmp_path: Path, tracking_uri: str, tiny) -> None:
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({**SPACE, "budget": {"training_config.num_epochs": 1}}))
+    storage = str(tmp_path / "b.journal")
+    summary = run_study(BASE, trials=2, name="best", space=space, storage=storage, overrides=tiny.sets(TWO_STEPS, TWO_EPOCHS))
+    result = CliRunner().invoke(cli, ["study", "--name", "best", "--storage", storage, "--best-spec",
+                                      *tiny.args(TWO_STEPS, TWO_EPOCHS)])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "best.json"
+    path.write_text(result.output)
+    spec = load_spec(path)
+    flat = flatten(spec)
+    assert {k: flat[k] for k in summary.best_params} == summary.best_params
+    assert spec.training_config.num_epochs == 2  # the base's own budget (TWO_EPOCHS), not the space's 1
+    assert f"Best trial {summary.best_trial} of study best" in spec.notes
+    run = CliRunner().invoke(cli, ["run", str(path)])
+    assert run.exit_code == 0, run.output
+
+
 def test_progress_lines_name_each_trial_and_stay_readable_at_80_columns(
-    tmp_path: Path, tracking_uri: str, space: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tracking_uri: str, space: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tiny
 ) -> None:
     monkeypatch.setenv("COLUMNS", "80")
     storage = str(tmp_path / "p.journal")
-    run_study(BASE, trials=3, name="progress", space=space, storage=storage, overrides=TINY)
+    run_study(BASE, trials=3, name="progress", space=space, storage=storage, overrides=tiny.sets(TWO_STEPS, TWO_EPOCHS))
     err = capfd.readouterr().err
     trials = _trials(storage, "progress")
     blocks: list[list[str]] = []  # each progress line with its indented continuation lines
@@ -399,43 +353,6 @@ def test_progress_lines_name_each_trial_and_stay_readable_at_80_columns(
     assert "Trial 0 finished with value" not in err  # Optuna's own line is not printed beside ours
 
 
-def test_best_spec_is_the_best_trial_at_full_budget_and_runs(tmp_path: Path, tracking_uri: str) -> None:
-    space = tmp_path / "space.json"
-    space.write_text(json.dumps({**SPACE, "budget": {"training_config.num_epochs": 1}}))
-    storage = str(tmp_path / "b.journal")
-    summary = run_study(BASE, trials=2, name="best", space=space, storage=storage, overrides=TINY)
-    result = CliRunner().invoke(cli, ["study", "--name", "best", "--storage", storage, "--best-spec",
-                                      *[a for s in TINY for a in ("--set", s)]])
-    assert result.exit_code == 0, result.output
-    path = tmp_path / "best.json"
-    path.write_text(result.output)
-    spec = load_spec(path)
-    flat = flatten(spec)
-    assert {k: flat[k] for k in summary.best_params} == summary.best_params
-    assert spec.training_config.num_epochs == 2  # the base's own budget (TINY), not the space's 1
-    assert f"Best trial {summary.best_trial} of study best" in spec.notes
-    run = CliRunner().invoke(cli, ["run", str(path)])
-    assert run.exit_code == 0, run.output
-
-
-def test_optuna_dashboard_reads_the_study_journal(tmp_path: Path, tracking_uri: str, space: Path) -> None:
-    from optuna_dashboard import wsgi
-    from optuna_dashboard._storage_url import get_storage  # what `optuna-dashboard FILE` runs
-
-    storage = str(tmp_path / "d.journal")
-    run_study(BASE, trials=1, name="dash", space=space, storage=storage, overrides=ONE_EPOCH)
-    app = wsgi(get_storage(storage))
-    status: list[str] = []
-    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/api/studies", "QUERY_STRING": "", "SERVER_NAME": "x",
-                         "SERVER_PORT": "80", "wsgi.input": io.BytesIO(), "wsgi.url_scheme": "http"},
-                        lambda s, headers, exc_info=None: status.append(s)))
-    assert status == ["200 OK"]
-    studies = json.loads(body)["study_summaries"]
-    assert [s["study_name"] for s in studies] == ["dash"]
-    missing = CliRunner().invoke(cli, ["dashboard", "nosuch", "--storage", str(tmp_path / "nosuch.journal")])
-    assert missing.exit_code == 2 and "no study journal" in missing.output
-
-
 def test_trials_with_equal_objectives_have_no_importances_and_still_four_plots(tmp_path: Path) -> None:
     from capexp.study.report import _importances, _plots
 
@@ -445,6 +362,5 @@ def test_trials_with_equal_objectives_have_no_importances_and_still_four_plots(t
     study.optimize(lambda t: 0.5 + 0 * t.suggest_int("k", 2, 6) + 0 * t.suggest_float("lr", 1e-4, 1e-2), n_trials=3)
     assert _importances(study) == {}
     paths = _plots(study, tmp_path, "cider", {})
-    assert [p.name for p in paths] == [f"{n}.png" for n in ("optimization_history", "param_importances",
-                                                            "parallel_coordinate", "intermediate_values")]
+    assert [p.name for p in paths] == [f"{n}.png" for n in PLOTS]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)

@@ -198,7 +198,7 @@ def test_compare_study_shows_the_front_at_80_columns(tracking_uri: str) -> None:
 
 
 def test_auto_direction_minimizes_minutes_and_losses_and_maximizes_scores() -> None:
-    from capexp.spec.schema import load_spec
+    from capexp.spec.loading import load_spec
     from capexp.study.pareto import Objective
     from capexp.study.search import _auto_objective
 
