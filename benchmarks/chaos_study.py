@@ -117,18 +117,40 @@ def run_chaos(folder: Path, trials: int = 8, interval: float = 4.0, max_kills: i
 
 
 def _check(folder: Path, n: int) -> dict[str, Any]:
-    import mlflow
+    """The figures of the finished study in `folder`, with `problems`: every invariant that failed."""
     import optuna
     from optuna.trial import TrialState
 
-    from capexp.study import TAG_STUDY_ROLE, TAG_TRIAL, open_storage
+    from capexp.study import open_storage
 
-    problems: list[str] = []
     storage = str(folder / "studies" / f"{NAME}.journal")
     trials = optuna.load_study(study_name=NAME, storage=open_storage(storage, NAME)).get_trials()
     states = [t.state.name for t in trials]
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     failed = [t for t in trials if t.state == TrialState.FAIL]
+    problems = _trial_problems(trials, finished, failed, n)
+    runs, late, run_problems = _run_problems(folder, finished, failed)
+    problems += run_problems
+
+    with sqlite3.connect(folder / "mlruns" / "mlflow.db") as db:
+        integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
+    if integrity != "ok":
+        problems.append(f"PRAGMA integrity_check: {integrity}")
+
+    cache = _cache_reads_back(folder)
+    if not cache["identical"] or cache["encoded_again"]:
+        problems.append(f"feature cache: {cache}")
+    statuses = [r.info.status for r in runs]
+    return {"past_n": len(finished) - n, "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"), "failed": states.count("FAIL"),
+            "mlflow_runs": len(runs), "killed_runs": statuses.count("KILLED"),
+            "finished_runs_of_killed_trials": late, "integrity": integrity,
+            "cache_images": cache["images"], "problems": problems}
+
+
+def _trial_problems(trials: list, finished: list, failed: list, n: int) -> list[str]:
+    """Optuna's side: n trials done, none left RUNNING or WAITING, every FAIL retried exactly once."""
+    problems: list[str] = []
+    states = [t.state.name for t in trials]
     if not n <= len(finished) <= n + 1:  # two workers that finish together may both start the last trial
         problems.append(f"{len(finished)} complete + pruned trials, not {n}")
     for state in ("RUNNING", "WAITING"):
@@ -146,7 +168,16 @@ def _check(folder: Path, n: int) -> dict[str, Any]:
             problems.append(f"trial {t.number} (FAIL) has {len(retries)} retries, not 1")
         elif retries[0].params != t.params:
             problems.append(f"trial {t.number}'s retry {retries[0].number} has other parameters")
+    return problems
 
+
+def _run_problems(folder: Path, finished: list, failed: list) -> tuple[list, int, list[str]]:
+    """MLflow's side: the study's runs, how many killed trials' runs had FINISHED, and what is wrong with them."""
+    import mlflow
+
+    from capexp.study import TAG_STUDY_ROLE, TAG_TRIAL
+
+    problems: list[str] = []
     uri = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
     exp = client.get_experiment_by_name("capexp")
@@ -168,19 +199,7 @@ def _check(folder: Path, n: int) -> dict[str, Any]:
         late += sum(r.info.status == "FINISHED" for r in mine)
         if any(r.info.status not in ("KILLED", "FAILED", "FINISHED") for r in mine) or len(mine) > 1:
             problems.append(f"killed trial {t.number} has runs {[r.info.status for r in mine]}")
-
-    with sqlite3.connect(folder / "mlruns" / "mlflow.db") as db:
-        integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
-    if integrity != "ok":
-        problems.append(f"PRAGMA integrity_check: {integrity}")
-
-    cache = _cache_reads_back(folder)
-    if not cache["identical"] or cache["encoded_again"]:
-        problems.append(f"feature cache: {cache}")
-    return {"past_n": len(finished) - n, "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"), "failed": states.count("FAIL"),
-            "mlflow_runs": len(runs), "killed_runs": statuses.count("KILLED"),
-            "finished_runs_of_killed_trials": late, "integrity": integrity,
-            "cache_images": cache["images"], "problems": problems}
+    return runs, late, problems
 
 
 def _cache_reads_back(folder: Path) -> dict[str, Any]:

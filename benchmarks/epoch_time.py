@@ -190,20 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _bench(args: argparse.Namespace, tmp: Path) -> int:
-    import torch
-
-    from capexp.backbones import load_decoder, resolve_encoder
-    from capexp.data import load_data
-    from capexp.backbones.feature_cache import encode_images
-    from capexp.evaluation.metrics import bertscore
+def _epoch_spec(args: argparse.Namespace):
+    """The spec both pipelines train by: gpt2-tiny, k=5, 10 caption tokens, AdamW 1e-4, grad clip 1.0."""
     from capexp.spec.schema import Spec
-    from capexp.model.captioner import build_captioner
-    from capexp.model.vocabulary import training_vocabulary
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    spec = Spec.model_validate({
+    return Spec.model_validate({
         "id": "bench-epoch-time", "seed": args.seed,
         "gpt2_config": {"model": "gpt2-tiny", "visual_tokens_length": 5, "text_tokens_max_length": 10},
         "data_paths": {"source": "flickr8k", "root": str(args.data)},
@@ -211,6 +202,21 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
                             "num_epochs": args.epochs, "learning_rate": 1e-4, "grad_clip": 1.0},
         "evaluation": {"coco_metrics": False, "max_images": 1, "batch_size": 64},
     })
+
+
+def _bench(args: argparse.Namespace, tmp: Path) -> int:
+    import torch
+
+    from capexp.backbones import load_decoder, resolve_encoder
+    from capexp.data import load_data
+    from capexp.backbones.feature_cache import encode_images
+    from capexp.evaluation.metrics import bertscore
+    from capexp.model.captioner import build_captioner
+    from capexp.model.vocabulary import training_vocabulary
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = _epoch_spec(args)
     splits = load_data(spec)
     train_split, val_split = splits.train, splits.val.subset(1 / len(splits.val), args.seed)
     encoder = _random_clip_folder(tmp / "clip-b32-random") if args.encoder == "clip-b32-random" else args.encoder
