@@ -72,7 +72,7 @@ def test_a_signal_stops_a_two_worker_study_with_nothing_left_running(tracking_ur
 
     # -v: the workers' runs log to the console too (a study shows only its progress lines otherwise)
     proc = _capexp(["-v", "study", "--spec", str(QUICKSTART), "--trials", "4", "--workers", "2", "--name", "stop",
-                    *tiny.args(SLOW)], tmp_path, tracking_uri, "study.log", start_new_session=True)
+                    "--no-control", *tiny.args(SLOW)], tmp_path, tracking_uri, "study.log", start_new_session=True)
     try:
         _wait_for(lambda: _training(tmp_path / "study.log", 2), proc, tmp_path / "study.log")
     except AssertionError:

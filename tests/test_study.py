@@ -103,7 +103,7 @@ def nest(shared_store, tiny, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     storage = str(folder / "s.journal")
     with shared_store() as uri:
         summary = run_study(BASE, trials=4, name="nest", space=space, storage=storage, enqueue=queued,
-                            overrides=tiny.sets(TWO_STEPS, TWO_EPOCHS))
+                            overrides=tiny.sets(TWO_STEPS, TWO_EPOCHS), control=False)
         yield Nest(uri, storage, space, queued, summary)
 
 
@@ -164,7 +164,7 @@ def test_study_logs_plots_a_trials_table_and_importances_that_compare_reports(ne
 
 def test_the_same_study_again_runs_nothing_and_keeps_its_parent_run(nest: Nest, tiny) -> None:
     again = run_study(BASE, trials=4, name="nest", space=nest.space, storage=nest.storage, enqueue=nest.queued,
-                      overrides=tiny.sets(TWO_STEPS, TWO_EPOCHS), tracking_uri=nest.uri)
+                      overrides=tiny.sets(TWO_STEPS, TWO_EPOCHS), tracking_uri=nest.uri, control=False)
     assert (again.complete, again.pruned) == (2, 2) and again.parent_run_id == nest.summary.parent_run_id
     assert len(_trials(nest.storage, "nest")) == 4
 
@@ -254,7 +254,8 @@ def test_diverging_trials_fail_alone_and_the_study_goes_on(tmp_path: Path, track
                                  "pruner": {"name": "none"},
                                  "params": {"training_config.learning_rate": {"choices": [1e6, 1e-3]}}}))
     storage = str(tmp_path / "g.journal")
-    summary = run_study(BASE, trials=2, name="diverge", space=space, storage=storage, overrides=tiny.sets(TWO_STEPS))
+    summary = run_study(BASE, trials=2, name="diverge", space=space, storage=storage, overrides=tiny.sets(TWO_STEPS),
+                        control=False)
 
     assert (summary.complete, summary.failed) == (1, 1)  # lr 1e6 diverges; the study still runs lr 1e-3
     assert summary.best_params["training_config.learning_rate"] == 1e-3
@@ -273,7 +274,7 @@ def test_keep_models_leaves_the_best_trials_models_and_every_trials_metrics(tmp_
                                  "pruner": {"name": "none"},
                                  "params": {"training_config.learning_rate": {"choices": [1e-3, 1e-9, 1e-2]}}}))
     summary = run_study(BASE, trials=3, name="keep", space=space, storage=str(tmp_path / "k.journal"),
-                        overrides=tiny.sets(TWO_STEPS), keep_models=1)
+                        overrides=tiny.sets(TWO_STEPS), keep_models=1, control=False)
 
     assert summary.complete == 3
     _, children = _runs(tracking_uri, "keep")
@@ -296,7 +297,8 @@ def test_a_worker_whose_trials_keep_failing_stops_with_the_reason(tmp_path: Path
                                  "params": {"training_config.learning_rate": {"choices": [1e6, 1e7]}}}))
     storage = str(tmp_path / "b.journal")
     with pytest.raises(CapexpError, match=r"trials 0, 1, 2 failed one after another \(last: .*training loss became"):
-        run_study(BASE, trials=5, name="allbad", space=space, storage=storage, overrides=tiny.sets(TWO_STEPS))
+        run_study(BASE, trials=5, name="allbad", space=space, storage=storage, overrides=tiny.sets(TWO_STEPS),
+                  control=False)
     assert _states(_trials(storage, "allbad")) == ["FAIL"] * 3  # it stopped instead of trying forever
     parent, children = _runs(tracking_uri, "allbad")
     assert parent.info.status == "FAILED" and [c.info.status for c in children] == ["FAILED"] * 3
