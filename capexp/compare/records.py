@@ -21,9 +21,8 @@ from capexp.tracking import (
     TAG_PARENT,
     TAG_PRUNED,
     TAG_STUDY,
-    experiment_ids,
     find_runs,
-    search_runs,
+    runs_in,
     store_uri,
 )
 from capexp.tracking.names import FIDELITY_PREFIX, TAG_WINNER
@@ -158,7 +157,7 @@ def load_runs(runs: Sequence[str] = (), *, experiment: str | None = None) -> lis
         return [_record(client, found[name]) for name in dict.fromkeys(runs)]
     name = experiment or DEFAULT_EXPERIMENT
     ordinary = [
-        r for r in search_runs(client, experiment_ids(client, name))
+        r for r in runs_in(name)
         if TAG_PARENT not in r.data.tags and TAG_STUDY not in r.data.tags
     ]
     if not ordinary:
@@ -176,10 +175,10 @@ def load_study(study: str, experiment: str | None = None) -> tuple[list[RunRecor
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    every = [r for r in search_runs(client, experiment_ids(client, experiment)) if r.data.tags.get(TAG_STUDY) == study]
+    every = runs_in(experiment, tags={TAG_STUDY: study})
     trials = [r for r in every if TAG_PARENT in r.data.tags]
     if not trials:
-        others = search_runs(client, experiment_ids(client, experiment))
+        others = runs_in(experiment)
         studies = sorted({r.data.tags[TAG_STUDY] for r in others if TAG_STUDY in r.data.tags})
         raise CapexpError(
             f"No trial runs of study {study!r} in the store {store_uri()} (runs tagged "

@@ -55,7 +55,7 @@ from capexp.tracking.names import (
 from capexp.tracking.logged_models import delete_model, model_checkpoint, run_model
 from capexp.tracking.runs import (
     ModelSource, experiment_ids, experiment_runs, find_run, find_runs, has_checkpoint, is_run_id, model_sources,
-    resolve_model_source, run_checkpoint, search_runs, store_uri, tagged_run,
+    resolve_model_source, run_checkpoint, runs_in, search_runs, store_uri, tagged_run,
 )
 from capexp.tracking.store import artifact_root, experiment_id, param_value, resolve_tracking_uri, use_store
 
@@ -68,7 +68,7 @@ __all__ = [
     "CHECKPOINT_WEIGHTS", "MODEL_NAME", "TAG_REGISTERED", "ATTR_WORKER", "ATTR_RUN_ID", "ATTR_RUN_NAME", "ATTR_METRIC",
     "ATTR_BASE_HASH", "ATTR_BASE", "ATTR_SPACE", "ATTR_ERROR", "ATTR_RETRY_OWED", "resolve_tracking_uri", "artifact_root",
     "use_store", "experiment_id", "param_value",
-    "is_run_id", "store_uri", "experiment_ids", "search_runs", "has_checkpoint", "find_run", "find_runs", "tagged_run",
+    "is_run_id", "store_uri", "experiment_ids", "search_runs", "runs_in", "has_checkpoint", "find_run", "find_runs", "tagged_run",
     "run_checkpoint", "experiment_runs", "ModelSource", "resolve_model_source", "model_sources", "run_model",
     "model_checkpoint", "delete_model",
 ]

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 __all__ = [
-    "is_run_id", "store_uri", "experiment_ids", "search_runs", "has_checkpoint",
-    "find_run", "find_runs", "tagged_run", "run_checkpoint", "experiment_runs", "ModelSource", "resolve_model_source", "model_sources",
+    "is_run_id", "store_uri", "experiment_ids", "search_runs", "runs_in", "has_checkpoint", "find_run", "find_runs",
+    "tagged_run", "run_checkpoint", "experiment_runs", "ModelSource", "resolve_model_source", "model_sources",
 ]
 
 log = logging.getLogger("capexp")
@@ -189,6 +189,14 @@ def run_checkpoint(run_id: str, origin: str) -> Path:
     # a local store gives the artifact's own path; a remote one downloads to a temporary folder
     root = mlflow.get_run(run_id).info.artifact_uri
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/{ARTIFACT_CHECKPOINT}"))
+
+
+def runs_in(experiment: str | None, *, tags: dict[str, str] | None = None) -> list[Run]:
+    """Every active run of `experiment` (every experiment when None), with each of `tags` when given, by start time."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    return search_runs(client, experiment_ids(client, experiment), tags=tags)
 
 
 def experiment_runs(experiment: str, *, tracking_uri: str | None = None) -> list[str]:
