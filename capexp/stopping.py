@@ -5,6 +5,10 @@ sends SIGHUP. Inside `stop_on_signals()`, the first SIGINT, SIGTERM or SIGHUP ra
 (a `KeyboardInterrupt`, so every Ctrl-C path applies: a run ends KILLED with what it logged, a
 study trial is queued again); later signals are ignored with a warning, so that cleanup
 finishes. The command then exits with 128 + the signal's number: 130, 143 or 129.
+
+Python drops an exception raised inside a finaliser or a weakref callback, and a signal can land
+there; the training loops call `raise_if_stopped()` at each step, so such a stop still ends the run
+at its next step instead of being lost.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["SIGNALS", "Stopped", "exit_code", "stop_on_signals", "stoppable"]
+__all__ = ["SIGNALS", "Stopped", "exit_code", "raise_if_stopped", "stop_on_signals", "stoppable"]
 
 log = logging.getLogger("capexp")
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-_state = {"depth": 0, "stopping": False}
+_state: dict[str, int] = {"depth": 0, "stopping": 0}  # stopping: the signal asked to stop, 0 if none
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,8 +49,15 @@ def _handle(signum: int, frame: object) -> None:
         log.warning("%s ignored: already stopping, ending what runs cleanly (SIGKILL stops at once).",
                     signal.Signals(signum).name)
         return
-    _state["stopping"] = True
+    _state["stopping"] = signum
     raise Stopped(signum)
+
+
+def raise_if_stopped() -> None:
+    """Raise `Stopped` if a signal asked to stop (inside `stop_on_signals()`): for loops that must not
+    run on when the first `Stopped` was dropped (raised inside a finaliser, say)."""
+    if _state["stopping"]:
+        raise Stopped(_state["stopping"])
 
 
 @contextlib.contextmanager
@@ -65,7 +76,7 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         _state["depth"] -= 1
         if _state["depth"] == 0:
-            _state["stopping"] = False
+            _state["stopping"] = 0
             for s, handler in previous.items():
                 signal.signal(s, handler)
 

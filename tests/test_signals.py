@@ -120,3 +120,22 @@ def test_sigterm_to_capexp_ui_stops_the_mlflow_server_and_its_workers(tracking_u
         for p in [*started, psutil.Process(proc.pid)] if proc.poll() is None else started:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_stop_dropped_inside_a_finaliser_still_ends_the_run_at_its_next_step(tracking_uri: str, tiny) -> None:
+    """Python drops an exception raised in a finaliser; a signal landing there must not leave the run training
+    (later signals are ignored while stopping), so the next training step raises it again."""
+    from capexp.stopping import Stopped, stop_on_signals
+
+    class Finaliser:
+        def __del__(self) -> None:
+            signal.raise_signal(signal.SIGTERM)  # the handler's Stopped is raised here, and dropped
+
+    with stop_on_signals():
+        Finaliser()  # dropped at once: its __del__ runs, the stop is lost
+        with pytest.raises(Stopped) as stopped:
+            tiny.run(tracking_uri=tracking_uri)
+    assert stopped.value.signum == signal.SIGTERM
+    (run,) = _runs(tracking_uri)
+    assert run.info.status == "KILLED"

@@ -20,6 +20,7 @@ from capexp.errors import TrainingDiverged, warn
 from capexp.model.captioner import ClipCap
 from capexp.model.decoding import DecodeOptions, decode
 from capexp.model.mappers import crop_pool
+from capexp.stopping import raise_if_stopped
 from capexp.training.optimizer import ClippedAdamW
 
 if TYPE_CHECKING:
@@ -184,6 +185,7 @@ class _Batches:
         total = 0.0
         bar = tqdm(range(0, len(rows), cfg.batch_size), desc=f"epoch {epoch}/{cfg.num_epochs}", leave=False)
         for start in bar:
+            raise_if_stopped()
             started = time.perf_counter()
             batch = rows[start : start + cfg.batch_size]
             features = self.train.features[self.index[batch]]

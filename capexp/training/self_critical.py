@@ -17,6 +17,7 @@ from capexp.evaluation.cider import CiderD, ptb_words
 from capexp.model.decoding import greedy_tokens, sample_tokens, texts
 from capexp.model.captioner import ClipCap
 from capexp.model.mappers import crop_pool
+from capexp.stopping import raise_if_stopped
 from capexp.training.optimizer import ClippedAdamW
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class SelfCritical:
         totals, count = [0.0, 0.0], 0
         bar = tqdm(range(0, len(order), self.cfg.batch_size), desc=label, leave=False)
         for start in bar:
+            raise_if_stopped()
             images = order[start : start + self.cfg.batch_size]
             reward, baseline = self.step(images)
             totals[0] += reward * len(images)
