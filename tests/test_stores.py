@@ -138,3 +138,17 @@ def test_an_unreachable_database_is_a_clear_error_without_its_password() -> None
     with pytest.raises(CapexpError, match=r"cannot open the study database") as err:
         open_storage(f"postgresql://capexp:secret@127.0.0.1:{port}/none", "x")
     assert "secret" not in str(err.value)
+
+
+def test_a_file_store_without_mlflows_opt_in_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow 3 refuses its file store unless MLFLOW_ALLOW_FILE_STORE is set: capexp says so in one paragraph
+    with the two ways out (exit 2), instead of MLflow's traceback from deep inside the first run."""
+    from click.testing import CliRunner
+
+    from capexp.cli import cli
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    result = CliRunner().invoke(cli, ["compare", "--tracking-uri", f"file://{tmp_path}/mlruns"])
+    assert result.exit_code == 2
+    assert "is a file store" in result.stderr and "MLFLOW_ALLOW_FILE_STORE=true" in result.stderr
+    assert "sqlite:///" in result.stderr and "Traceback" not in result.output

@@ -8,7 +8,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+from capexp.errors import CapexpError
 from capexp.tracking.names import DEFAULT_EXPERIMENT, EXPERIMENT_KIND, TAG_EXPERIMENT_KIND
 
 __all__ = ["resolve_tracking_uri", "artifact_root", "use_store", "experiment_id", "param_value", "no_download_bars"]
@@ -35,8 +37,15 @@ def artifact_root(uri: str) -> str | None:
 def use_store(uri: str | None = None) -> str:
     """Point MLflow at the capexp store and return its URI."""
     import mlflow
+    from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
 
     uri = resolve_tracking_uri(uri)
+    if urlparse(uri).scheme in ("", "file") and not MLFLOW_ALLOW_FILE_STORE.get():
+        raise CapexpError(
+            f"The MLflow store {uri} (--tracking-uri or MLFLOW_TRACKING_URI) is a file store, which MLflow 3 "
+            f"refuses unless asked. Use a database store such as sqlite:///mlruns/mlflow.db (`mlflow "
+            f"migrate-filestore` moves the runs already there), or set MLFLOW_ALLOW_FILE_STORE=true to keep it."
+        )
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
