@@ -25,6 +25,7 @@ from capexp.study.plan import StudyPlan
 from capexp.study.progress import trial_line
 from capexp.study.storage import frozen, open_storage, quiet_experimental, trial_counts
 from capexp.tracking.names import ATTR_CONTROL, TAG_CONTROL
+from capexp.tracking.store import environment
 from capexp.tracking.study_runs import study_runs
 from capexp.tracking import (
     ATTR_ERROR, ATTR_RUN_ID, ATTR_RUN_NAME, ATTR_WORKER, PARAM_TRIAL_NUMBER, TAG_OPTUNA_STATE, TAG_STUDY, TAG_TRIAL,
@@ -167,21 +168,6 @@ def console_warnings_only(plan: StudyPlan) -> Iterator[None]:
     finally:
         for handler, level in zip(handlers, levels):
             handler.setLevel(level)
-
-
-@contextlib.contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """`values` set in this process's environment (which a process spawned meanwhile starts with), then restored."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def work(plan: StudyPlan, index: int) -> None:

@@ -1,4 +1,5 @@
-"""The MLflow store: where runs live, the experiment they go in, and how a spec value is written as a param."""
+"""The MLflow store: where runs live, the experiment they go in, how a spec value is written as a param, and
+environment settings that MLflow and spawned workers read, set for a block."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from urllib.parse import urlparse
 from capexp.errors import CapexpError
 from capexp.tracking.names import DEFAULT_EXPERIMENT, EXPERIMENT_KIND, TAG_EXPERIMENT_KIND
 
-__all__ = ["resolve_tracking_uri", "artifact_root", "use_store", "experiment_id", "param_value", "no_download_bars"]
+__all__ = ["resolve_tracking_uri", "artifact_root", "use_store", "experiment_id", "param_value", "environment", "no_download_bars"]
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -78,16 +79,21 @@ def param_value(value: Any) -> str:
 
 
 @contextlib.contextmanager
-def no_download_bars() -> Iterator[None]:
-    """MLflow's artifact download bars off inside the block (they would break a table being printed)."""
-    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
-
-    shown = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get_raw()
-    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set("false")
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` set in this process's environment (which MLflow, and a process spawned meanwhile, read), then
+    restored."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if shown is None:
-            MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.unset()
-        else:
-            MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.set(shown)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def no_download_bars() -> contextlib.AbstractContextManager[None]:
+    """MLflow's artifact download bars off inside the block (they would break a table being printed)."""
+    return environment({"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
