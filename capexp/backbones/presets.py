@@ -98,12 +98,24 @@ def preset_distributions(*names: str | None) -> set[str]:
     return {p.distribution for n in names for kind in kinds if (p := kind.get(n or "")) and p.distribution}
 
 
-def resolve_encoder(name: str, image_size: tuple[int, int], features: str = "pooled") -> EncoderCard:
-    """The card of encoder `name` (preset, local folder or hub id); reads configs, not weights."""
+def resolve_encoder(name: str, image_size: tuple[int, int], features: str = "pooled",
+                    trained_blocks: int = 0) -> EncoderCard:
+    """The card of encoder `name` (preset, local folder or hub id); reads configs, not weights.
+
+    `trained_blocks` > 0 (`clip_config.train_last_blocks`): the card's module stops before the last N blocks.
+    """
     if features not in ("pooled", "grid"):
         raise CapexpError(f"`clip_config.features` must be 'pooled' or 'grid', got {features!r}.")
     size = (int(image_size[0]), int(image_size[1]))
     preset = PRESETS["encoders"].get(name)
+    if trained_blocks:
+        if name not in EFFICIENTNETS:
+            raise CapexpError(
+                f"`clip_config.train_last_blocks` is {trained_blocks}, but encoder {name!r} cannot be cut into a "
+                f"cached trunk and trained blocks; the encoders that can are the EfficientNet-Lite presets "
+                f"({', '.join(EFFICIENTNETS)}). Use one of them, or set train_last_blocks to 0 (frozen)."
+            )
+        return preset.load(name, size, features, trained_blocks)  # type: ignore[union-attr]
     return preset.load(name, size, features) if preset else encoders.hf_card(name, size, features, _names("encoders"))
 
 

@@ -15,24 +15,29 @@ from torch import nn
 from capexp.model.mappers import build_mapper
 
 if TYPE_CHECKING:
+    from capexp.backbones import EncoderCard
     from capexp.spec.schema import Spec
 
 __all__ = ["ClipCap", "freeze_blocks", "load_spec_decoder", "build_captioner", "default_device"]
 
 
 class ClipCap(nn.Module):
-    """A mapper feeding k visual tokens to a causal language model."""
+    """A mapper feeding k visual tokens to a causal language model; with `encoder`, the image encoder's last
+    blocks train too, on its frozen trunk's cached output (`clip_config.train_last_blocks`)."""
 
-    def __init__(self, decoder: nn.Module, mapper: nn.Module) -> None:
+    def __init__(self, decoder: nn.Module, mapper: nn.Module, encoder: nn.Module | None = None) -> None:
         super().__init__()
         self.decoder = decoder
         self.mapper = mapper
+        self.encoder = encoder
 
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.decoder.get_input_embeddings()(input_ids)  # (B, L, D)
 
     def prefix(self, features: torch.Tensor) -> torch.Tensor:
-        """Visual tokens for a batch of image features."""
+        """Visual tokens for a batch of image features (with `encoder`: of the encoder trunk's output)."""
+        if self.encoder is not None:
+            features = self.encoder(features)  # (B, C, h, w) -> (B, F) or (B, T, F)
         return self.mapper(features)  # (B, k, D)
 
     def _caption_states(self, prefix: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -89,13 +94,14 @@ def load_spec_decoder(spec: Spec) -> tuple[Any, Any]:
     return load_decoder(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
 
 
-def build_captioner(spec: Spec, vocabulary: list[int] | None, *, feature_dim: int,
+def build_captioner(spec: Spec, vocabulary: list[int] | None, *, card: EncoderCard,
                     decoder: tuple[Any, Any] | None = None) -> tuple[ClipCap, Any]:
     """The ClipCap `spec` describes, and its tokenizer.
 
     The decoder and tokenizer are `decoder` (training loads them before its run exists), else
     `load_spec_decoder(spec)`; the vocabulary is cut to the token ids `vocabulary` keeps (None: all);
-    the mapper reads `feature_dim`-dim features; the first `n_layers_to_freeze` blocks are frozen.
+    the mapper reads the `card`'s features; the first `n_layers_to_freeze` blocks are frozen; the encoder
+    blocks the card leaves to train start from its ImageNet weights (built without touching the random state).
     """
     from capexp.backbones import decoder_blocks
     from capexp.model.vocabulary import restrict_vocabulary
@@ -105,9 +111,14 @@ def build_captioner(spec: Spec, vocabulary: list[int] | None, *, feature_dim: in
         tokenizer = restrict_vocabulary(model, tokenizer, vocabulary)
     cfg = spec.gpt2_config
     width = model.get_input_embeddings().embedding_dim
-    mapper = build_mapper(cfg.mapper, feature_dim, width, cfg.visual_tokens_length, cfg.mapper_layers, cfg.mapper_regions)
+    mapper = build_mapper(cfg.mapper, card.feature_dim, width, cfg.visual_tokens_length, cfg.mapper_layers,
+                          cfg.mapper_regions)
     freeze_blocks(decoder_blocks(model), cfg.n_layers_to_freeze)
-    return ClipCap(model, mapper), tokenizer
+    encoder = None
+    if card.trained_blocks:
+        with torch.random.fork_rng(devices=[]):  # its module draws init weights before loading ImageNet's
+            encoder = card.load_tail()
+    return ClipCap(model, mapper, encoder), tokenizer
 
 
 def default_device(device: str | None = None) -> torch.device:

@@ -167,7 +167,7 @@ class Checkpoint:
         # the decoder is seeded as the run seeded it (a randomly initialised preset gets the frozen blocks it
         # trained with), without touching the caller's random state; the trained weights come from the file
         with torch.random.fork_rng(devices=[]):
-            model, tokenizer = build_captioner(self.spec, self.meta.vocabulary, feature_dim=self.card.feature_dim)
+            model, tokenizer = build_captioner(self.spec, self.meta.vocabulary, card=self.card)
         load_state(model, self.folder)
         dev = default_device(device)
         model.to(dev).eval()
@@ -224,7 +224,8 @@ def read_checkpoint(folder: Path, *, origin: str | None = None) -> Checkpoint:
         )
     meta = CheckpointMeta.read(folder)
     spec = meta.spec
-    card = resolve_encoder(spec.clip_config.model, spec.clip_config.image_size, spec.clip_config.features)
+    c = spec.clip_config
+    card = resolve_encoder(c.model, c.image_size, c.features, c.train_last_blocks)
     if meta.feature_dim not in (None, card.feature_dim):
         raise CapexpError(
             f"{origin}: the model was trained on {meta.feature_dim}-dim features but encoder "

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from capexp.backbones import DecoderFacts
 
 __all__ = ["ALWAYS_LOGGED", "COCO_METRICS", "logged_metrics", "check_decoder_fit",
-           "check_best_metric", "check_init_from", "check_spec"]
+           "check_best_metric", "check_init_from", "check_encoder_cut", "check_spec"]
 
 ALWAYS_LOGGED = ("train_loss", "val_loss", "bertscore_precision", "bertscore_recall", "bertscore_f1")
 COCO_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider")  # need Java at run time
@@ -100,7 +100,7 @@ def check_decoder_fit(spec: Spec, origin: str, facts: DecoderFacts | None = None
 
 
 # keys that size or wire the model: a checkpoint loads only into a model built with the same values
-_MODEL_KEYS = {"clip_config": ("model", "image_size", "features"),
+_MODEL_KEYS = {"clip_config": ("model", "image_size", "features", "train_last_blocks"),
                "gpt2_config": ("model", "tokenizer", "visual_tokens_length", "n_layers_to_freeze", "mapper",
                                "mapper_layers", "mapper_regions", "vocabulary")}
 
@@ -120,7 +120,21 @@ def check_init_from(spec: Spec, origin: str, base: Spec) -> None:
         )
 
 
+def check_encoder_cut(spec: Spec, origin: str) -> None:
+    """`clip_config.train_last_blocks` needs an encoder that can be cut (an EfficientNet-Lite preset) and at most
+    its depth (read from the weights' keys)."""
+    from capexp.backbones import resolve_encoder
+
+    c = spec.clip_config
+    if c.train_last_blocks:
+        try:
+            resolve_encoder(c.model, c.image_size, c.features, c.train_last_blocks)
+        except CapexpError as e:
+            raise CapexpError(f"{origin}: {e}") from None
+
+
 def check_spec(spec: Spec, origin: str) -> None:
     """Everything a run would reject later, checked now (no weights loaded, no run created)."""
     check_decoder_fit(spec, origin)
     check_best_metric(spec, origin)
+    check_encoder_cut(spec, origin)

@@ -29,6 +29,7 @@ class ClipConfig(_Section):
     model: str = "openai/clip-vit-base-patch32"  # registry name, hub id or local folder
     image_size: tuple[int, int] = (224, 224)  # (height, width) the image is resized to
     features: Literal["pooled", "grid"] = "pooled"  # one embedding, or the spatial grid
+    train_last_blocks: int = Field(0, ge=0)  # EfficientNet-Lite: train its last N blocks and head (0: frozen)
 
     @field_validator("image_size")
     @classmethod
@@ -131,6 +132,7 @@ class TrainingConfig(_Section):
     batch_size: int = Field(64, ge=1)  # captions per step
     num_epochs: int = Field(10, ge=0)  # cross-entropy epochs; 0 with `scst` and `init_from`: self-critical only
     learning_rate: float = Field(1e-4, gt=0.0)  # AdamW, for the mapper and the trained decoder blocks
+    encoder_learning_rate: float | None = Field(None, gt=0.0)  # the trained encoder blocks' (None: learning_rate / 10)
     weight_decay: float = Field(0.01, ge=0.0)  # AdamW weight decay
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"  # after warmup
     warmup_steps: int = Field(0, ge=0)  # linear warmup from 0 to `learning_rate`
@@ -157,6 +159,11 @@ class TrainingConfig(_Section):
     def total_epochs(self) -> int:
         """Cross-entropy epochs plus self-critical ones."""
         return self.num_epochs + (self.scst.epochs if self.scst else 0)
+
+    @property
+    def encoder_lr(self) -> float:
+        """The trained encoder blocks' learning rate: `encoder_learning_rate`, else a tenth of `learning_rate`."""
+        return self.encoder_learning_rate or self.learning_rate / 10
 
     @property
     def mode(self) -> Literal["min", "max"]:
@@ -222,6 +229,9 @@ class Spec(_Section):
     def _crops_need_a_grid_and_the_mlp(self) -> Spec:
         if self.training_config.feature_crop is None:
             return self
+        if self.clip_config.train_last_blocks:
+            raise ValueError("training_config.feature_crop pools a window of the cached grid, but "
+                             "clip_config.train_last_blocks trains the blocks that make the grid: remove one of them")
         if self.clip_config.features != "grid":
             raise ValueError('training_config.feature_crop pools a random window of the image\'s grid of features, but '
                              'clip_config.features is "pooled": set clip_config.features to "grid" (or remove feature_crop)')

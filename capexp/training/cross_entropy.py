@@ -172,7 +172,7 @@ class _Batches:
         n_rows = len(train.references) if cfg.one_caption_per_image else len(self.ids)
         self.steps = math.ceil(n_rows / cfg.batch_size)
         self.optimizer = ClippedAdamW(model, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                                      grad_clip=cfg.grad_clip)
+                                      grad_clip=cfg.grad_clip, encoder_learning_rate=cfg.encoder_lr)
         self.scheduler = _schedule(self.optimizer.optimizer, cfg.warmup_steps, self.steps * cfg.num_epochs, cfg.lr_schedule)
         self.clock = RunClock(self.steps * cfg.num_epochs)
 
@@ -260,7 +260,7 @@ def train_cross_entropy(
 
         scst = SelfCritical(model, tokenizer, train.features, train.references, cfg.scst, max_tokens=options.max_tokens,
                             weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, seed=spec.seed, device=device,
-                            feature_crop=cfg.feature_crop)
+                            feature_crop=cfg.feature_crop, encoder_lr_ratio=cfg.encoder_lr / cfg.learning_rate)
         for epoch in range(cfg.num_epochs + 1, total + 1):
             started = time.perf_counter()
             if finish_epoch(epoch, scst.epoch(f"self-critical epoch {epoch}/{total}"), started):

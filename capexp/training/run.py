@@ -123,7 +123,8 @@ def _prepare(spec: Spec, origin: str, experiment: str, tracking_uri: str | None)
             raise CapexpError(f"{origin}: `training_config.init_from`: {e}") from None
         check_init_from(spec, origin, init.spec)
     splits = load_data(spec)
-    card = resolve_encoder(spec.clip_config.model, spec.clip_config.image_size, spec.clip_config.features)
+    c = spec.clip_config
+    card = resolve_encoder(c.model, c.image_size, c.features, c.train_last_blocks)
     decoder = load_spec_decoder(spec)  # seeds torch: the mapper's initial weights come next from the same stream
     check_decoder_fit(spec, origin, DecoderFacts.of_model(decoder[0]))  # a hub id that validate could not see
     return _Inputs(exp_id, splits, card, decoder, pick_device(spec.training_config.enable_GPU), init)
@@ -177,7 +178,7 @@ def _build(spec: Spec, inputs: _Inputs, references: list[list[str]]) -> tuple[Cl
     from capexp.model.vocabulary import training_vocabulary
 
     kept = training_vocabulary(inputs.decoder[1], references) if spec.gpt2_config.vocabulary == "train" else None
-    model, tokenizer = build_captioner(spec, kept, feature_dim=inputs.card.feature_dim, decoder=inputs.decoder)
+    model, tokenizer = build_captioner(spec, kept, card=inputs.card, decoder=inputs.decoder)
     if kept is not None:
         log.info("vocabulary cut to the %d tokens of the training captions", len(kept))
     mlflow.log_param(PARAM_VOCABULARY_SIZE, len(tokenizer))
@@ -318,7 +319,10 @@ def _log_spec(spec: Spec, params: dict[str, str] | None, workdir: Path) -> None:
     """The spec's values (dotted keys) and `params` as the run's params; the spec itself as `spec.json`."""
     import mlflow
 
-    mlflow.log_params({k: param_value(v) for k, v in flatten(spec).items() if k not in ("id", "notes")} | (params or {}))
+    values = flatten(spec)
+    if spec.clip_config.train_last_blocks:  # the rate the encoder blocks train at, default resolved
+        values["training_config.encoder_learning_rate"] = spec.training_config.encoder_lr
+    mlflow.log_params({k: param_value(v) for k, v in values.items() if k not in ("id", "notes")} | (params or {}))
     (workdir / "spec.json").write_text(spec.model_dump_json(indent=2))
     mlflow.log_artifact(str(workdir / "spec.json"))
 

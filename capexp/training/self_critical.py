@@ -38,12 +38,14 @@ class SelfCritical:
 
     def __init__(self, model: ClipCap, tokenizer, features: torch.Tensor, references: list[list[str]], cfg: ScstConfig,
                  *, max_tokens: int, weight_decay: float, grad_clip: float | None, seed: int, device: torch.device,
-                 feature_crop: float | None = None) -> None:
+                 feature_crop: float | None = None, encoder_lr_ratio: float = 0.1) -> None:
         self.model, self.tokenizer, self.features, self.cfg, self.device = model, tokenizer, features, cfg, device
         self.max_tokens, self.feature_crop = max_tokens, feature_crop
         self.eos = tokenizer.eos_token_id
         self.cider = CiderD([[ptb_words(r) for r in refs] for refs in references])
-        self.optimizer = ClippedAdamW(model, learning_rate=cfg.learning_rate, weight_decay=weight_decay, grad_clip=grad_clip)
+        # trained encoder blocks keep the cross-entropy phase's ratio of their learning rate to the rest's
+        self.optimizer = ClippedAdamW(model, learning_rate=cfg.learning_rate, weight_decay=weight_decay, grad_clip=grad_clip,
+                                      encoder_learning_rate=cfg.learning_rate * encoder_lr_ratio)
         self.gen = torch.Generator().manual_seed(seed)
 
     def rewards(self, tokens: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
