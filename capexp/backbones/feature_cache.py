@@ -83,6 +83,8 @@ def encode_images(
         n_cached = len(images) - sum(name in missing for name in names)
         h, w = card.image_size
         kind = "" if card.features == "pooled" else f" ({card.features})"
+        if card.trained_blocks:
+            kind = f" (the trunk before the last {card.trained_blocks} blocks)"
         log.info("feature cache %s @ %dx%d%s: %d of %d images cached, %d to encode",
                  card.name, h, w, kind, n_cached, len(images), len(todo))
         reasons = _encode(card, images, names, todo, folder, index, device, batch_size, progress) if todo else {}
