@@ -130,6 +130,8 @@ def _describe(folder: Path, card: EncoderCard) -> None:
         return
     about = {"name": card.name, "image_size": list(card.image_size), "features": card.features,
              "feature_dim": card.feature_dim, "source": card.source, "revision": card.revision}
+    if card.trained_blocks:  # not features: the trunk's output, the input of the last N blocks
+        about |= {"features": "trunk", "before_last_blocks": card.trained_blocks}
     _atomic_write(target, lambda tmp: Path(tmp).write_text(json.dumps(about, indent=2)))
 
 
