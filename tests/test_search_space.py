@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from capexp.errors import CapexpError
-from capexp.study.space import FREEZE_KEY, Categorical, IntRange, load_space
+from capexp.study.space import FREEZE_KEY, Categorical, IntRange, SearchSpace, load_space
 from capexp.spec.loading import flatten, load_spec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,6 +89,15 @@ def test_list_choices_round_trip_through_optuna() -> None:
         ({"pruner": {"name": "hyperband", "reduction_factor": 1}, "params": {"seed": {"choices": [0, 1]}}},
          r"`pruner.reduction_factor`: input should be greater than or equal to 2"),
         ({"params": {}}, r"`params`"),
+        ({"params": {"gpt2_config.mapper": {"choices": ["regions"], "when": {"clip_config.features": ["grid"]}},
+                     "clip_config.features": {"choices": ["pooled", "grid"]}}},
+         r"`gpt2_config.mapper.when` names `clip_config.features`, which is searched after it: list `clip_config.features` first"),
+        ({"params": {"gpt2_config.mapper": {"choices": ["regions"], "when": {"clip_config.feature": ["grid"]}}}},
+         r"`gpt2_config.mapper.when`: `clip_config.feature` is not a spec key"),
+        ({"params": {"gpt2_config.mapper": {"choices": ["regions"], "when": {"clip_config.features": []}}}},
+         r"`when.clip_config.features` lists no value"),
+        ({"sampler": {"name": "grid"}, "params": {"seed": {"choices": [0, 1], "when": {"clip_config.features": ["grid"]}}}},
+         r"the grid sampler .* cannot leave a param out: seed has `when`"),
     ],
 )
 def test_bad_space_files_name_the_file_and_field(tmp_path: Path, data: dict, message: str) -> None:
@@ -105,3 +114,21 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("{")
     with pytest.raises(CapexpError, match=r"bad.json is not valid JSON"):
         load_space(bad)
+
+
+def test_a_conditional_param_reads_earlier_values_then_the_base() -> None:
+    from capexp.study.params import active_values
+
+    space = SearchSpace.model_validate({"params": {
+        "clip_config.features": {"choices": ["pooled", "grid"]},
+        "gpt2_config.mapper": {"choices": ["regions", "transformer"], "when": {"clip_config.features": ["grid"]}},
+        "training_config.encoder_learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3,
+                                                  "when": {"clip_config.train_last_blocks": [1, 2]}},
+    }})
+    picked = {"clip_config.features": "grid", "gpt2_config.mapper": "regions", "training_config.encoder_learning_rate": 1e-4}
+    base = {"clip_config.features": "pooled", "clip_config.train_last_blocks": 0}
+    pick = lambda key, _: picked[key]  # noqa: E731
+    assert active_values(space.params, base, pick) == {"clip_config.features": "grid", "gpt2_config.mapper": "regions"}
+    assert active_values(space.params, {**base, "clip_config.train_last_blocks": 2}, pick) == picked
+    picked["clip_config.features"] = "pooled"  # the mapper's condition reads the value picked, not the base's
+    assert active_values(space.params, {**base, "clip_config.features": "grid"}, pick) == {"clip_config.features": "pooled"}

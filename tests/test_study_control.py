@@ -119,3 +119,27 @@ def test_a_dead_workers_run_ends_killed_with_optuna_state_fail(tmp_path: Path, t
     assert killed.info.status == "KILLED" and killed.data.tags[TAG_OPTUNA_STATE] == "FAIL"
     found = client.search_runs([exp], filter_string=f"tags.`{TAG_OPTUNA_STATE}` = 'FAIL'")
     assert [r.info.run_id for r in found] == [run]  # filtering by Optuna's state finds it
+
+
+def test_a_conditional_param_is_searched_only_where_its_condition_holds(tmp_path: Path, tracking_uri: str) -> None:
+    space = tmp_path / "when.json"
+    space.write_text(json.dumps({
+        "objective": {"metric": "val_loss"}, "pruner": {"name": "none"},
+        "sampler": {"name": "tpe", "n_startup_trials": 10},
+        "params": {"clip_config.features": {"choices": ["pooled", "grid"]},
+                   # regions needs grid features: alone in the space, half of all trials would be invalid specs
+                   "gpt2_config.mapper": {"choices": ["regions"], "when": {"clip_config.features": ["grid"]}}},
+    }))
+    storage = str(tmp_path / "when.journal")
+    run_study(BASE, trials=5, name="when", space=space, storage=storage, overrides=ONE_EPOCH)
+
+    trials = optuna.load_study(study_name="when", storage=open_storage(storage, "when")).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 5  # no invalid combination ran
+    assert trials[0].params == {"clip_config.features": "pooled"}  # the control: the base's own values
+    for t in trials:
+        grid = t.params["clip_config.features"] == "grid"
+        assert ("gpt2_config.mapper" in t.params) == grid, t.params
+    assert {t.params["clip_config.features"] for t in trials} == {"pooled", "grid"}
+    runs = {c.data.tags[TAG_TRIAL]: c.data.params for c in _children(tracking_uri, "when")}
+    for t in trials:  # each run trained with the mapper its features call for
+        assert runs[str(t.number)]["gpt2_config.mapper"] == ("regions" if "gpt2_config.mapper" in t.params else "mlp")

@@ -16,6 +16,7 @@ from capexp.spec.schema import Spec
 from capexp.spec.loading import flatten, load_spec
 from capexp.study.child_runs import child_run, objective_value
 from capexp.study.plan import StudyPlan
+from capexp.study.params import active_values
 from capexp.study.space import SearchSpace
 from capexp.tracking import ATTR_RUN_NAME
 from capexp.tracking.names import ATTR_CONTROL, TAG_CONTROL, TAG_FINALIST, TAG_TRIAL
@@ -31,9 +32,9 @@ CONTROL = "control"
 
 
 def control_values(spec: Spec, space: SearchSpace) -> dict[str, Any]:
-    """The base spec's own value of each searched key."""
+    """The base spec's own value of each searched key (of those its own values turn on: see `when`)."""
     flat = flatten(spec)
-    return {key: flat.get(key) for key in space.params}
+    return active_values(space.params, flat, lambda key, _: flat.get(key))
 
 
 def _encoded(space: SearchSpace, values: dict[str, Any]) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from capexp.errors import CapexpError, warn
 from capexp.paths import project_file
 from capexp.study.gpus import choose_gpus
 from capexp.study.pareto import RUN_TOTALS, Objective, objective_list
+from capexp.study.params import Param, active_values
 from capexp.study.space import Categorical, GridSampler, SearchSpace, load_space
 from capexp.spec.schema import Spec, metric_mode
 from capexp.spec.loading import flatten, load_spec, spec_hash
@@ -60,9 +61,10 @@ def _check_values(space: SearchSpace, base: Path, overrides: Sequence[str], orig
     """Every choice (and range end) must make a valid spec from the base: fail now, not in trial 7."""
     for key, param in space.params.items():
         values = param.choices if isinstance(param, Categorical) else [param.low, param.high]
+        turned_on = [f"{k}={json.dumps(allowed[0])}" for k, allowed in (param.when or {}).items()]
         for value in values:
             try:
-                check_decoder_fit(load_spec(base, [*overrides, f"{key}={json.dumps(value)}"]), str(base))
+                check_decoder_fit(load_spec(base, [*overrides, *turned_on, f"{key}={json.dumps(value)}"]), str(base))
             except CapexpError as e:
                 raise CapexpError(f"{origin}: `params.{key}` value {json.dumps(value)} does not fit the base spec: {e}") from None
 
@@ -72,16 +74,17 @@ def _enqueue(study, paths: Sequence[Path], raw: SearchSpace, space: SearchSpace,
     for path in paths:
         spec = load_spec(path)
         flat = flatten(spec)
-        params = {}
-        for key, param in space.params.items():
-            value = raw.fit_value(key, flat.get(key), depth)
+
+        def encoded(key: str, param: Param) -> Any:
             try:
-                params[key] = param.encode(value)
+                return param.encode(raw.fit_value(key, flat.get(key), depth))
             except ValueError as e:
                 raise CapexpError(
                     f"--enqueue {path}: `{key}` is {json.dumps(flat.get(key))}, which the search space cannot "
                     f"take ({e}). Add the value to the space's `params.{key}` or leave this spec out."
                 ) from None
+
+        params = active_values(space.params, flat, encoded)
         study.enqueue_trial(params, user_attrs={ATTR_RUN_NAME: spec.id}, skip_if_exists=True)
 
 

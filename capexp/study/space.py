@@ -13,7 +13,6 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     JsonValue,
@@ -27,6 +26,7 @@ from pydantic import (
 from capexp.spec import schema as specs
 from capexp.errors import CapexpError, warn
 from capexp.paths import project_file
+from capexp.study.params import Categorical, FloatRange, IntRange, Param, _Strict
 from capexp.study.pareto import Objective, Objectives, check_pruner
 
 __all__ = [
@@ -47,132 +47,6 @@ __all__ = [
 ]
 
 FREEZE_KEY = "gpt2_config.n_layers_to_freeze"
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# ---------------------------------------------------------------------------- parameters
-class Categorical(_Strict):
-    """One of a list of values; lists such as image sizes are fine."""
-
-    choices: list[JsonValue] = Field(min_length=1)
-    # Only for `gpt2_config.n_layers_to_freeze`: the choices were written for a decoder of this
-    # many blocks and are rescaled to the base decoder's depth (see `fit_to_depth`).
-    reference_depth: int | None = Field(None, ge=1)
-
-    @field_validator("choices")
-    @classmethod
-    def _distinct(cls, v: list[JsonValue]) -> list[JsonValue]:
-        texts = [json.dumps(c, sort_keys=True) for c in v]
-        if len(set(texts)) != len(texts):
-            raise ValueError(f"must not repeat a value, got {json.dumps(v)}")
-        return v
-
-    def encoded(self) -> list[None | bool | int | float | str]:
-        """The choices as Optuna stores them: scalars as they are, lists and objects as JSON text."""
-        return [c if c is None or isinstance(c, (bool, int, float, str)) else json.dumps(c) for c in self.choices]
-
-    def suggest(self, trial: Any, name: str) -> JsonValue:
-        return self.decode(trial.suggest_categorical(name, self.encoded()))
-
-    def decode(self, stored: Any) -> JsonValue:
-        """The choice Optuna stored as `stored`."""
-        return self.choices[self.encoded().index(stored)]
-
-    def encode(self, value: JsonValue) -> None | bool | int | float | str:
-        """`value` as Optuna stores it; ValueError if it is not one of the choices."""
-        text = json.dumps(value, sort_keys=True)
-        for choice, stored in zip(self.choices, self.encoded()):
-            if json.dumps(choice, sort_keys=True) == text:
-                return stored
-        raise ValueError(f"{json.dumps(value)} is not one of the choices {json.dumps(self.choices)}")
-
-
-class _Range(_Strict):
-    """`low` to `high` (fields of the subclass), checked once the model is built."""
-
-    @model_validator(mode="after")
-    def _ordered(self) -> _Range:
-        _check_range(self.low, self.high, self.log, self._stepped())  # type: ignore[attr-defined]
-        return self
-
-    def _stepped(self) -> bool:
-        raise NotImplementedError
-
-
-class IntRange(_Range):
-    """An integer from `low` to `high` inclusive."""
-
-    type: Literal["int"]
-    low: int
-    high: int
-    step: int = Field(1, ge=1)
-    log: bool = False
-
-    def _stepped(self) -> bool:
-        return self.step != 1
-
-    def suggest(self, trial: Any, name: str) -> int:
-        return trial.suggest_int(name, self.low, self.high, step=self.step, log=self.log)
-
-    def decode(self, stored: Any) -> int:
-        return int(stored)
-
-    def encode(self, value: JsonValue) -> int:
-        if not isinstance(value, int) or isinstance(value, bool) or not self.low <= value <= self.high:
-            raise ValueError(f"{json.dumps(value)} is not an integer from {self.low} to {self.high}")
-        return value
-
-
-class FloatRange(_Range):
-    """A float from `low` to `high`; `log` samples on a log scale (learning rates)."""
-
-    type: Literal["float"]
-    low: float
-    high: float
-    step: float | None = Field(None, gt=0)
-    log: bool = False
-
-    def _stepped(self) -> bool:
-        return self.step is not None
-
-    def suggest(self, trial: Any, name: str) -> float:
-        return trial.suggest_float(name, self.low, self.high, step=self.step, log=self.log)
-
-    def decode(self, stored: Any) -> float:
-        return float(stored)
-
-    def encode(self, value: JsonValue) -> float:
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not self.low <= value <= self.high:
-            raise ValueError(f"{json.dumps(value)} is not a number from {self.low} to {self.high}")
-        return float(value)
-
-
-def _check_range(low: float, high: float, log: bool, stepped: bool) -> None:
-    if low > high:
-        raise ValueError(f"`low` ({low}) must not exceed `high` ({high})")
-    if log and low <= 0:
-        raise ValueError(f"`log` needs `low` > 0, got {low}")
-    if log and stepped:
-        raise ValueError("`log` and `step` cannot be combined")
-
-
-def _param_kind(value: Any) -> str:
-    if isinstance(value, dict):
-        return str(value.get("type", "categorical"))
-    return getattr(value, "type", "categorical")
-
-
-Param = Annotated[
-    Union[
-        Annotated[Categorical, Tag("categorical")],
-        Annotated[IntRange, Tag("int")],
-        Annotated[FloatRange, Tag("float")],
-    ],
-    Discriminator(_param_kind),
-]
 
 
 # ---------------------------------------------------------------------------- objective, sampler, pruner
@@ -277,6 +151,11 @@ class SearchSpace(_Strict):
                 raise ValueError(f"`{key}`: `reference_depth` only applies to `{FREEZE_KEY}`")
             if key == FREEZE_KEY and isinstance(param, FloatRange):
                 raise ValueError(f"`{key}` counts blocks: give `choices` or an int range, not a float range")
+            for other in param.when or {}:
+                if other not in valid:
+                    raise ValueError(f"`{key}.when`: `{other}` is not a spec key")
+                if other in v and list(v).index(other) > list(v).index(key):
+                    raise ValueError(f"`{key}.when` names `{other}`, which is searched after it: list `{other}` first")
         return v
 
     @field_validator("budget")
@@ -295,6 +174,11 @@ class SearchSpace(_Strict):
     def _grid_needs_choices(self) -> SearchSpace:
         if isinstance(self.sampler, GridSampler):
             ranged = [k for k, p in self.params.items() if not isinstance(p, Categorical)]
+            conditional = [k for k, p in self.params.items() if p.when]
+            if conditional:
+                raise ValueError(f"the grid sampler visits every combination, so it cannot leave a param out: "
+                                 f"{', '.join(conditional)} {'has' if len(conditional) == 1 else 'have'} `when`; "
+                                 f"use the tpe sampler")
             if ranged:
                 raise ValueError(
                     f"the grid sampler needs `choices` for every param, but {', '.join(ranged)} "

@@ -14,12 +14,13 @@ from typing import Any
 
 from capexp.errors import CapexpError, TrainingDiverged, warn
 from capexp.study.space import GridSampler, HyperbandPruner, MedianPruner
-from capexp.spec.loading import load_spec
+from capexp.spec.loading import flatten, load_spec
 from capexp.stopping import exit_code, stop_on_signals
 from capexp.study.front import run_values, several
 from capexp.study.pareto import objective_value
 from capexp.study.gpus import worker_env
 from capexp.study.liveness import on_stale, reap, retry, worker_id
+from capexp.study.params import active_values
 from capexp.study.keep_models import keep_best_models
 from capexp.study.plan import StudyPlan
 from capexp.study.progress import trial_line
@@ -93,6 +94,8 @@ def _objective(plan: StudyPlan, storage, worker: str):
 
     from capexp.training.run import run_spec
 
+    base = flatten(load_spec(plan.snapshot))  # what a conditional param's `when` reads for keys not searched
+
     def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
         try:
             return run_trial(trial)
@@ -102,7 +105,7 @@ def _objective(plan: StudyPlan, storage, worker: str):
 
     def run_trial(trial: optuna.Trial) -> float | tuple[float, ...]:
         trial.set_user_attr(ATTR_WORKER, worker)
-        values = {key: param.suggest(trial, key) for key, param in plan.space.params.items()}
+        values = active_values(plan.space.params, base, lambda key, param: param.suggest(trial, key))
         run_name = trial.user_attrs.get(ATTR_RUN_NAME) or f"{plan.name}-{trial.number:03d}"
         sets = [f"{key}={json.dumps(value)}" for key, value in values.items()]
         spec = load_spec(plan.snapshot, [*sets, f"id={json.dumps(run_name)}"])
