@@ -126,3 +126,21 @@ def test_trained_blocks_round_trip_and_caption_a_folder_as_evaluate_does(trained
     run = client.get_run(run_id)
     assert run.data.params["clip_config.train_last_blocks"] == "2"
     assert float(run.data.params["training_config.encoder_learning_rate"]) == 0.01
+
+
+def test_a_study_refuses_a_trained_block_count_past_the_depth_before_any_trial(tiny, tmp_path, tracking_uri) -> None:
+    import json
+
+    from capexp.errors import CapexpError
+    from capexp.study import run_study
+
+    space = tmp_path / "blocks.json"
+    space.write_text(json.dumps({"params": {"clip_config.train_last_blocks": {"choices": [0, 20]}}}))
+    with pytest.raises(CapexpError, match=r"`params.clip_config.train_last_blocks` value 20 does not fit the base "
+                                          r"spec: .*efficientnet-lite0 has 16 blocks"):
+        run_study(tiny.base, trials=2, name="blocks", space=space, storage=str(tmp_path / "s.journal"),
+                  overrides=tiny.sets())
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])  # no run was created
