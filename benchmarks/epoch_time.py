@@ -224,7 +224,7 @@ def _bench(args: argparse.Namespace, tmp: Path) -> int:
     torch.manual_seed(args.seed)
     decoder = load_decoder("gpt2-tiny")
     kept = training_vocabulary(decoder[1], train_split.captions) if args.vocabulary == "train" else None
-    model, tokenizer = build_captioner(spec, kept, feature_dim=card.feature_dim, decoder=decoder)
+    model, tokenizer = build_captioner(spec, kept, card=card, decoder=decoder)
     initial, seed_model = copy.deepcopy(model), copy.deepcopy(model)
     bertscore(["a dog runs"], [["a dog is running"]])  # load the scorer fit uses, outside the timings
 

@@ -118,7 +118,7 @@ class _Bench:
 
     def fresh_model(self, spec: Spec):
         """What run_spec builds: the spec's decoder and tokenizer, its mapper and freezing."""
-        return build_captioner(spec, None, feature_dim=self.card.feature_dim)
+        return build_captioner(spec, None, card=self.card)
 
 
 def _bench(sizes: Sizes, device: torch.device, tmp: Path) -> None:

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from capexp.backbones import load_decoder
+    from capexp.backbones import load_decoder, resolve_encoder
     from capexp.data import load_data
     from capexp.model.captioner import build_captioner
     from capexp.spec.loading import load_spec
@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     train = load_data(spec).train
     torch.manual_seed(0)
     decoder = load_decoder(spec.gpt2_config.model)
-    model, tokenizer = build_captioner(spec, training_vocabulary(decoder[1], train.captions), feature_dim=1280, decoder=decoder)
+    card = resolve_encoder(spec.clip_config.model, spec.clip_config.image_size)  # 1280-d pooled features
+    model, tokenizer = build_captioner(spec, training_vocabulary(decoder[1], train.captions), card=card, decoder=decoder)
     model.eval()
     gen = torch.Generator().manual_seed(0)
     rows = args.images * args.samples

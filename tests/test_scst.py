@@ -48,7 +48,7 @@ def test_a_few_self_critical_steps_raise_the_mean_sampled_reward_on_quickstart_i
     train = CaptionData([im.image_id for im in splits.train.images],
                         encode_images(card, splits.train.images, progress=False).features, splits.train.captions)
     decoder = load_decoder(spec.gpt2_config.model, spec.gpt2_config.tokenizer)
-    model, tokenizer = build_captioner(spec, training_vocabulary(decoder[1], train.references), feature_dim=card.feature_dim,
+    model, tokenizer = build_captioner(spec, training_vocabulary(decoder[1], train.references), card=card,
                                        decoder=decoder)
     batches = _Batches(model, tokenizer, train, spec, torch.device("cpu"))
     for epoch in (1, 2):  # a partly trained captioner: its samples still vary
