@@ -132,3 +132,16 @@ def test_a_conditional_param_reads_earlier_values_then_the_base() -> None:
     assert active_values(space.params, {**base, "clip_config.train_last_blocks": 2}, pick) == picked
     picked["clip_config.features"] = "pooled"  # the mapper's condition reads the value picked, not the base's
     assert active_values(space.params, {**base, "clip_config.features": "grid"}, pick) == {"clip_config.features": "pooled"}
+
+
+def test_the_flickr8k_space_holds_the_hand_tuned_base_as_its_control() -> None:
+    from capexp.spec.loading import load_spec
+    from capexp.study.control import control_values
+
+    space = load_space(REPO / "studies" / "flickr8k.json").fit_to_depth(3, "flickr8k.json")  # gpt2-mini
+    base = load_spec(REPO / "experiments" / "flickr8k-best.json")
+    values = control_values(base, space)
+    for key, value in values.items():  # inside the space: the control is a trial TPE learns from
+        space.params[key].encode(value)
+    assert "gpt2_config.mapper" not in values  # pooled features: the regions mapper is not searched
+    assert ("training_config.encoder_learning_rate" in values) == bool(base.clip_config.train_last_blocks)
