@@ -33,7 +33,7 @@ def test_the_epochs_progress_line_counts_every_epoch_of_the_run(monkeypatch) -> 
         seed=0, gpt2_config=SimpleNamespace(text_tokens_max_length=4),
         training_config=SimpleNamespace(one_caption_per_image=True, batch_size=2, learning_rate=1e-3, weight_decay=0.0,
                                         grad_clip=None, warmup_steps=0, num_epochs=3, lr_schedule="constant",
-                                        feature_crop=None, label_smoothing=0.0),
+                                        feature_crop=None, label_smoothing=0.0, encoder_lr=1e-4),
     )
 
     class Tokenizer:
