@@ -143,8 +143,8 @@ def ui(tracking_uri: str | None, port: int, experiment: str) -> None:
               help="Skip the control: the base spec's own values of the searched keys, otherwise run as the first trial.")
 @click.option("--finalists", type=int, default=None, metavar="K",
               help="After the search, retrain the best K complete trials and the control at the base spec's full "
-                   "budget (without the space's `budget`); the best mean validation objective wins. A space of "
-                   "several objectives has no single best, so it refuses --finalists.")
+                   "budget (without the space's `budget`), on the --workers; the best mean validation objective wins. "
+                   "A space of several objectives has no single best, so it refuses --finalists.")
 @click.option("--finalist-seeds", type=int, default=1, show_default=True, metavar="S",
               help="Seeds per finalist (the base's seed, seed+1, ...): their spread shows what is noise.")
 @click.option("--best-spec", is_flag=True,

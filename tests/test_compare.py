@@ -276,6 +276,23 @@ def test_study_trials_one_row_each_best_first_with_pruned_marked(store: dict[str
         _render("md", study="s2")
 
 
+def test_study_trials_show_a_searched_section_by_its_first_field(store: dict[str, str]) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    parent = client.create_run(experiment_id("studies"), run_name="s3", tags={TAG_STUDY: "s3"}).info.run_id
+    client.log_param(parent, "objective.metric", "bertscore_f1")
+    client.log_param(parent, "space.training_config.scst", '{"choices": [null, {"epochs": 2}]}')
+    client.log_param(parent, "space.clip_config.train_last_blocks", '{"choices": [0, 1]}')
+    for i, scst in enumerate([None, {"epochs": 2}]):  # logged as training_config.scst, or field by field
+        spec = Spec(id=f"s3-{i:03d}", training_config={"scst": scst}, clip_config={"train_last_blocks": i})
+        _log_run(client, "studies", spec, 10 + i, [1.0 - i / 10],
+                 tags={TAG_STUDY: "s3", TAG_TRIAL: str(i), "mlflow.parentRunId": parent})
+    lines = _render("md", study="s3").splitlines()
+    assert _cells(lines[0])[:3] == ["#", "blocks", "scst"]
+    assert [_cells(line)[1:3] for line in lines[2:]] == [["1", "2"], ["0", "None"]]  # 2 self-critical epochs; none
+
+
 def test_output_file_format_from_suffix(store: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "tables" / "seed.html"
     text = compare(output=out, console=Console(file=io.StringIO()))

@@ -145,3 +145,32 @@ def test_the_flickr8k_space_holds_the_hand_tuned_base_as_its_control() -> None:
         space.params[key].encode(value)
     assert "gpt2_config.mapper" not in values  # pooled features: the regions mapper is not searched
     assert ("training_config.encoder_learning_rate" in values) == bool(base.clip_config.train_last_blocks)
+    assert values["training_config.scst"] == base.training_config.scst.model_dump(mode="json")  # its 3 epochs, not off
+
+
+def test_a_space_extends_another_merging_params_and_budget(tmp_path: Path) -> None:
+    parent = _write(tmp_path, {"notes": "parent", "pruner": {"name": "median"}, "budget": {"training_config.num_epochs": 1},
+                               "params": {"seed": {"choices": [0, 1]}, "training_config.learning_rate": {"choices": [1e-3]}}})
+    child = tmp_path / "child.json"
+    child.write_text(json.dumps({"extends": parent.name, "pruner": {"name": "none"},
+                                 "budget": {"training_config.subset_ratio": 0.5},
+                                 "params": {"training_config.learning_rate": {"choices": [1e-3, 3e-3]}}}))
+    space = load_space(child)
+    assert space.notes == "parent" and space.pruner.name == "none"
+    assert space.budget == {"training_config.num_epochs": 1, "training_config.subset_ratio": 0.5}
+    assert list(space.params) == ["seed", "training_config.learning_rate"]  # the parent's order, the child's values
+    assert space.params["training_config.learning_rate"].choices == [1e-3, 3e-3]
+
+    parent.write_text(json.dumps({"extends": child.name, "params": {"seed": {"choices": [0]}}}))
+    with pytest.raises(CapexpError, match="extend each other in a cycle"):
+        load_space(child)
+    child.write_text(json.dumps({"extends": "gone.json"}))
+    with pytest.raises(CapexpError, match=r"gone.json \(extended by .*child.json\) does not exist"):
+        load_space(child)
+
+
+def test_the_flickr8k_fidelity_check_runs_the_study_space_unpruned() -> None:
+    study = load_space(REPO / "studies" / "flickr8k.json")
+    check = load_space(REPO / "studies" / "flickr8k-fidelity.json")
+    assert check.params == study.params and check.budget == study.budget  # the same trials as the study
+    assert check.pruner.name == "none"  # every configuration reaches both budgets

@@ -118,6 +118,24 @@ def test_finalists_retrain_at_full_budget_resume_after_a_kill_and_pick_a_winner(
     assert {k: flat[k] for k in winner.params} == winner.params and flat["training_config.num_epochs"] == 2
 
 
+def test_finalists_share_the_workers_and_one_more_call_only_collects_them(tmp_path: Path, tracking_uri: str) -> None:
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps(SPACE))
+    args = dict(trials=2, name="par", space=space, storage=str(tmp_path / "p.journal"), overrides=FULL,
+                finalists=1, workers=2)
+    first = run_study(BASE, **args)
+    runs = _finalist_runs(tracking_uri, "par")
+    assert sorted(r.data.tags["capexp.finalist"] for r in runs) == ["0", "1"]  # the best other trial and the control
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["capexp.worker"] for r in runs}) == 2  # one run in each worker process, side by side
+    assert any("winner:" in line for line in first.finalists)
+    assert _parent(tracking_uri, "par").data.tags["capexp.winner"] in ("0", "1")
+
+    again = run_study(BASE, **args)
+    assert len(_finalist_runs(tracking_uri, "par")) == 2  # nothing ran twice
+    assert again.finalists == first.finalists
+
+
 def test_finalists_of_a_study_without_a_complete_trial_are_refused_and_the_study_is_kept(
     tmp_path: Path, tracking_uri: str
 ) -> None:

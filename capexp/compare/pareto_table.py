@@ -45,7 +45,7 @@ class ParetoFront:
             run = self.runs[m.number]
             rows.append([
                 Cell(str(m.number), changed=m.number == self.picked),
-                *[Cell(short_value(run.params[k]) if k in run.params else "—") for k in self.knobs],
+                *[Cell(short_value(run.value(k, "—"))) for k in self.knobs],
                 *[Cell(f"{m.values[metric]:.4f}") for metric, _ in self.objectives],
                 Cell("default pick" if m.number == self.picked else ""),
             ])

@@ -64,6 +64,14 @@ class RunRecord:
     def pruned(self) -> bool:
         return self.tags.get(TAG_PRUNED) == "true"
 
+    def value(self, key: str, default: Any = None) -> Any:
+        """The param `key`; a section logged field by field (`training_config.scst.epochs`, ...) as a dict."""
+        if key in self.params:
+            return self.params[key]
+        prefix = f"{key}."
+        section = {k[len(prefix):]: v for k, v in self.params.items() if k.startswith(prefix)}
+        return section or default
+
 
 @dataclass
 class StudyParent:

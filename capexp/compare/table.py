@@ -327,7 +327,7 @@ def build_trials(
         seconds = (r.end_time - r.start_time) / 1000 if r.end_time and r.start_time else None
         rows.append([
             Cell(str(number), changed=r.run_id in best),
-            *[Cell(short_value(r.params[k]) if k in r.params else _MISSING) for k in knobs],
+            *[Cell(short_value(r.value(k, _MISSING))) for k in knobs],
             *[Cell(_fmt_metric(c, r.metrics[c]) if c in r.metrics else _MISSING) for c in columns],
             Cell(state, changed=r.run_id in best),
             Cell(str(int(r.metrics["epochs"])) if "epochs" in r.metrics else _MISSING),

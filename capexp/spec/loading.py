@@ -181,11 +181,14 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise _explain(e, origin) from None
 
 
-def flatten(spec: Spec) -> dict[str, Any]:
-    """Every spec value by its dotted key (`clip_config.image_size`, ...), lists kept as lists."""
+def flatten(spec: Spec, sections: bool = False) -> dict[str, Any]:
+    """Every spec value by its dotted key (`clip_config.image_size`, ...), lists kept as lists; with
+    `sections`, every section below the top level too (`training_config.scst` as a dict)."""
     out: dict[str, Any] = {}
 
     def walk(prefix: str, value: Any) -> None:
+        if sections and "." in prefix:
+            out[prefix] = value
         if isinstance(value, dict):
             for k, v in value.items():
                 walk(f"{prefix}.{k}" if prefix else k, v)

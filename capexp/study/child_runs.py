@@ -59,10 +59,12 @@ def objective_value(client: MlflowClient, run: Run, plan: StudyPlan) -> float:
     return value
 
 
-def child_run(plan: StudyPlan, spec: Spec, tags: dict[str, str], label: str, values: dict[str, Any]) -> Run | None:
+def child_run(plan: StudyPlan, spec: Spec, tags: dict[str, str], label: str, values: dict[str, Any],
+              start: bool = True) -> Run | None:
     """The finished child run tagged `tags` (with the study's name), run now from `spec` unless it
-    ran already; None when it failed (diverged, out of memory, or MAX_RETRY attempts) or runs elsewhere.
-    `label` and `values` name it in the progress line printed when it ends."""
+    ran already (or `start` is False); None when it failed (diverged, out of memory, or MAX_RETRY
+    attempts), runs elsewhere or did not run. `label` and `values` name it in the progress line
+    printed when it ends."""
     from mlflow import MlflowClient
 
     client = MlflowClient(plan.tracking_uri)
@@ -77,7 +79,7 @@ def child_run(plan: StudyPlan, spec: Spec, tags: dict[str, str], label: str, val
     if state == "spent":
         warn(f"study {plan.name}: {label} failed or was stopped {MAX_RETRY} times; it is left out (see its runs).")
         return None
-    return _run(plan, client, spec, tags, label, values)
+    return _run(plan, client, spec, tags, label, values) if start else None
 
 
 def _run(plan: StudyPlan, client: MlflowClient, spec: Spec, tags: dict[str, str], label: str,

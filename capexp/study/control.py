@@ -33,7 +33,7 @@ CONTROL = "control"
 
 def control_values(spec: Spec, space: SearchSpace) -> dict[str, Any]:
     """The base spec's own value of each searched key (of those its own values turn on: see `when`)."""
-    flat = flatten(spec)
+    flat = flatten(spec, sections=True)
     return active_values(space.params, flat, lambda key, _: flat.get(key))
 
 

@@ -10,6 +10,7 @@ Each finalist run is a child of the study's parent, tagged `capexp.finalist=<tri
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -18,11 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from capexp.errors import CapexpError
+from capexp.errors import CapexpError, warn
 from capexp.spec.loading import load_spec
+from capexp.spec.schema import Spec
 from capexp.study.child_runs import child_run, objective_value
 from capexp.study.control import CONTROL, control_outcome
 from capexp.study.plan import StudyPlan
+from capexp.study.trials import console_warnings_only, run_workers
 from capexp.tracking.names import (
     ATTR_CONTROL, ATTR_WINNER, FIDELITY_PREFIX, FINALIST_PREFIX, TAG_FINALIST, TAG_FINALIST_SEED, TAG_WINNER,
 )
@@ -122,16 +125,34 @@ def run_finalists(study, plan: StudyPlan, count: int, seeds: int, full: str, con
     client = MlflowClient(plan.tracking_uri)
     base_seed = load_spec(full).seed
     finalists = _pick(study, plan, count, control)
+    jobs: list[tuple[Finalist, _Job]] = []
     for finalist in finalists:
         sets = [] if finalist.control else [f"{k}={json.dumps(v)}" for k, v in finalist.values.items()]
         for seed in range(base_seed, base_seed + seeds):
             name = f"{plan.name}-final-{finalist.key}-s{seed}"
             spec = load_spec(full, [*sets, f"seed={seed}", f"id={json.dumps(name)}"])
             tags = {TAG_FINALIST: finalist.key, TAG_FINALIST_SEED: str(seed)}
-            run = child_run(plan, spec, tags, f"finalist {finalist.label} seed {seed}", finalist.values)
-            if run is not None:
-                finalist.full.append(objective_value(client, run, plan))
+            jobs.append((finalist, (spec, tags, f"finalist {finalist.label} seed {seed}", finalist.values)))
+    workers = min(plan.workers, len(jobs))
+    if workers > 1:  # the runs share the workers; this process then only collects them
+        problems = run_workers(plan, workers, functools.partial(_share, [job for _, job in jobs], workers))
+        if problems:
+            warn(f"study {plan.name}: finalists: " + "; ".join(problems) + ".")
+    for finalist, job in jobs:
+        run = child_run(plan, *job, start=workers <= 1)
+        if run is not None:
+            finalist.full.append(objective_value(client, run, plan))
     return _conclude(study, plan, [f for f in finalists if f.full], seeds)
+
+
+_Job = tuple[Spec, dict[str, str], str, dict[str, Any]]  # child_run's spec, tags, label and values
+
+
+def _share(jobs: list[_Job], workers: int, plan: StudyPlan, index: int) -> None:
+    """Worker `index`'s share of the finalist runs: every `workers`-th, from its `index`-th."""
+    with console_warnings_only(plan):
+        for job in jobs[index::workers]:
+            child_run(plan, *job)
 
 
 def _conclude(study, plan: StudyPlan, finished: list[Finalist], seeds: int) -> list[str]:

@@ -14,12 +14,17 @@ from capexp.tracking.names import ATTR_CONTROL
 
 __all__ = ["short_key", "short_value", "values_text", "trial_line", "run_line"]
 
-_SHORT = {  # the seed's knobs and the learning rate, as people say them
+_SHORT = {  # the seed's knobs, the learning rates and the encoder's knobs, as people say them
     "clip_config.image_size": "size",
     "gpt2_config.visual_tokens_length": "k",
     "gpt2_config.n_layers_to_freeze": "freeze",
     "training_config.subset_ratio": "subset",
     "training_config.learning_rate": "lr",
+    "training_config.encoder_learning_rate": "enc_lr",
+    "training_config.label_smoothing": "smooth",
+    "clip_config.model": "encoder",
+    "clip_config.train_last_blocks": "blocks",
+    "clip_config.features": "feat",
 }
 
 
@@ -29,7 +34,10 @@ def short_key(key: str) -> str:
 
 
 def short_value(value: Any) -> str:
-    """224 for [224, 224], 0.000748 as 0.00075, others as JSON would print them, shortly."""
+    """224 for [224, 224], 0.000748 as 0.00075, a section by its first field (self-critical epochs), others
+    as JSON would print them, shortly."""
+    if isinstance(value, dict):
+        return short_value(next(iter(value.values()))) if value else "{}"
     if isinstance(value, list):
         return short_value(value[0]) if value and all(v == value[0] for v in value) else "x".join(map(short_value, value))
     if isinstance(value, float):

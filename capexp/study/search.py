@@ -73,7 +73,7 @@ def _enqueue(study, paths: Sequence[Path], raw: SearchSpace, space: SearchSpace,
     """Queue the search-space values of known specs (for example the seed's six) as the first trials."""
     for path in paths:
         spec = load_spec(path)
-        flat = flatten(spec)
+        flat = flatten(spec, sections=True)
 
         def encoded(key: str, param: Param) -> Any:
             try:

@@ -256,20 +256,43 @@ def _explain(err: ValidationError, origin: str) -> CapexpError:
             message = e["msg"].removeprefix("Value error, ")
             sentences.append(f"`{shown}`: {message[0].lower()}{message[1:]} (got {json.dumps(e.get('input'), default=str)}).")
     return CapexpError(
-        f"{origin}: " + " ".join(sentences) + " Valid top-level keys: notes, objective, sampler, pruner, budget, params; "
+        f"{origin}: " + " ".join(sentences) + " Valid top-level keys: extends, notes, objective, sampler, pruner, budget, params; "
         "see studies/default.json for an example. Fix the file and run again."
     )
 
 
-def load_space(path: str | Path | None = None) -> SearchSpace:
-    """Read and validate a search-space file (default: `studies/default.json`)."""
-    path = Path(path) if path is not None else default_space_path()
+_MERGED = ("budget", "params")  # merged key by key over the parent's; other top-level keys replace it
+
+
+def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's JSON with its `extends` chain resolved (a path relative to the file)."""
+    if path.resolve() in [p.resolve() for p in chain]:
+        raise CapexpError(f"Search-space files extend each other in a cycle: {' -> '.join(map(str, (*chain, path)))}. "
+                          f"Remove one `extends`.")
+    origin = f" (extended by {chain[-1]})" if chain else ""
     if not path.is_file():
-        raise CapexpError(f"Search-space file {path} does not exist. Check the path, or leave out --space for the default.")
+        raise CapexpError(f"Search-space file {path}{origin} does not exist. Check the path, or leave out --space for the default.")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CapexpError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. Fix the file.") from None
+    parent = data.pop("extends", None) if isinstance(data, dict) else None
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent:
+        raise CapexpError(f"{path}: `extends` must be a search-space file name (a string), got {json.dumps(parent)[:200]}.")
+    merged = _read(path.parent / parent, (*chain, path))
+    for key, value in data.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = {**merged[key], **value} if key in _MERGED and both else value
+    return merged
+
+
+def load_space(path: str | Path | None = None) -> SearchSpace:
+    """Read and validate a search-space file (default: `studies/default.json`). A file may name another
+    in `extends`: its `params` and `budget` are merged key by key over the other's, other keys replace."""
+    path = Path(path) if path is not None else default_space_path()
+    data = _read(path)
     try:
         return SearchSpace.model_validate(data)
     except ValidationError as e:

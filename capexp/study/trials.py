@@ -9,7 +9,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from capexp.errors import CapexpError, TrainingDiverged, warn
@@ -94,7 +94,7 @@ def _objective(plan: StudyPlan, storage, worker: str):
 
     from capexp.training.run import run_spec
 
-    base = flatten(load_spec(plan.snapshot))  # what a conditional param's `when` reads for keys not searched
+    base = flatten(load_spec(plan.snapshot), sections=True)  # what a conditional param's `when` reads for keys not searched
 
     def objective(trial: optuna.Trial) -> float | tuple[float, ...]:
         try:
@@ -183,10 +183,6 @@ def _work(plan: StudyPlan, index: int) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a spawned worker too: capexp prints its own line per trial
-    if plan.threads:
-        import torch
-
-        torch.set_num_threads(plan.threads)
     storage = open_storage(plan.storage, plan.name, plan.heartbeat_interval, on_stale(plan))
     study = optuna.load_study(study_name=plan.name, storage=storage, sampler=_sampler(plan, index), pruner=_pruner(plan))
 
@@ -219,21 +215,25 @@ def _work(plan: StudyPlan, index: int) -> None:
     study.optimize(_objective(plan, storage, worker_id()), callbacks=[after_trial], gc_after_trial=True)
 
 
-def _worker_main(plan: StudyPlan, index: int, errors: Any, bar_lock: Any) -> None:
-    """Entry point of a spawned worker process; its error goes back to the parent as one line.
+def _worker_main(plan: StudyPlan, index: int, errors: Any, bar_lock: Any, task: Callable[[StudyPlan, int], None]) -> None:
+    """Entry point of a spawned worker process: `task(plan, index)`; its error goes back to the parent as one line.
 
     Training bars share `bar_lock`, made by the parent: a lock tqdm made here would be left to the
     parent's resource tracker when this process is killed, which then warns of a leaked semaphore."""
     from tqdm import tqdm
 
     tqdm.set_lock(bar_lock)
+    if plan.threads:
+        import torch
+
+        torch.set_num_threads(plan.threads)
     logging.basicConfig(level=logging.WARNING, format=f"[worker {index}] %(levelname)s %(message)s")
     logging.getLogger("capexp").setLevel(plan.log_level)
     for noisy in ("mlflow", "alembic", "optuna", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         with stop_on_signals():
-            work(plan, index)
+            task(plan, index)
     except CapexpError as e:
         errors.put((index, str(e)))
         raise SystemExit(2) from None
@@ -245,14 +245,14 @@ def _worker_main(plan: StudyPlan, index: int, errors: Any, bar_lock: Any) -> Non
         raise SystemExit(1) from None
 
 
-def run_workers(plan: StudyPlan, workers: int) -> list[str]:
-    """Run `workers` processes (spawned: they share only the storage and the MLflow store);
-    return what went wrong in each that failed."""
+def run_workers(plan: StudyPlan, workers: int, task: Callable[[StudyPlan, int], None] = work) -> list[str]:
+    """Run `task(plan, i)` in `workers` processes (spawned: they share only the storage and the MLflow
+    store; `task` must pickle); return what went wrong in each that failed."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     errors, bar_lock = ctx.SimpleQueue(), ctx.RLock()
-    procs = [ctx.Process(target=_worker_main, args=(plan, i, errors, bar_lock), name=f"capexp-study-{i}")
+    procs = [ctx.Process(target=_worker_main, args=(plan, i, errors, bar_lock, task), name=f"capexp-study-{i}")
              for i in range(workers)]
     # Workers' training bars would overwrite one another on the console: with several, the
     # progress lines say enough. A spawned process reads its environment as it starts.

@@ -12,6 +12,7 @@ import logging
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -150,12 +151,14 @@ def _encode_data(spec: Spec, origin: str, inputs: _Inputs, workdir: Path) -> tup
     from capexp.training.cross_entropy import CaptionData
 
     splits, batch = inputs.splits, spec.evaluation.batch_size
+    start = time.perf_counter()
     train_split, train_enc = encode_split(inputs.card, splits.train, inputs.device, batch)
     val_split, val_enc = encode_split(inputs.card, splits.val, inputs.device, batch)
     skipped = train_enc.skipped + val_enc.skipped
     mlflow.set_tag(TAG_ENCODER_SKIPPED, str(len(skipped)))
     mlflow.log_metrics({"images_skipped": len(skipped), "images_encoded": train_enc.n_encoded + val_enc.n_encoded,
-                        "images_cached": train_enc.n_cached + val_enc.n_cached})
+                        "images_cached": train_enc.n_cached + val_enc.n_cached,
+                        "encode_minutes": (time.perf_counter() - start) / 60})  # cache reads included
     if skipped:
         with (workdir / "skipped_images.csv").open("w", newline="") as f:
             csv.writer(f).writerows([("image_id", "reason"), *skipped])
