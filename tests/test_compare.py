@@ -241,15 +241,22 @@ def test_differing_keys_lists_and_missing_values(store: dict[str, str]) -> None:
     assert "plain | piped," in _render("csv", experiment="variants")
 
 
+def _study_parent(client, name: str, space: dict[str, str]) -> str:
+    """A study's parent run in experiment `studies`, maximizing bertscore_f1 over `space` (key -> param JSON)."""
+    parent = client.create_run(experiment_id("studies"), run_name=name, tags={TAG_STUDY: name}).info.run_id
+    client.log_param(parent, "objective.metric", "bertscore_f1")
+    client.log_param(parent, "objective.direction", "maximize")
+    for key, param in space.items():
+        client.log_param(parent, f"space.{key}", param)
+    return parent
+
+
 def test_study_trials_one_row_each_best_first_with_pruned_marked(store: dict[str, str]) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    parent = client.create_run(experiment_id("studies"), run_name="s1", tags={TAG_STUDY: "s1"}).info.run_id
-    client.log_param(parent, "objective.metric", "bertscore_f1")
-    client.log_param(parent, "objective.direction", "maximize")
-    client.log_param(parent, "space.gpt2_config.visual_tokens_length", '{"type": "int", "low": 1, "high": 3}')
-    client.log_param(parent, "space.training_config.learning_rate", '{"choices": [0.0003, 0.001]}')
+    parent = _study_parent(client, "s1", {"gpt2_config.visual_tokens_length": '{"type": "int", "low": 1, "high": 3}',
+                                          "training_config.learning_rate": '{"choices": [0.0003, 0.001]}'})
     # bertscore_f1 = 0.9 - val_loss / 10 each epoch: best epochs 0.82, 0.85 (pruned), 0.87.
     for i, (val_losses, pruned) in enumerate([([1.0, 0.8], False), ([0.5], True), ([0.6, 0.3, 0.5], False)]):
         spec = Spec(id=f"s1-{i:03d}", gpt2_config={"visual_tokens_length": i + 1},
@@ -280,10 +287,8 @@ def test_study_trials_show_a_searched_section_by_its_first_field(store: dict[str
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    parent = client.create_run(experiment_id("studies"), run_name="s3", tags={TAG_STUDY: "s3"}).info.run_id
-    client.log_param(parent, "objective.metric", "bertscore_f1")
-    client.log_param(parent, "space.training_config.scst", '{"choices": [null, {"epochs": 2}]}')
-    client.log_param(parent, "space.clip_config.train_last_blocks", '{"choices": [0, 1]}')
+    parent = _study_parent(client, "s3", {"training_config.scst": '{"choices": [null, {"epochs": 2}]}',
+                                          "clip_config.train_last_blocks": '{"choices": [0, 1]}'})
     for i, scst in enumerate([None, {"epochs": 2}]):  # logged as training_config.scst, or field by field
         spec = Spec(id=f"s3-{i:03d}", training_config={"scst": scst}, clip_config={"train_last_blocks": i})
         _log_run(client, "studies", spec, 10 + i, [1.0 - i / 10],

@@ -172,5 +172,6 @@ def test_a_space_extends_another_merging_params_and_budget(tmp_path: Path) -> No
 def test_the_flickr8k_fidelity_check_runs_the_study_space_unpruned() -> None:
     study = load_space(REPO / "studies" / "flickr8k.json")
     check = load_space(REPO / "studies" / "flickr8k-fidelity.json")
-    assert check.params == study.params and check.budget == study.budget  # the same trials as the study
+    assert check.params == study.params and check.budget == study.budget  # the same space and budget as the study
+    assert check.sampler.seed != study.sampler.seed  # the study draws other random configurations
     assert check.pruner.name == "none"  # every configuration reaches both budgets

@@ -70,10 +70,12 @@ def test_finalists_retrain_at_full_budget_resume_after_a_kill_and_pick_a_winner(
     space = tmp_path / "space.json"
     space.write_text(json.dumps(SPACE))
     storage = str(tmp_path / "f.journal")
-    args = dict(trials=2, name="fin", space=space, storage=storage, overrides=FULL, finalists=1, finalist_seeds=2)
+    args = dict(trials=2, name="fin", space=space, storage=storage, overrides=FULL, finalists=1, finalist_seeds=2,
+                workers=2)
     first = run_study(BASE, **args)
     client = mlflow.MlflowClient(tracking_uri)
     runs = _finalist_runs(tracking_uri, "fin")
+    assert len({r.data.tags["capexp.worker"] for r in runs}) == 2  # the finalists shared the two worker processes
     trials = optuna.load_study(study_name="fin", storage=open_storage(storage, "fin")).get_trials()
     assert trials[0].user_attrs.get("capexp.control")  # the base's values are inside the space: trial 0
     pairs = sorted((r.data.tags["capexp.finalist"], r.data.tags["capexp.finalist_seed"]) for r in runs)
@@ -102,9 +104,13 @@ def test_finalists_retrain_at_full_budget_resume_after_a_kill_and_pick_a_winner(
         assert parent.data.metrics[f"finalist.{n}.sd"] == pytest.approx(statistics.stdev(values))
     assert parent.data.tags["capexp.winner"] == min(means, key=means.get)  # val_loss: lowest mean wins
     assert "fidelity.spearman" in parent.data.metrics and "fidelity.kendall" in parent.data.metrics
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    minutes = sum(r.info.end_time - r.info.start_time for r in children) / 60_000  # trials and finalists, killed ones too
+    assert parent.data.metrics["worker_minutes"] == pytest.approx(minutes)
+    assert 0 < parent.data.metrics["encode_minutes"] < minutes
 
     text = compare(study="fin", tracking_uri=tracking_uri, console=Console(file=io.StringIO(), width=80))
-    assert "Finalists at full budget" in text and "winner" in text and "Spearman" in text
+    assert "Finalists at full budget" in text and "winner" in text and "Spearman" in text and "worker-minutes" in text
     assert max(len(line) for line in text.splitlines()) <= 80
     assert "0 (control)" in text
 
@@ -116,24 +122,6 @@ def test_finalists_retrain_at_full_budget_resume_after_a_kill_and_pick_a_winner(
     flat = flatten(load_spec(path))
     winner = trials[int(parent.data.tags["capexp.winner"])]
     assert {k: flat[k] for k in winner.params} == winner.params and flat["training_config.num_epochs"] == 2
-
-
-def test_finalists_share_the_workers_and_one_more_call_only_collects_them(tmp_path: Path, tracking_uri: str) -> None:
-    space = tmp_path / "space.json"
-    space.write_text(json.dumps(SPACE))
-    args = dict(trials=2, name="par", space=space, storage=str(tmp_path / "p.journal"), overrides=FULL,
-                finalists=1, workers=2)
-    first = run_study(BASE, **args)
-    runs = _finalist_runs(tracking_uri, "par")
-    assert sorted(r.data.tags["capexp.finalist"] for r in runs) == ["0", "1"]  # the best other trial and the control
-    assert all(r.info.status == "FINISHED" for r in runs)
-    assert len({r.data.tags["capexp.worker"] for r in runs}) == 2  # one run in each worker process, side by side
-    assert any("winner:" in line for line in first.finalists)
-    assert _parent(tracking_uri, "par").data.tags["capexp.winner"] in ("0", "1")
-
-    again = run_study(BASE, **args)
-    assert len(_finalist_runs(tracking_uri, "par")) == 2  # nothing ran twice
-    assert again.finalists == first.finalists
 
 
 def test_finalists_of_a_study_without_a_complete_trial_are_refused_and_the_study_is_kept(

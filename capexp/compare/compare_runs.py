@@ -132,6 +132,8 @@ def _print_terminal(console: Console, found: _Found) -> str:
     if finalists is not None:
         blocks += [Text("Finalists at full budget", style="bold"), *terminal_tables(*finalists.grid(), console.width),
                    Text(finalists.sentence + "\n")]
+    if parent is not None and parent.cost:
+        blocks.append(Text(parent.cost_sentence() + "\n"))
     if parent is not None and parent.importances:
         blocks += terminal_tables(*importance_grid(parent), console.width)
     for block in blocks:

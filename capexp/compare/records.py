@@ -86,6 +86,14 @@ class StudyParent:
     direction: str | None = None  # "maximize" or "minimize"
     winner: str | None = None  # the finalists' winner: a trial number or "control"
     fidelity: dict[str, float] = field(default_factory=dict)  # spearman, kendall: how the trial budget ranked the finalists
+    cost: dict[str, float] = field(default_factory=dict)  # worker_minutes, encode_minutes of its child runs
+
+    def cost_sentence(self) -> str:
+        """What the study's runs cost, in one sentence ("" before the study has summarized them)."""
+        if "worker_minutes" not in self.cost:
+            return ""
+        return (f"Its runs took {self.cost['worker_minutes']:.0f} worker-minutes (trials, control and finalists, every "
+                f"attempt), {self.cost.get('encode_minutes', 0.0):.0f} of them encoding images into the feature cache.")
 
 
 def _study_parent(client: MlflowClient, run: Run) -> StudyParent:
@@ -101,6 +109,7 @@ def _study_parent(client: MlflowClient, run: Run) -> StudyParent:
         direction=run.data.params.get(PARAM_DIRECTION),
         winner=run.data.tags.get(TAG_WINNER),
         fidelity={k[len(FIDELITY_PREFIX):]: v for k, v in run.data.metrics.items() if k.startswith(FIDELITY_PREFIX)},
+        cost={k: run.data.metrics[k] for k in ("worker_minutes", "encode_minutes") if k in run.data.metrics},
     )
 
 

@@ -143,7 +143,7 @@ def importance_grid(parent: StudyParent) -> tuple[list[str], list[list[Cell]]]:
 def study_markdown(parent: StudyParent, plot_links: dict[str, str]) -> str:
     """A study's importances and its Optuna plots (`plot_links`: artifact path -> link) as Markdown,
     to follow its trials table."""
-    parts = []
+    parts = [parent.cost_sentence() + "\n"] if parent.cost else []
     if parent.importances:
         parts.append(
             f"### Which knobs mattered\n\nfANOVA importance of each knob for the objective "

@@ -40,7 +40,7 @@ from capexp.tracking import (
     param_value,
 )
 from capexp.tracking.names import ATTR_CONTROL
-from capexp.tracking.study_runs import oldest_parent_run
+from capexp.tracking.study_runs import oldest_parent_run, study_runs
 from capexp.study.control import control_outcome, mark_control
 
 
@@ -161,6 +161,14 @@ def _plots(study, folder: Path, metric: str, importances: dict[str, float],
     return made
 
 
+def _cost(client: Any, plan: StudyPlan) -> dict[str, float]:
+    """Worker-minutes of the study's ended child runs (trials, control, finalists; every attempt) and
+    the share of them spent putting images through the feature cache."""
+    runs = [r for r in study_runs(client, plan.experiment, plan.name, parent=plan.parent_run_id) if r.info.end_time]
+    return {"worker_minutes": sum(r.info.end_time - r.info.start_time for r in runs) / 60_000,
+            "encode_minutes": sum(r.data.metrics.get("encode_minutes", 0.0) for r in runs)}
+
+
 def summarize(study, plan: StudyPlan, status: str) -> StudySummary:
     """Write the best trial, the trials table and the plots to the parent run; end it with
     `status` unless that is RUNNING (other workers still run trials)."""
@@ -194,6 +202,7 @@ def summarize(study, plan: StudyPlan, status: str) -> StudySummary:
         tags += [RunTag(k, v) for k, v in front_tags(study, plan).items()]
     importances = _importances(study, first_value(plan))
     metrics += [Metric(f"{IMPORTANCE_PREFIX}{k}", float(v), now, 0) for k, v in importances.items()]
+    metrics += [Metric(k, v, now, 0) for k, v in _cost(client, plan).items()]
     client.log_batch(plan.parent_run_id, metrics=metrics, tags=tags)
     with tempfile.TemporaryDirectory(prefix="capexp-study-") as tmp:
         folder = Path(tmp)
