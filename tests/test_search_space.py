@@ -169,9 +169,12 @@ def test_a_space_extends_another_merging_params_and_budget(tmp_path: Path) -> No
         load_space(child)
 
 
-def test_the_flickr8k_fidelity_check_runs_the_study_space_unpruned() -> None:
+def test_the_flickr8k_fidelity_check_and_cost_study_search_the_study_space() -> None:
     study = load_space(REPO / "studies" / "flickr8k.json")
     check = load_space(REPO / "studies" / "flickr8k-fidelity.json")
-    assert check.params == study.params and check.budget == study.budget  # the same space and budget as the study
-    assert check.sampler.seed != study.sampler.seed  # the study draws other random configurations
-    assert check.pruner.name == "none"  # every configuration reaches both budgets
+    cost = load_space(REPO / "studies" / "flickr8k-cost.json")
+    for other in (check, cost):  # the same space and budget as the study, other random configurations, unpruned
+        assert other.params == study.params and other.budget == study.budget
+        assert other.sampler.seed != study.sampler.seed and other.pruner.name == "none"
+    assert check.sampler.seed != cost.sampler.seed
+    assert [(o.metric, o.direction) for o in cost.objective] == [("cider", "maximize"), ("train_minutes", "minimize")]
