@@ -134,8 +134,13 @@ def run_finalists(study, plan: StudyPlan, count: int, seeds: int, full: str, con
             tags = {TAG_FINALIST: finalist.key, TAG_FINALIST_SEED: str(seed)}
             jobs.append((finalist, (spec, tags, f"finalist {finalist.label} seed {seed}", finalist.values)))
     workers = min(plan.workers, len(jobs))
-    if workers > 1:  # the runs share the workers; this process then only collects them
-        problems = run_workers(plan, workers, functools.partial(_share, [job for _, job in jobs], workers))
+    if workers > 1:  # each worker takes the next run when it is free; this process then only collects them
+        import multiprocessing
+
+        queue = multiprocessing.get_context("spawn").SimpleQueue()
+        for k in [*range(len(jobs)), *[None] * workers]:
+            queue.put(k)
+        problems = run_workers(plan, workers, functools.partial(_share, [job for _, job in jobs], queue))
         if problems:
             warn(f"study {plan.name}: finalists: " + "; ".join(problems) + ".")
     for finalist, job in jobs:
@@ -148,11 +153,11 @@ def run_finalists(study, plan: StudyPlan, count: int, seeds: int, full: str, con
 _Job = tuple[Spec, dict[str, str], str, dict[str, Any]]  # child_run's spec, tags, label and values
 
 
-def _share(jobs: list[_Job], workers: int, plan: StudyPlan, index: int) -> None:
-    """Worker `index`'s share of the finalist runs: every `workers`-th, from its `index`-th."""
+def _share(jobs: list[_Job], queue: Any, plan: StudyPlan, index: int) -> None:
+    """A worker's share of the finalist runs: the index of the next one from `queue`, until a None."""
     with console_warnings_only(plan):
-        for job in jobs[index::workers]:
-            child_run(plan, *job)
+        while (k := queue.get()) is not None:
+            child_run(plan, *jobs[k])
 
 
 def _conclude(study, plan: StudyPlan, finished: list[Finalist], seeds: int) -> list[str]:
