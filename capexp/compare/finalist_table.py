@@ -54,7 +54,7 @@ def _values(run: RunRecord | None, knobs: Sequence[str]) -> str:
     if run is None:
         return "—"
     shown = " ".join(f"{short_key(k)}={short_value(run.value(k))}" for k in knobs if run.value(k, knobs) is not knobs)
-    return textwrap.fill(shown, width=20, break_long_words=False)
+    return textwrap.fill(shown, width=20, break_long_words=False, break_on_hyphens=False)
 
 
 def build_finalists(records: Sequence[RunRecord], finals: Sequence[RunRecord], knobs: Sequence[str],
