@@ -164,6 +164,9 @@ def test_a_space_extends_another_merging_params_and_budget(tmp_path: Path) -> No
     parent.write_text(json.dumps({"extends": child.name, "params": {"seed": {"choices": [0]}}}))
     with pytest.raises(CapexpError, match="extend each other in a cycle"):
         load_space(child)
+    parent.write_text("[1, 2]")
+    with pytest.raises(CapexpError, match=r"space.json \(extended by .*child.json\) is not a search space"):
+        load_space(child)
     child.write_text(json.dumps({"extends": "gone.json"}))
     with pytest.raises(CapexpError, match=r"gone.json \(extended by .*child.json\) does not exist"):
         load_space(child)

@@ -48,12 +48,15 @@ def _sources(searched: Sequence[RunRecord]) -> dict[str, RunRecord]:
     return sources
 
 
+_ABSENT = object()  # a knob the run does not log (a conditional param left out)
+
+
 def _values(run: RunRecord | None, knobs: Sequence[str]) -> str:
     from capexp.study.progress import short_key, short_value
 
     if run is None:
         return "—"
-    shown = " ".join(f"{short_key(k)}={short_value(run.value(k))}" for k in knobs if run.value(k, knobs) is not knobs)
+    shown = " ".join(f"{short_key(k)}={short_value(run.value(k))}" for k in knobs if run.value(k, _ABSENT) is not _ABSENT)
     return textwrap.fill(shown, width=20, break_long_words=False, break_on_hyphens=False)
 
 

@@ -282,6 +282,9 @@ def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(parent, str) or not parent:
         raise CapexpError(f"{path}: `extends` must be a search-space file name (a string), got {json.dumps(parent)[:200]}.")
     merged = _read(path.parent / parent, (*chain, path))
+    if not isinstance(merged, dict):
+        raise CapexpError(f"{path.parent / parent} (extended by {path}) is not a search space: its JSON must be an object "
+                          f"with `params`, as in studies/default.json. Fix `extends` or that file.")
     for key, value in data.items():
         both = isinstance(value, dict) and isinstance(merged.get(key), dict)
         merged[key] = {**merged[key], **value} if key in _MERGED and both else value
