@@ -248,3 +248,21 @@ def test_finalists_are_refused_with_several_objectives_in_one_line(tmp_path: Pat
         "--finalists out, pick a member of the Pareto front with --best-spec --pick and train that spec with `capexp run`."
     ]
     assert not storage.exists()  # refused before the study was created
+
+
+def test_plot_labels_name_params_as_the_tables_do() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from capexp.study.report import _short_labels
+
+    fig, ax = plt.subplots()
+    ax.set_xticks([0, 1, 2, 3], ["cider (validation)", "training_config.l...", "training_config.l...", "training_config.scst"])
+    ax.set_yticks([0, 1, 2], ['{"epochs": 2, "samples": 5}', "None", "0.5"])
+    _short_labels(fig, {"training_config.learning_rate", "training_config.label_smoothing", "training_config.scst"})
+    # Optuna cuts long names and orders params by name: label_smoothing comes before learning_rate
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["cider (validation)", "smooth", "lr", "scst"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["2", "None", "0.5"]  # a section by its first field
+    plt.close(fig)

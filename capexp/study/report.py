@@ -152,13 +152,42 @@ def _plots(study, folder: Path, metric: str, importances: dict[str, float],
             if name == "optimization_history":
                 mark_control(ax, *control)
             fig = ax.figure
-        fig.set_size_inches(9, 5)
+            _short_labels(fig, {k for t in study.get_trials(deepcopy=False) for k in t.params})
+        fig.set_size_inches(12 if name == "parallel_coordinate" else 9, 5)
         fig.tight_layout()
         path = folder / f"{name}.png"
         fig.savefig(path, dpi=100)
         plt.close(fig)
         made.append(path)
     return made
+
+
+def _short_labels(fig: Any, names: set[str]) -> None:
+    """Tick labels as the trials table writes them: `scst` for the param `training_config.scst` (of
+    `names`, whole or cut short with "..."), 3 for its JSON section."""
+    from capexp.study.progress import short_key, short_value
+
+    def keys(labels: list[str]) -> list[str]:  # Optuna orders params by name: the i-th of a cut label is the i-th match
+        seen: dict[str, int] = {}
+        out = []
+        for text in labels:
+            found = sorted(n for n in names if n == text or (text.endswith("...") and n.startswith(text[:-3])))
+            seen[text] = seen.get(text, -1) + 1
+            out.append(short_key(found[seen[text]]) if seen[text] < len(found) else text)
+        return out
+
+    def value(text: str) -> str:  # a list or section, as Optuna stores a categorical choice
+        try:
+            return short_value(json.loads(text)) if text[:1] in "{[" else text
+        except json.JSONDecodeError:
+            return text
+
+    for ax in fig.axes:
+        for axis, rename in ((ax.xaxis, keys), (ax.yaxis, lambda labels: [value(t) for t in labels])):
+            labels = [t.get_text() for t in axis.get_ticklabels()]
+            renamed = rename(labels)
+            if renamed != labels:
+                axis.set_ticks(axis.get_ticklocs(), renamed)
 
 
 def _cost(client: Any, plan: StudyPlan) -> dict[str, float]:
