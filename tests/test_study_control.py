@@ -143,3 +143,18 @@ def test_a_conditional_param_is_searched_only_where_its_condition_holds(tmp_path
     runs = {c.data.tags[TAG_TRIAL]: c.data.params for c in _children(tracking_uri, "when")}
     for t in trials:  # each run trained with the mapper its features call for
         assert runs[str(t.number)]["gpt2_config.mapper"] == ("regions" if "gpt2_config.mapper" in t.params else "mlp")
+
+
+def test_workers_of_studies_with_neighbouring_seeds_draw_different_values() -> None:
+    from types import SimpleNamespace
+
+    from capexp.study.space import TpeSampler
+    from capexp.study.trials import _sampler
+
+    def first_draw(seed: int, worker: int) -> float:
+        plan = SimpleNamespace(space=SimpleNamespace(sampler=TpeSampler(seed=seed, n_startup_trials=5)), seed_offset=0)
+        study = optuna.create_study(sampler=_sampler(plan, worker))
+        return study.ask().suggest_float("lr", 0.0, 1.0)
+
+    assert first_draw(0, 1) != first_draw(1, 0)  # a second worker is not the next study's first
+    assert first_draw(0, 0) == first_draw(0, 0) != first_draw(0, 1)

@@ -42,7 +42,8 @@ def _sampler(plan: StudyPlan, index: int):
     import optuna
 
     cfg = plan.space.sampler
-    seed = cfg.seed + 7919 * plan.seed_offset + index  # workers and resumes must not repeat each other
+    # Workers and resumes must not repeat each other, nor another study's: worker 1 of seed 0 is not worker 0 of seed 1.
+    seed = cfg.seed + 7919 * plan.seed_offset + 1_000_003 * index
     if isinstance(cfg, GridSampler):
         grid = {key: p.encoded() for key, p in plan.space.params.items()}  # type: ignore[union-attr]
         return optuna.samplers.GridSampler(grid, seed=seed)
