@@ -162,10 +162,10 @@ def test_a_space_extends_another_merging_params_and_budget(tmp_path: Path) -> No
     assert space.params["training_config.learning_rate"].choices == [1e-3, 3e-3]
 
     parent.write_text(json.dumps({"extends": child.name, "params": {"seed": {"choices": [0]}}}))
-    with pytest.raises(CapexpError, match="extend each other in a cycle"):
+    with pytest.raises(CapexpError, match="Search-space files extend each other in a cycle"):
         load_space(child)
     parent.write_text("[1, 2]")
-    with pytest.raises(CapexpError, match=r"space.json \(extended by .*child.json\) is not a search space"):
+    with pytest.raises(CapexpError, match=r"space.json \(extended by .*child.json\) must hold a JSON object"):
         load_space(child)
     child.write_text(json.dumps({"extends": "gone.json"}))
     with pytest.raises(CapexpError, match=r"gone.json \(extended by .*child.json\) does not exist"):

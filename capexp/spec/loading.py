@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from capexp.errors import CapexpError
+from capexp.extends import resolve
 from capexp.spec.schema import CaptionListData, CocoData, Flickr8kData, GeneratedData, KarpathyData, Spec
 
 __all__ = ["load_spec", "flatten", "spec_hash", "parse_override", "missing_paths", "expand_path"]
@@ -58,31 +59,6 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _read_json(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
-    via = f" (extended by {chain[-1]})" if chain else ""
-    try:
-        is_file = path.is_file()
-    except OSError as e:  # a name too long for the file system, and the like
-        raise CapexpError(f"Spec file {str(path)[:200]}{via} cannot be opened ({e.strerror}). Check the path.") from None
-    if not is_file:
-        what = "is a directory, not a JSON file" if path.is_dir() else "does not exist"
-        raise CapexpError(f"Spec file {path}{via} {what}. Check the path and run again.")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CapexpError(
-            f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. Fix the file."
-        ) from None
-    except UnicodeDecodeError as e:
-        raise CapexpError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}). Save it as UTF-8 JSON.") from None
-    except (RecursionError, OSError) as e:
-        why = "nests too deeply" if isinstance(e, RecursionError) else f"cannot be read ({e.strerror or e})"
-        raise CapexpError(f"{path} {why}. Fix the file.") from None
-    if not isinstance(data, dict):
-        raise CapexpError(f"{path} must hold a JSON object at the top, not {type(data).__name__}.")
-    return data
-
-
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge `over` into `base`; a section whose `source` changes replaces the inherited one."""
     out = copy.deepcopy(base)
@@ -94,19 +70,6 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def _resolve(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if path.resolve() in [p.resolve() for p in chain]:
-        names = " -> ".join(str(p) for p in (*chain, path))
-        raise CapexpError(f"Spec files extend each other in a cycle: {names}. Remove one `extends`.")
-    data = _read_json(path, chain)
-    parent = data.pop("extends", None)
-    if parent is None:
-        return data
-    if not isinstance(parent, str) or not parent or "\x00" in parent:
-        raise CapexpError(f"{path}: `extends` must be a file name (a string), got {json.dumps(parent)[:200]}.")
-    return _merge(_resolve(path.parent / parent, (*chain, path)), data)
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any, origin: str) -> None:
@@ -168,7 +131,7 @@ def _explain(err: ValidationError, origin: str) -> CapexpError:
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
     """Load a spec file, follow `extends`, apply `--set` overrides, and validate."""
     path = Path(path)
-    data = _resolve(path)
+    data = resolve(path, "Spec file", _merge, "Check the path and run again.")
     origin = str(path)
     for text in overrides:
         key, value = parse_override(text)

@@ -25,6 +25,7 @@ from pydantic import (
 
 from capexp.spec import schema as specs
 from capexp.errors import CapexpError, warn
+from capexp.extends import resolve
 from capexp.paths import project_file
 from capexp.study.params import Categorical, FloatRange, IntRange, Param, _Strict
 from capexp.study.pareto import Objective, Objectives, check_pruner
@@ -264,30 +265,11 @@ def _explain(err: ValidationError, origin: str) -> CapexpError:
 _MERGED = ("budget", "params")  # merged key by key over the parent's; other top-level keys replace it
 
 
-def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The file's JSON with its `extends` chain resolved (a path relative to the file)."""
-    if path.resolve() in [p.resolve() for p in chain]:
-        raise CapexpError(f"Search-space files extend each other in a cycle: {' -> '.join(map(str, (*chain, path)))}. "
-                          f"Remove one `extends`.")
-    origin = f" (extended by {chain[-1]})" if chain else ""
-    if not path.is_file():
-        raise CapexpError(f"Search-space file {path}{origin} does not exist. Check the path, or leave out --space for the default.")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CapexpError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}. Fix the file.") from None
-    parent = data.pop("extends", None) if isinstance(data, dict) else None
-    if parent is None:
-        return data
-    if not isinstance(parent, str) or not parent:
-        raise CapexpError(f"{path}: `extends` must be a search-space file name (a string), got {json.dumps(parent)[:200]}.")
-    merged = _read(path.parent / parent, (*chain, path))
-    if not isinstance(merged, dict):
-        raise CapexpError(f"{path.parent / parent} (extended by {path}) is not a search space: its JSON must be an object "
-                          f"with `params`, as in studies/default.json. Fix `extends` or that file.")
-    for key, value in data.items():
-        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = {**merged[key], **value} if key in _MERGED and both else value
+def _merge(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(parent)
+    for key, value in child.items():
+        both = isinstance(value, dict) and isinstance(parent.get(key), dict)
+        merged[key] = {**parent[key], **value} if key in _MERGED and both else value
     return merged
 
 
@@ -295,7 +277,7 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
     """Read and validate a search-space file (default: `studies/default.json`). A file may name another
     in `extends`: its `params` and `budget` are merged key by key over the other's, other keys replace."""
     path = Path(path) if path is not None else default_space_path()
-    data = _read(path)
+    data = resolve(path, "Search-space file", _merge, "Check the path, or leave out --space for the default.")
     try:
         return SearchSpace.model_validate(data)
     except ValidationError as e:
