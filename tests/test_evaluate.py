@@ -14,10 +14,17 @@ from capexp.evaluation.evaluate import evaluate_run
 SCORES = ["bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "bertscore_f1"]
 
 
-def test_evaluate_logs_split_metrics_and_captions_to_a_finished_run(tracking_uri: str, tmp_path: Path, tiny) -> None:
+def test_evaluate_logs_split_metrics_and_captions_to_a_finished_run(tracking_uri: str, tmp_path: Path, tiny,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     result = tiny.run("id=tiny", "evaluation.coco_metrics=true", tracking_uri=tracking_uri)
+    from capexp.evaluation import metrics as scoring
+    calls = []
+    monkeypatch.setattr(scoring, "bertscore_per_caption",
+                        lambda *a, _score=scoring.bertscore_per_caption, **k: calls.append(1) or _score(*a, **k))
 
     metrics = evaluate_run("tiny", split="val", beam=2, no_repeat_ngram_size=2)
+
+    assert len(calls) == 1  # the logged means and the per-image record come from one BERTScore pass
 
     client = MlflowClient(tracking_uri)
     run = client.get_run(result.run_id)

@@ -2,7 +2,7 @@
 
 The run's spec (kept in its checkpoint) rebuilds the data; the split is encoded through the
 feature cache, captioned by the shared decoder (`capexp.model.decoding`, as the spec's `evaluation`
-section says unless overridden) and scored against all references with `caption_metrics`.
+section says unless overridden) and scored against all references with `score_captions`.
 The scores land on the run as `<split>_<metric>` (test_bleu4, test_cider, test_bertscore_f1,
 ...) even when it has ended, beside `evaluation/<split>_captions.csv` and the per-image record that
 `capexp compare --significance` resamples (`evaluation/<split>_per_image.json`). Several runs can be
@@ -69,10 +69,11 @@ def evaluate_run(
     """
     from capexp.backbones.feature_cache import encode_split
     from capexp.data import check_inputs, load_data
+    from capexp.evaluation.metrics import score_captions
     from capexp.evaluation.significance import log_per_image
     from capexp.model.checkpoint import check_ensemble, read_checkpoint
     from capexp.tracking import resolve_model_source
-    from capexp.training.cross_entropy import evaluate_epoch
+    from capexp.model.decoding import decode
 
     if split not in ("test", "val"):
         raise CapexpError(f"--split must be 'test' or 'val', got {split!r}.")
@@ -82,8 +83,7 @@ def evaluate_run(
     check_ensemble(checkpoints)
     members = [c.load(device) for c in checkpoints]
     captioner, origin = members[0], f"run {run!r}"
-    spec, options = _decoding(captioner.spec, beam=beam, length_penalty=length_penalty,
-                              no_repeat_ngram_size=no_repeat_ngram_size)
+    spec, options = _decoding(captioner.spec, beam=beam, length_penalty=length_penalty, no_repeat_ngram_size=no_repeat_ngram_size)
     ev = spec.evaluation
     check_inputs(spec, origin)
     data = _pick_split(load_data(spec), split, origin, spec.data_paths.source)
@@ -91,15 +91,15 @@ def evaluate_run(
     data, enc = encode_split(captioner.card, data, captioner.device, ev.batch_size)
     if not data.images:
         raise CapexpError(f"{origin}: none of the {split} images could be read; nothing to evaluate.")
-    captions, scores = evaluate_epoch([m.model for m in members], captioner.tokenizer, enc.features, data.captions, options, ev,
-                                      captioner.device)  # captions (N,) in split order
+    captions = decode([m.model for m in members], captioner.tokenizer, enc.features, options, batch_size=ev.batch_size, device=captioner.device)
+    scores, per_caption = score_captions(captions, data.captions, ev, device=str(captioner.device))
     metrics = {f"{split}_{name}": value for name, value in scores.items()} | {f"{split}_images": float(len(captions))}
     name = "+".join(m.name for m in members)
     log.info("%s on %s (%d images, %s, %.0fs): %s", name, split, len(captions), options.describe(),
              time.perf_counter() - started, ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     target, ids = _ensemble_run(member_ids, name) if ensemble else member_ids[0], [im.image_id for im in data.images]
     _log_to_run(target, split, metrics, options, ids, captions, data.captions)
-    log_per_image(target, split, options.describe(), ids, captions, data.captions, ev, str(captioner.device))
+    log_per_image(target, split, options.describe(), ids, captions, data.captions, per_caption, ev)
     return metrics
 
 

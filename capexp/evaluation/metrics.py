@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from capexp.spec.schema import EvaluationConfig
 
 __all__ = ["bertscore", "bertscore_per_caption", "bleu4_per_caption", "coco_metrics", "java_available", "caption_metrics",
-           "meteor_per_caption"]
+           "score_captions"]
 
 log = logging.getLogger("capexp")
 
@@ -68,9 +68,11 @@ def bertscore(predictions: list[str], references: list[list[str]], **options: An
     `options` are `bertscore_per_caption`'s (`model`, `num_layers`, `device`, `batch_size`).
     An empty prediction scores 0.
     """
-    rows = bertscore_per_caption(predictions, references, **options)
-    n = len(predictions)
-    return {name: sum(row[k] for row in rows) / n
+    return _bertscore_means(bertscore_per_caption(predictions, references, **options))
+
+
+def _bertscore_means(rows: list[tuple[float, float, float]]) -> dict[str, float]:
+    return {name: sum(row[k] for row in rows) / len(rows)
             for k, name in enumerate(("bertscore_precision", "bertscore_recall", "bertscore_f1"))}
 
 
@@ -234,28 +236,17 @@ def _tokenized(predictions: list[str], references: list[list[str]]) -> tuple[dic
     return gts, res
 
 
-def meteor_per_caption(predictions: list[str], references: list[list[str]]) -> list[float] | None:
-    """METEOR of each prediction against all its references, on the PTB-tokenized text `coco_metrics` scores;
-    None (with one warning) without Java or when Java fails."""
-    _check(predictions, references)
-    if not java_available():
-        _warn_no_java()
-        return None
-    meteor = _meteor()
-    try:
-        return meteor.score(*_tokenized(predictions, references))[1]
-    except (OSError, ValueError, subprocess.CalledProcessError, RuntimeError) as e:
-        meteor.close()
-        warn(f"METEOR (Java) failed, so this evaluation has no per-image `meteor`: {type(e).__name__}: {e}")
-        return None
-
-
 def coco_metrics(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr from pycocoevalcap; {} (with one warning) without Java.
 
     CIDEr takes its document frequencies from the references given, so it needs a test set of
     many images to mean what published CIDEr means. A Java failure is a warning, never an error.
     """
+    return _coco_scores(predictions, references)[0]
+
+
+def _coco_scores(predictions: list[str], references: list[list[str]]) -> tuple[dict[str, float], list[float] | None]:
+    """`coco_metrics`, and each caption's METEOR (None when METEOR was not scored)."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
@@ -263,34 +254,45 @@ def coco_metrics(predictions: list[str], references: list[list[str]]) -> dict[st
     _check(predictions, references)
     if not java_available():
         _warn_no_java()
-        return {}
+        return {}, None
     _note_no_spice()
     try:
         gts, res = _tokenized(predictions, references)
     except (OSError, subprocess.CalledProcessError, RuntimeError) as e:
         warn(f"The PTB tokenizer (Java) failed, so this evaluation has no BLEU, METEOR, ROUGE-L or CIDEr: {e}")
-        return {}
+        return {}, None
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     metrics = {f"bleu{n}": float(b) for n, b in enumerate(bleu, start=1)}
-    meteor = _meteor()
+    meteor, per_caption = _meteor(), None
     try:
-        metrics["meteor"] = meteor.score(gts, res)[0]
+        metrics["meteor"], per_caption = meteor.score(gts, res)
     except (OSError, ValueError) as e:  # the process died: start a fresh one next time
         meteor.close()
         warn(f"METEOR (Java) failed, so this evaluation has no `meteor`: {type(e).__name__}: {e}")
     metrics["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
     metrics["cider"] = float(Cider().compute_score(gts, res)[0])
-    return metrics
+    return metrics, per_caption
 
 
 def caption_metrics(
     predictions: list[str], references: list[list[str]], evaluation: EvaluationConfig, device: str = "cpu"
 ) -> dict[str, float]:
     """BERTScore, plus the COCO metrics when `evaluation.coco_metrics` is on and Java is available."""
-    metrics = bertscore(
-        predictions, references, model=evaluation.bertscore_model, num_layers=evaluation.bertscore_num_layers,
-        device=device, batch_size=evaluation.batch_size,
-    )
+    return score_captions(predictions, references, evaluation, device)[0]
+
+
+def score_captions(
+    predictions: list[str], references: list[list[str]], evaluation: EvaluationConfig, device: str = "cpu"
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """`caption_metrics`' scores, and each caption's own from the same pass: `bertscore_f1` always,
+    `meteor` when METEOR was scored."""
+    rows = bertscore_per_caption(predictions, references, model=evaluation.bertscore_model,
+                                 num_layers=evaluation.bertscore_num_layers, device=device,
+                                 batch_size=evaluation.batch_size)
+    metrics, per_caption = _bertscore_means(rows), {"bertscore_f1": [row[2] for row in rows]}
     if evaluation.coco_metrics:
-        metrics |= coco_metrics(predictions, references)
-    return metrics
+        coco, meteor = _coco_scores(predictions, references)
+        metrics |= coco
+        if meteor is not None:
+            per_caption["meteor"] = [float(m) for m in meteor]
+    return metrics, per_caption

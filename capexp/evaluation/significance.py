@@ -83,19 +83,15 @@ class Difference:
 
 
 def log_per_image(run_id: str, split: str, decoding: str, image_ids: list[str], captions: list[str],
-                  references: list[list[str]], ev: EvaluationConfig, device: str) -> None:
-    """Score each caption's METEOR (when `ev.coco_metrics`) and BERTScore F1 and log them, with the captions and
-    references, as the run's artifact `evaluation/<split>_per_image.json`."""
+                  references: list[list[str]], per_caption: dict[str, list[float]], ev: EvaluationConfig) -> None:
+    """Log each caption's BERTScore F1 and METEOR (`score_captions`' per-caption scores; METEOR null when it was
+    not scored), with the captions and references, as the run's artifact `evaluation/<split>_per_image.json`."""
     from mlflow import MlflowClient
 
-    from capexp.evaluation.metrics import bertscore_per_caption, meteor_per_caption
-
-    bertscore = bertscore_per_caption(captions, references, model=ev.bertscore_model,
-                                      num_layers=ev.bertscore_num_layers, device=device, batch_size=ev.batch_size)
-    meteor = meteor_per_caption(captions, references) if ev.coco_metrics else None
+    meteor, bertscore = per_caption.get("meteor"), per_caption["bertscore_f1"]
     model = ev.bertscore_model + (f" (layer {ev.bertscore_num_layers})" if ev.bertscore_num_layers else "")
     images = [{"image_id": i, "caption": c, "references": r, "meteor": None if meteor is None else meteor[k],
-               "bertscore_f1": bertscore[k][2]} for k, (i, c, r) in enumerate(zip(image_ids, captions, references))]
+               "bertscore_f1": bertscore[k]} for k, (i, c, r) in enumerate(zip(image_ids, captions, references))]
     record = {"split": split, "decoding": decoding, "bertscore_model": model, "images": images}
     artifact = Path(ARTIFACT_EVAL_PER_IMAGE.format(split=split))
     with tempfile.TemporaryDirectory(prefix="capexp-eval-") as tmp:
