@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 from click.testing import CliRunner
@@ -149,10 +150,26 @@ def test_finalists_of_a_study_without_a_complete_trial_are_refused_and_the_study
 
 def test_rank_correlations_and_the_fidelity_sentence() -> None:
     # by hand: one swapped pair of four, Spearman 1 - 6 * 2 / (4 * 15) = 0.8, Kendall (5 - 1) / 6
-    assert rank_correlations([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx({"spearman": 0.8, "kendall": 4 / 6})
+    # 0.8 on 4 points: 4 of the 24 orders of the second list rank at least as well
+    assert rank_correlations([1, 2, 3, 4], [10, 30, 20, 40]) == pytest.approx({"spearman": 0.8, "kendall": 4 / 6,
+                                                                               "spearman_p": 4 / 24})
     assert rank_correlations([1, 2], [5, 5]) == {}  # a constant side: no correlation to speak of
     assert rank_correlations([1], [2]) == {}
     assert "treat the search's order as a hint" in fidelity_sentence(0.4, 6)
     assert "held at full budget" in fidelity_sentence(0.9, 6)
     assert "too few" in fidelity_sentence(1.0, 2)
     assert "untested" in fidelity_sentence(None, 1)
+    assert "(a random order of the 6 ranks as well 6.8% of the time)" in fidelity_sentence(0.71, 6, 0.068)
+
+
+@pytest.mark.parametrize("n", [6, 12])
+def test_the_spearman_p_value_is_scipys_permutation_test(n: int) -> None:
+    """Exact on 6 points (720 orders), a seeded sample of orders on 12; ties ranked as averages."""
+    from scipy import stats
+
+    rng = np.random.default_rng(n)
+    x, y = rng.integers(0, 5, n).astype(float), rng.normal(size=n)
+    y += x  # correlated, with ties in x
+    expected = stats.permutation_test((y,), lambda v: stats.spearmanr(x, v).statistic, permutation_type="pairings",
+                                      alternative="greater", n_resamples=20_000, rng=1).pvalue
+    assert rank_correlations(x, y)["spearman_p"] == pytest.approx(expected, abs=0.01 if n > 8 else 1e-9)

@@ -65,7 +65,7 @@ def build_finalists(records: Sequence[RunRecord], finals: Sequence[RunRecord], k
     """The Finalists table of a study whose child runs are `records` (trials, control) and `finals`; None without finalists."""
     import pandas as pd
 
-    from capexp.study.finalists import fidelity_sentence
+    from capexp.study.finalists import fidelity_sentence, rank_correlations
 
     if not finals:
         return None
@@ -90,8 +90,9 @@ def build_finalists(records: Sequence[RunRecord], finals: Sequence[RunRecord], k
                      Cell("winner" if won else "", changed=won)])
     header = ["trial", "values", "trial budget", "full budget (mean ± sd)", "winner"]
     seeds = max(len(v) for v in groups.values())
-    scored = sum(1 for k in groups if groups[k] and k in sources)
-    spearman = parent.fidelity.get("spearman") if parent is not None else None
+    pairs = [(sources[k].metrics["objective"], statistics.fmean(groups[k])) for k in groups
+             if groups[k] and k in sources and "objective" in sources[k].metrics]
+    fidelity = rank_correlations(*zip(*pairs)) if pairs else {}
     sentence = (f"{parent.metric if parent and parent.metric else 'The objective'} on validation, {seeds} seed(s) "
-                f"per finalist. " + fidelity_sentence(spearman, scored))
+                f"per finalist. " + fidelity_sentence(fidelity.get("spearman"), len(pairs), fidelity.get("spearman_p")))
     return Finalists(frame=pd.DataFrame(rows, columns=header, dtype=object), sentence=sentence)

@@ -25,7 +25,7 @@ from capexp.tracking import (
     runs_in,
     store_uri,
 )
-from capexp.tracking.names import FIDELITY_PREFIX, TAG_WINNER
+from capexp.tracking.names import TAG_WINNER
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -85,7 +85,6 @@ class StudyParent:
     plots: list[str]  # the Optuna plots' artifact paths, e.g. "plots/param_importances.png"
     direction: str | None = None  # "maximize" or "minimize"
     winner: str | None = None  # the finalists' winner: a trial number or "control"
-    fidelity: dict[str, float] = field(default_factory=dict)  # spearman, kendall: how the trial budget ranked the finalists
     cost: dict[str, float] = field(default_factory=dict)  # worker_minutes, encode_minutes of its child runs
 
     def cost_sentence(self) -> str:
@@ -108,7 +107,6 @@ def _study_parent(client: MlflowClient, run: Run) -> StudyParent:
                      key=lambda p: _PLOT_ORDER.get(p.rsplit("/", 1)[-1].removesuffix(".png"), len(_PLOT_ORDER))),
         direction=run.data.params.get(PARAM_DIRECTION),
         winner=run.data.tags.get(TAG_WINNER),
-        fidelity={k[len(FIDELITY_PREFIX):]: v for k, v in run.data.metrics.items() if k.startswith(FIDELITY_PREFIX)},
         cost={k: run.data.metrics[k] for k in ("worker_minutes", "encode_minutes") if k in run.data.metrics},
     )
 

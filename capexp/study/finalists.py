@@ -87,7 +87,8 @@ def _pick(study, plan: StudyPlan, count: int, control: dict[str, Any] | None) ->
 
 
 def rank_correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
-    """Spearman's and Kendall's rank correlation of `x` and `y` (scipy's, else pandas'); {} when undefined."""
+    """Spearman's and Kendall's rank correlation of `x` and `y` (scipy's, else pandas'), and `spearman_p`: how
+    often a random order of `y` ranks at least as well (from three points on); {} when undefined."""
     if len(x) < 2:
         return {}
     try:
@@ -100,11 +101,32 @@ def rank_correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float
         import pandas as pd
 
         values = {m: pd.Series(x).corr(pd.Series(y), method=m) for m in ("spearman", "kendall")}
-    return {k: float(v) for k, v in values.items() if v is not None and not math.isnan(v)}
+    out = {k: float(v) for k, v in values.items() if v is not None and not math.isnan(v)}
+    if "spearman" in out and len(x) >= 3:
+        out["spearman_p"] = _spearman_p(x, y)
+    return out
 
 
-def fidelity_sentence(spearman: float | None, count: int) -> str:
-    """One sentence on how the trial budget ranked `count` finalists."""
+def _spearman_p(x: Sequence[float], y: Sequence[float]) -> float:
+    """One-sided permutation p-value of Spearman's rho: the share of orderings of `y` whose rho is at least
+    the observed one; exact up to 8 points (every ordering, the observed one among them), else from 20,000
+    random ones (seed 0), counting the observed one too so that it is never 0."""
+    import itertools
+
+    import numpy as np
+    import pandas as pd
+
+    rx, ry = (pd.Series(v).rank().to_numpy() for v in (x, y))  # average ranks: ties as scipy counts them
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    n = len(rx)
+    orders = (np.array(list(itertools.permutations(range(n)))) if n <= 8
+              else np.argsort(np.random.default_rng(0).random((20_000, n)), axis=1))
+    at_least = int(np.sum(ry[orders] @ rx >= rx @ ry - 1e-9))  # rho's denominator is the same for every order
+    return at_least / len(orders) if n <= 8 else (at_least + 1) / (len(orders) + 1)
+
+
+def fidelity_sentence(spearman: float | None, count: int, p: float | None = None) -> str:
+    """One sentence on how the trial budget ranked `count` finalists (`p`: `rank_correlations`' spearman_p)."""
     if spearman is None:
         return (f"The fidelity check needs two finalists whose objectives differ; {count} finished at full "
                 f"budget, so the search's order is untested.")
@@ -114,7 +136,8 @@ def fidelity_sentence(spearman: float | None, count: int) -> str:
         verdict = ("the search's order held at full budget" if spearman >= 0.8 else
                    "treat the search's order as a rough guide" if spearman >= 0.5 else
                    "treat the search's order as a hint")
-    return f"The trial budget ranked the finalists with Spearman {spearman:.2f}: {verdict}."
+    chance = f" (a random order of the {count} ranks as well {100 * p:.2g}% of the time)" if p is not None else ""
+    return f"The trial budget ranked the finalists with Spearman {spearman:.2f}{chance}: {verdict}."
 
 
 def run_finalists(study, plan: StudyPlan, count: int, seeds: int, full: str, control: dict[str, Any] | None) -> list[str]:
@@ -184,4 +207,4 @@ def _conclude(study, plan: StudyPlan, finished: list[Finalist], seeds: int) -> l
     shown = ", ".join(f"{f.label} {statistics.fmean(f.full):.4f}" + (f" ± {statistics.stdev(f.full):.4f}" if len(f.full) > 1 else "")
                       for f in finished)
     return [f"finalists at full budget ({plan.metric}, mean ± sd over up to {seeds} seed(s)): {shown}",
-            f"winner: {winner.label}. " + fidelity_sentence(fidelity.get("spearman"), len(scored))]
+            f"winner: {winner.label}. " + fidelity_sentence(fidelity.get("spearman"), len(scored), fidelity.get("spearman_p"))]
