@@ -125,6 +125,14 @@ def test_finalists_retrain_at_full_budget_resume_after_a_kill_and_pick_a_winner(
     winner = trials[int(parent.data.tags["capexp.winner"])]
     assert {k: flat[k] for k in winner.params} == winner.params and flat["training_config.num_epochs"] == 2
 
+    # a resume with one finalist run left runs it in this process: no worker is spawned to wait for it
+    client.set_terminated(runs[1].info.run_id, "KILLED")
+    run_study(BASE, **args)
+    tags = {k: runs[1].data.tags[k] for k in ("capexp.finalist", "capexp.finalist_seed")}
+    (again,) = [r for r in _finalist_runs(tracking_uri, "fin") if r.info.run_id not in {a.info.run_id for a in after}
+                and {k: r.data.tags[k] for k in tags} == tags]
+    assert again.info.status == "FINISHED" and f":{os.getpid()}:" in again.data.tags["capexp.worker"]
+
 
 def test_finalists_of_a_study_without_a_complete_trial_are_refused_and_the_study_is_kept(
     tmp_path: Path, tracking_uri: str

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-__all__ = ["child_run", "objective_value"]
+__all__ = ["child_run", "child_to_run", "objective_value"]
 
 log = logging.getLogger("capexp")
 
@@ -57,6 +57,15 @@ def objective_value(client: MlflowClient, run: Run, plan: StudyPlan) -> float:
             f"Set `objective.metric` in the search-space file to a metric the runs log and use a new --name."
         )
     return value
+
+
+def child_to_run(plan: StudyPlan, tags: dict[str, str]) -> bool:
+    """Whether the child run tagged `tags` has yet to run here: not finished, not running in a live process,
+    not out of retries."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(plan.tracking_uri)
+    return _settle(client, study_runs(client, plan.experiment, plan.name, parent=plan.parent_run_id, tags=tags))[0] == "run"
 
 
 def child_run(plan: StudyPlan, spec: Spec, tags: dict[str, str], label: str, values: dict[str, Any],

@@ -22,7 +22,7 @@ from typing import Any
 from capexp.errors import CapexpError, warn
 from capexp.spec.loading import load_spec
 from capexp.spec.schema import Spec
-from capexp.study.child_runs import child_run, objective_value
+from capexp.study.child_runs import child_run, child_to_run, objective_value
 from capexp.study.control import CONTROL, control_outcome
 from capexp.study.plan import StudyPlan
 from capexp.study.trials import console_warnings_only, run_workers
@@ -156,12 +156,13 @@ def run_finalists(study, plan: StudyPlan, count: int, seeds: int, full: str, con
             spec = load_spec(full, [*sets, f"seed={seed}", f"id={json.dumps(name)}"])
             tags = {TAG_FINALIST: finalist.key, TAG_FINALIST_SEED: str(seed)}
             jobs.append((finalist, (spec, tags, f"finalist {finalist.label} seed {seed}", finalist.values)))
-    workers = min(plan.workers, len(jobs))
+    todo = [k for k, (_, job) in enumerate(jobs) if child_to_run(plan, job[1])]
+    workers = min(plan.workers, len(todo))  # on a resume, no more workers than runs left
     if workers > 1:  # each worker takes the next run when it is free; this process then only collects them
         import multiprocessing
 
         queue = multiprocessing.get_context("spawn").SimpleQueue()
-        for k in [*range(len(jobs)), *[None] * workers]:
+        for k in [*todo, *[None] * workers]:
             queue.put(k)
         problems = run_workers(plan, workers, functools.partial(_share, [job for _, job in jobs], queue))
         if problems:
