@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -250,12 +251,19 @@ def test_corrupt_or_missing_image_is_unreadable(tmp_path: Path) -> None:
         ImageRef.from_file(tmp_path / "full.jpg")
 
 
-def test_file_key_changes_when_the_file_changes(tmp_path: Path) -> None:
+def test_file_key_follows_the_content_not_the_place_or_the_time(tmp_path: Path) -> None:
+    """A dataset copied elsewhere or extracted again (new mtimes) keeps its feature-cache keys; an edited image
+    gets a new one."""
     image = _png(tmp_path / "img" / "a.png")
     listing = _caption_json(tmp_path / "train.json", [{"image": "img/a.png", "caption": "x"}])
     data = CaptionListData(train_captions_path=str(listing), val_captions_path=str(listing))
     before = load_data(_spec(data)).train.images[0].key
-    assert str(image) in before
+    os.utime(image, ns=(1, 1))  # re-extracted: same bytes, another time
+    assert load_data(_spec(data)).train.images[0].key == before
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "img", copy / "img")
+    moved = CaptionListData(train_captions_path=str(listing), val_captions_path=str(listing), images_root=str(copy))
+    assert load_data(_spec(moved)).train.images[0].key == before
     Image.new("RGB", (30, 30), (0, 0, 0)).save(image)
     assert load_data(_spec(data)).train.images[0].key != before
 

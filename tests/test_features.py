@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from capexp.backbones import EncoderCard, resolve_encoder
 from capexp.data import ImageRef
 from capexp.backbones.feature_cache import cache_root, encode_images
 
 def _ref(path: Path) -> ImageRef:
-    st = path.stat()
-    return ImageRef(path.name, f"{path}|{st.st_size}|{st.st_mtime_ns}", path)
+    return ImageRef.from_file(path)
 
 
 @pytest.fixture
@@ -94,12 +94,27 @@ def test_other_size_kind_or_encoder_never_reads_stale_features(photos: list[Path
 
 def test_changed_file_is_encoded_again(photos: list[Path], card: EncoderCard) -> None:
     before = encode_images(card, [_ref(p) for p in photos], progress=False)
-    shutil.copy(photos[5], photos[0])  # new pixels, new size and mtime: a new key
+    shutil.copy(photos[5], photos[0])  # photo 5's pixels: its features serve photo 0 too
+    after = encode_images(card, [_ref(p) for p in photos], progress=False)
+    assert (after.n_encoded, after.n_cached) == (0, 6)
+    assert torch.equal(after.features[0], before.features[5])
+    Image.open(photos[5]).rotate(90).save(photos[0])  # new pixels: encoded again
     after = encode_images(card, [_ref(p) for p in photos], progress=False)
     assert (after.n_encoded, after.n_cached) == (1, 5)
     assert not torch.equal(after.features[0], before.features[0])
-    torch.testing.assert_close(after.features[0], before.features[5], rtol=2e-3, atol=2e-3)  # other batch
     assert torch.equal(after.features[1:], before.features[1:])  # from the cache
+
+
+def test_a_copied_dataset_is_served_from_the_cache(photos: list[Path], card: EncoderCard, tmp_path: Path) -> None:
+    """Copied elsewhere, with new modification times: every image's features come from the cache."""
+    before = encode_images(card, [_ref(p) for p in photos], progress=False)
+    copy = tmp_path / "copied"
+    shutil.copytree(photos[0].parent, copy)  # copy2 keeps mtimes: give them new ones, as a fresh extraction would
+    for p in copy.iterdir():
+        os.utime(p, ns=(10**18, 10**18))
+    after = encode_images(card, [_ref(copy / p.name) for p in photos], progress=False)
+    assert (after.n_encoded, after.n_cached) == (0, 6)
+    assert torch.equal(after.features, before.features)
 
 
 def test_unreadable_images_are_skipped_with_one_warning(
@@ -138,10 +153,7 @@ def test_two_processes_filling_one_cache_encode_each_image_once(
         from capexp.backbones import resolve_encoder
         from capexp.data import ImageRef
         from capexp.backbones.feature_cache import encode_images
-        refs = []
-        for p in {[str(p) for p in photos]!r}:
-            st = Path(p).stat()
-            refs.append(ImageRef(Path(p).name, f"{{p}}|{{st.st_size}}|{{st.st_mtime_ns}}", Path(p)))
+        refs = [ImageRef.from_file(Path(p)) for p in {[str(p) for p in photos]!r}]
         got = encode_images(resolve_encoder("efficientnet-lite0", (32, 32)), refs, batch_size=2, progress=False)
         assert got.features.shape == (6, 1280), got.features.shape
         print(got.n_encoded)

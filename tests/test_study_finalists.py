@@ -124,12 +124,16 @@ def test_finalists_retrain_at_full_budget_resume_after_a_kill_and_pick_a_winner(
     flat = flatten(load_spec(path))
     winner = trials[int(parent.data.tags["capexp.winner"])]
     assert {k: flat[k] for k in winner.params} == winner.params and flat["training_config.num_epochs"] == 2
+    _one_run_left_runs_in_this_process(client, runs[1], {a.info.run_id for a in after}, args, tracking_uri)
 
-    # a resume with one finalist run left runs it in this process: no worker is spawned to wait for it
-    client.set_terminated(runs[1].info.run_id, "KILLED")
+
+def _one_run_left_runs_in_this_process(client: mlflow.MlflowClient, run: mlflow.entities.Run, earlier: set[str],
+                                       args: dict, tracking_uri: str) -> None:
+    """A resume with one finalist run left runs it in the study's process: no worker is spawned to wait for it."""
+    client.set_terminated(run.info.run_id, "KILLED")
     run_study(BASE, **args)
-    tags = {k: runs[1].data.tags[k] for k in ("capexp.finalist", "capexp.finalist_seed")}
-    (again,) = [r for r in _finalist_runs(tracking_uri, "fin") if r.info.run_id not in {a.info.run_id for a in after}
+    tags = {k: run.data.tags[k] for k in ("capexp.finalist", "capexp.finalist_seed")}
+    (again,) = [r for r in _finalist_runs(tracking_uri, "fin") if r.info.run_id not in earlier
                 and {k: r.data.tags[k] for k in tags} == tags]
     assert again.info.status == "FINISHED" and f":{os.getpid()}:" in again.data.tags["capexp.worker"]
 

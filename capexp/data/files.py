@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from capexp.data.digests import file_keys
 from capexp.data.types import ImageRef, Split, Splits
 from capexp.errors import CapexpError, warn
 from capexp.spec.schema import CaptionListData, CocoData, Flickr8kData, KarpathyData
@@ -39,19 +40,14 @@ def _file_split(entries: Iterable[tuple[str, Path, list[Any]]], listing: str, fo
 
     `listing` names what listed the images (file and spec key), `folder` where they were looked for.
     """
+    listed = [(image_id, path, caps) for image_id, path, raw in entries if (caps := _clean(raw))]
+    total = len(listed)
     images: list[ImageRef] = []
     captions: list[list[str]] = []
-    total = 0
-    for image_id, path, raw in entries:
-        caps = _clean(raw)
-        if not caps:
-            continue
-        total += 1
-        try:
-            images.append(ImageRef.from_file(path, image_id))
-        except OSError:
-            continue
-        captions.append(caps)
+    for (image_id, path, caps), key in zip(listed, file_keys([path for _, path, _ in listed])):
+        if key is not None:
+            images.append(ImageRef.from_file(path, image_id, key))
+            captions.append(caps)
     if total == 0:
         raise CapexpError(f"{listing} lists no image with a caption. Check that it is the right file.")
     if not images:

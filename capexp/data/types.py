@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
+from capexp.data.digests import file_keys
 from capexp.data.images import read_image
 
 if TYPE_CHECKING:
@@ -30,18 +30,20 @@ class ImageRef:
     """One image: its shown name, its feature-cache key and where its pixels come from."""
 
     image_id: str  # what users see: the file name
-    key: str  # content identity: changes whenever the pixels may change
+    key: str  # content identity: the file's digest (a generated image: its recipe)
     path: Path | None = None  # the file, or None for generated images
     render: Callable[[], Image.Image] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def from_file(cls, path: Path, image_id: str | None = None) -> ImageRef:
-        """The image file at `path` (made absolute), keyed by path, size and mtime; OSError if no such file."""
+    def from_file(cls, path: Path, image_id: str | None = None, key: str | None = None) -> ImageRef:
+        """The image file at `path` (made absolute), keyed by its content (`capexp.data.digests`; give `key`
+        when it is known already); OSError if there is no such file."""
         path = Path(os.path.abspath(path))
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            raise IsADirectoryError(f"{path} is not a file")
-        return cls(image_id or path.name, f"{path}|{st.st_size}|{st.st_mtime_ns}", path)
+        if key is None:
+            (key,) = file_keys([path])
+        if key is None:
+            raise FileNotFoundError(f"{path} is not a file")
+        return cls(image_id or path.name, key, path)
 
     def load(self) -> Image.Image:
         """The image as RGB, through the pixel cap (`capexp.data.images.read_image`); raises

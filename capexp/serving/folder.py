@@ -64,12 +64,9 @@ def list_images(images_dir: Path) -> list[Path]:
 
 def image_refs(files: list[Path]) -> list[Any]:
     from capexp.data import ImageRef
+    from capexp.data.digests import file_keys
 
-    refs = []
-    for path in files:
-        st = path.stat()
-        refs.append(ImageRef(path.name, f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}", path.resolve()))
-    return refs
+    return [ImageRef.from_file(path.resolve(), path.name, key) for path, key in zip(files, file_keys(files)) if key is not None]
 
 
 def unique_names(checkpoints: list[Checkpoint]) -> list[str]:

@@ -1,0 +1,88 @@
+"""Content keys of image files for the feature cache: the same bytes get the same key wherever the file
+lies and whatever its modification time, so a dataset copied, re-extracted or moved keeps its cached
+features, and an edited image gets new ones.
+
+A file's digest is remembered by its path, size and modification time in `image-digests.sqlite` under
+the cache root, so a file that has not changed is not read again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import sqlite3
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+from capexp.paths import cache_root
+
+__all__ = ["file_keys"]
+
+log = logging.getLogger("capexp")
+
+_CHUNK = 500  # SQLite's limit on bound parameters is 999 in old builds
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as f:
+        return "blake2b:" + hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def file_keys(paths: Sequence[Path]) -> list[str | None]:
+    """Each file's content key (made absolute first); None where there is no such regular file."""
+    stats: list[str | None] = []
+    for path in paths:
+        try:
+            st = os.stat(os.path.abspath(path))
+        except OSError:
+            stats.append(None)
+            continue
+        stats.append(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}" if stat.S_ISREG(st.st_mode) else None)
+    wanted = sorted({s for s in stats if s is not None})
+    known = _remembered(wanted)
+    fresh = {}
+    for s in wanted:
+        if s not in known:
+            try:
+                fresh[s] = _digest(s.rsplit("|", 2)[0])
+            except OSError:  # gone or unreadable since the stat: left out like a missing file
+                continue
+    if fresh:
+        _remember(fresh)
+    known |= fresh
+    return [known.get(s) if s is not None else None for s in stats]
+
+
+def _connect() -> sqlite3.Connection:
+    folder = cache_root()
+    folder.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(folder / "image-digests.sqlite", timeout=60)
+    db.execute("CREATE TABLE IF NOT EXISTS digests (stat TEXT PRIMARY KEY, digest TEXT NOT NULL)")
+    return db
+
+
+def _remembered(stats: list[str]) -> dict[str, str]:
+    if not stats:
+        return {}
+    try:
+        with contextlib.closing(_connect()) as db:
+            found: dict[str, str] = {}
+            for start in range(0, len(stats), _CHUNK):
+                chunk = stats[start : start + _CHUNK]
+                query = f"SELECT stat, digest FROM digests WHERE stat IN ({','.join('?' * len(chunk))})"
+                found.update(db.execute(query, chunk).fetchall())
+            return found
+    except (sqlite3.Error, OSError) as e:  # a read-only or odd cache folder: every file is read instead
+        log.debug("image digests not remembered (%s)", e)
+        return {}
+
+
+def _remember(digests: dict[str, str]) -> None:
+    try:
+        with contextlib.closing(_connect()) as db, db:  # one transaction, committed
+            db.executemany("INSERT OR REPLACE INTO digests VALUES (?, ?)", digests.items())
+    except (sqlite3.Error, OSError) as e:
+        log.debug("image digests not remembered (%s)", e)
