@@ -251,15 +251,21 @@ def test_corrupt_or_missing_image_is_unreadable(tmp_path: Path) -> None:
         ImageRef.from_file(tmp_path / "full.jpg")
 
 
-def test_file_key_follows_the_content_not_the_place_or_the_time(tmp_path: Path) -> None:
+def test_file_key_follows_the_content_not_the_place_or_the_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A dataset copied elsewhere or extracted again (new mtimes) keeps its feature-cache keys; an edited image
-    gets a new one."""
+    gets a new one. A file is read for its digest only when it is new or changed."""
+    from capexp.data import digests
+
+    monkeypatch.setenv("CAPEXP_CACHE", str(tmp_path / "cache"))
+    read = []
+    monkeypatch.setattr(digests, "_digest", lambda path, _real=digests._digest: read.append(path) or _real(path))
     image = _png(tmp_path / "img" / "a.png")
     listing = _caption_json(tmp_path / "train.json", [{"image": "img/a.png", "caption": "x"}])
     data = CaptionListData(train_captions_path=str(listing), val_captions_path=str(listing))
     before = load_data(_spec(data)).train.images[0].key
+    assert load_data(_spec(data)).train.images[0].key == before and read == [str(image)]  # the second time: remembered
     os.utime(image, ns=(1, 1))  # re-extracted: same bytes, another time
-    assert load_data(_spec(data)).train.images[0].key == before
+    assert load_data(_spec(data)).train.images[0].key == before and len(read) == 2
     copy = tmp_path / "copy"
     shutil.copytree(tmp_path / "img", copy / "img")
     moved = CaptionListData(train_captions_path=str(listing), val_captions_path=str(listing), images_root=str(copy))
