@@ -159,7 +159,8 @@ def test_from_archive_then_run_the_flickr8k_spec_with_the_printed_line(
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("capexp").experiment_id])
     assert run.info.status == "FINISHED" and run.data.params["data_paths.root"] == root
-    assert run.data.metrics["images_encoded"] == 15  # 12 train + 3 dev photos
+    # 12 train + 3 dev photos (another test's copies of them may be in the shared feature cache already)
+    assert run.data.metrics["images_encoded"] + run.data.metrics["images_cached"] == 15
 
 
 def test_incomplete_archive_or_target_is_reported_and_left_alone(tiny_flickr8k: Path, tmp_path: Path) -> None:
