@@ -181,7 +181,7 @@ def test_the_spearman_p_value_is_scipys_permutation_test(n: int) -> None:
 
     rng = np.random.default_rng(n)
     x, y = rng.integers(0, 5, n).astype(float), rng.normal(size=n)
-    y += x  # correlated, with ties in x
+    y += 0.3 * x  # somewhat correlated (p about 0.1), with ties in x
     expected = stats.permutation_test((y,), lambda v: stats.spearmanr(x, v).statistic, permutation_type="pairings",
-                                      alternative="greater", n_resamples=20_000, rng=1).pvalue
-    assert rank_correlations(x, y)["spearman_p"] == pytest.approx(expected, abs=0.01 if n > 8 else 1e-9)
+                                      alternative="greater", n_resamples=2_000, rng=1).pvalue
+    assert rank_correlations(x, y)["spearman_p"] == pytest.approx(expected, abs=0.04 if n > 8 else 1e-9)
