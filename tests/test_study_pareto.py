@@ -265,4 +265,15 @@ def test_plot_labels_name_params_as_the_tables_do() -> None:
     # Optuna cuts long names and orders params by name: label_smoothing comes before learning_rate
     assert [t.get_text() for t in ax.get_xticklabels()] == ["cider (validation)", "smooth", "lr", "scst"]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["2", "None", "0.5"]  # a section by its first field
+    encoder = ax.twinx()  # an axis of names that share a prefix: the part that tells them apart
+    encoder.set_yticks([0, 1, 2, 3], ["efficientnet-lite0", "efficientnet-lite2", "None", "1e-3"])
+    lr = ax.twinx()  # a log axis's labels are mathtext with a common prefix: kept whole
+    lr.set_yticks([0, 1], [r"$\mathdefault{10^{-3}}$", r"$\mathdefault{10^{-4}}$"])
+    _short_labels(fig, set())
+    assert [t.get_text() for t in encoder.get_yticklabels()] == ["lite0", "lite2", "None", "1e-3"]
+    assert [t.get_text() for t in lr.get_yticklabels()] == [r"$\mathdefault{10^{-3}}$", r"$\mathdefault{10^{-4}}$"]
+    bars = ax.twinx()  # the importance plot's params, one per bar
+    bars.set_yticks([0, 1], ["training_config.learning_rate", "training_config.label_smoothing"])
+    _short_labels(fig, {"training_config.learning_rate", "training_config.label_smoothing"})
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["lr", "smooth"]
     plt.close(fig)

@@ -4,6 +4,7 @@ and the Optuna plots."""
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -164,7 +165,8 @@ def _plots(study, folder: Path, metric: str, importances: dict[str, float],
 
 def _short_labels(fig: Any, names: set[str]) -> None:
     """Tick labels as the trials table writes them: `scst` for the param `training_config.scst` (of
-    `names`, whole or cut short with "..."), 3 for its JSON section."""
+    `names`, whole or cut short with "..."), 3 for its JSON section, lite0 and lite2 on an axis of
+    efficientnet-lite0 and efficientnet-lite2."""
     from capexp.study.progress import short_key, short_value
 
     def keys(labels: list[str]) -> list[str]:  # Optuna orders params by name: the i-th of a cut label is the i-th match
@@ -182,12 +184,29 @@ def _short_labels(fig: Any, names: set[str]) -> None:
         except json.JSONDecodeError:
             return text
 
+    def values(labels: list[str]) -> list[str]:  # lite0, lite1 for efficientnet-lite0, efficientnet-lite1
+        if labels and all(t in names for t in labels):  # the importance plot's bars
+            return [short_key(t) for t in labels]
+        texts = [value(t) for t in labels]
+        words = [t for t in texts if t and t != "None" and not t.startswith("$") and not _number(t)]  # $: mathtext
+        prefix = os.path.commonprefix(words) if len(words) > 1 else ""
+        cut = max(prefix.rfind(c) for c in "-/_") + 1
+        return [t[cut:] if cut and t.startswith(prefix[:cut]) else t for t in texts]
+
     for ax in fig.axes:
-        for axis, rename in ((ax.xaxis, keys), (ax.yaxis, lambda labels: [value(t) for t in labels])):
+        for axis, rename in ((ax.xaxis, keys), (ax.yaxis, values)):
             labels = [t.get_text() for t in axis.get_ticklabels()]
             renamed = rename(labels)
             if renamed != labels:
                 axis.set_ticks(axis.get_ticklocs(), renamed)
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text.replace("\N{MINUS SIGN}", "-"))
+    except ValueError:
+        return False
+    return True
 
 
 def _cost(client: Any, plan: StudyPlan) -> dict[str, float]:
