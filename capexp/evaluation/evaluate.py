@@ -72,8 +72,8 @@ def evaluate_run(
     from capexp.evaluation.metrics import score_captions
     from capexp.evaluation.significance import log_per_image
     from capexp.model.checkpoint import check_ensemble, read_checkpoint
-    from capexp.tracking import resolve_model_source
     from capexp.model.decoding import decode
+    from capexp.tracking import resolve_model_source
 
     if split not in ("test", "val"):
         raise CapexpError(f"--split must be 'test' or 'val', got {split!r}.")
