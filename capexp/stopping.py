@@ -8,7 +8,8 @@ finishes. The command then exits with 128 + the signal's number: 130, 143 or 129
 
 Python drops an exception raised inside a finaliser or a weakref callback, and a signal can land
 there; the training loops call `raise_if_stopped()` at each step, so such a stop still ends the run
-at its next step instead of being lost.
+at its next step instead of being lost. Where Python wraps it in another error instead, `stopped_by`
+finds it, so the run still ends KILLED.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-__all__ = ["SIGNALS", "Stopped", "exit_code", "raise_if_stopped", "stop_on_signals", "stoppable"]
+__all__ = ["SIGNALS", "Stopped", "exit_code", "raise_if_stopped", "stop_on_signals", "stoppable", "stopped_by"]
 
 log = logging.getLogger("capexp")
 
@@ -51,6 +52,20 @@ def _handle(signum: int, frame: object) -> None:
         return
     _state["stopping"] = signum
     raise Stopped(signum)
+
+
+def stopped_by(error: BaseException) -> KeyboardInterrupt | None:
+    """The interrupt behind `error`: itself, or one it was raised from or while handling (Python 3.11
+    wraps an exception raised inside `__set_name__`, where a signal can land during an import, in a
+    RuntimeError); None when no stop is behind it."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def raise_if_stopped() -> None:

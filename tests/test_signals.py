@@ -62,6 +62,27 @@ def test_a_signal_ends_the_run_killed_with_what_it_logged(tracking_uri: str, tmp
     assert f"interrupted ({signal.Signals(signum).name})" in (tmp_path / "run.log").read_text()
 
 
+def test_a_stop_python_wraps_in_another_error_still_ends_the_run_killed(tracking_uri: str, tiny,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal that lands inside `__set_name__` (during an import, say) reaches the run as a RuntimeError
+    raised from `Stopped` on Python 3.11: the run still ends KILLED and the stop goes on up."""
+    import capexp.training.cross_entropy as cross_entropy
+    from capexp.stopping import Stopped
+
+    class Probe:
+        def __set_name__(self, owner: type, name: str) -> None:
+            raise Stopped(signal.SIGTERM)
+
+    def train(*args, **kwargs):
+        type("Owner", (), {"probe": Probe()})
+
+    monkeypatch.setattr(cross_entropy, "train_cross_entropy", train)
+    with pytest.raises(Stopped):
+        tiny.run(tracking_uri=tracking_uri)
+    (run,) = _runs(tracking_uri)
+    assert run.info.status == "KILLED"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_a_two_worker_study_with_nothing_left_running(tracking_uri: str, tmp_path: Path, signum: int, tiny) -> None:
     """One signal to the study command (SIGINT: as Ctrl-C, to its whole process group) stops both

@@ -23,7 +23,7 @@ from capexp.errors import CapexpError, TrainingDiverged, warn
 from capexp.training.outputs import plot_curves, write_captions
 from capexp.spec.schema import Spec
 from capexp.spec.loading import expand_path, flatten, spec_hash
-from capexp.stopping import stoppable
+from capexp.stopping import stoppable, stopped_by
 from capexp.tracking import (
     ARTIFACT_CHECKPOINT,
     DEFAULT_EXPERIMENT,
@@ -302,10 +302,12 @@ def run_spec(
         return RunResult(run_id, recorder.history, dict(best), pruned)
     except TrainingDiverged as e:
         raise TrainingDiverged(f"{origin}: run {spec.id} ends FAILED: {e}") from None
-    except KeyboardInterrupt as e:
+    except (KeyboardInterrupt, Exception) as e:
+        if (stop := stopped_by(e)) is None:
+            raise
         status = "KILLED"
-        warn(f"interrupted ({str(e) or 'SIGINT'}): run {spec.id} ends KILLED with everything logged so far kept.")
-        raise
+        warn(f"interrupted ({str(stop) or 'SIGINT'}): run {spec.id} ends KILLED with everything logged so far kept.")
+        raise stop from (None if stop is e else e)
     finally:
         _finish(spec, workdir, best, status, handler)
 
