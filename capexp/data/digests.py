@@ -27,8 +27,11 @@ _CHUNK = 500  # SQLite's limit on bound parameters is 999 in old builds
 
 
 def _digest(path: str) -> str:
+    digest = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
-        return "blake2b:" + hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+        for block in iter(lambda: f.read(1 << 20), b""):  # hashlib.file_digest needs Python 3.11
+            digest.update(block)
+    return "blake2b:" + digest.hexdigest()
 
 
 def file_keys(paths: Sequence[Path]) -> list[str | None]:
