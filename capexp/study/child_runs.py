@@ -59,13 +59,18 @@ def objective_value(client: MlflowClient, run: Run, plan: StudyPlan) -> float:
     return value
 
 
-def child_to_run(plan: StudyPlan, tags: dict[str, str]) -> bool:
-    """Whether the child run tagged `tags` has yet to run here: not finished, not running in a live process,
-    not out of retries."""
+def _standing(plan: StudyPlan, tags: dict[str, str]) -> tuple[MlflowClient, str, Run | None]:
+    """A client on the study's store, and where the child run tagged `tags` stands (`_settle`)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(plan.tracking_uri)
-    return _settle(client, study_runs(client, plan.experiment, plan.name, parent=plan.parent_run_id, tags=tags))[0] == "run"
+    return client, *_settle(client, study_runs(client, plan.experiment, plan.name, parent=plan.parent_run_id, tags=tags))
+
+
+def child_to_run(plan: StudyPlan, tags: dict[str, str]) -> bool:
+    """Whether the child run tagged `tags` has yet to run here: not finished, not running in a live process,
+    not out of retries."""
+    return _standing(plan, tags)[1] == "run"
 
 
 def child_run(plan: StudyPlan, spec: Spec, tags: dict[str, str], label: str, values: dict[str, Any],
@@ -74,10 +79,7 @@ def child_run(plan: StudyPlan, spec: Spec, tags: dict[str, str], label: str, val
     ran already (or `start` is False); None when it failed (diverged, out of memory, or MAX_RETRY
     attempts), runs elsewhere or did not run. `label` and `values` name it in the progress line
     printed when it ends."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(plan.tracking_uri)
-    state, run = _settle(client, study_runs(client, plan.experiment, plan.name, parent=plan.parent_run_id, tags=tags))
+    client, state, run = _standing(plan, tags)
     if state == "done":
         return run
     if state == "elsewhere":
