@@ -87,7 +87,7 @@ def test_finalists_retrain_at_full_budget_resume_after_a_kill_and_pick_a_winner(
     assert any("winner:" in line for line in first.finalists)
 
     stopped, dead = _kill(client, runs)
-    run_study(BASE, **args)
+    run_study(BASE, **{**args, "workers": 1})  # the two runs again, in this process (no workers to start)
 
     after = _finalist_runs(tracking_uri, "fin")
     assert len(after) == 6  # the two stopped ones ran again; the finished ones did not

@@ -136,6 +136,18 @@ def test_progress_lines_and_kept_models_follow_the_front(tmp_path: Path) -> None
     assert [t.number for t in ranked(study, study.trials, plan)] == [0, 1, 2, 4, 3]
 
 
+def test_the_pareto_plot_names_the_control_and_the_default_pick(tmp_path: Path) -> None:
+    from capexp.study.pareto_report import _marks
+
+    storage = _study(tmp_path)
+    study = optuna.load_study(study_name="pq", storage=open_storage(storage, "pq"))
+    assert _marks(study, "pq") == {1: "default pick"}
+    dist = {"gpt2_config.visual_tokens_length": optuna.distributions.CategoricalDistribution([2, 4, 8])}
+    study.add_trial(optuna.trial.create_trial(params={"gpt2_config.visual_tokens_length": 4}, distributions=dist,
+                                              values=[0.3, 6.0], user_attrs={"capexp.control": True}))
+    assert _marks(study, "pq") == {1: "default pick", 5: "control"}  # a dominated control is named too
+
+
 def test_best_spec_picks_a_member_of_the_front_and_refuses_an_unknown_metric(tmp_path: Path) -> None:
     storage = _study(tmp_path)
     study = optuna.load_study(study_name="pq", storage=open_storage(storage, "pq"))
@@ -165,7 +177,9 @@ def _logged_study(uri: str) -> None:
     parent = client.create_run(exp, run_name="pq", tags={TAG_STUDY: "pq", TAG_STUDY_ROLE: "parent"}).info.run_id
     params = {"objective.metric": "cider", "objective.direction": "maximize", "objective.metrics": "cider,train_minutes",
               "objective.directions": "maximize,minimize", "space.gpt2_config.visual_tokens_length": "{}"}
-    client.log_batch(parent, params=[Param(k, v) for k, v in params.items()])
+    knob = "gpt2_config.visual_tokens_length"  # its share of each objective's variance: all of it
+    client.log_batch(parent, params=[Param(k, v) for k, v in params.items()],
+                     metrics=[Metric(f"importance.{knob}", 1.0, 0, 0), Metric(f"importance/train_minutes/{knob}", 1.0, 0, 0)])
     for number, (cider, minutes) in TRIALS.items():
         run = client.create_run(exp, run_name=f"pq-{number:03d}", tags={
             TAG_STUDY: "pq", TAG_PARENT: parent, TAG_TRIAL: str(number), TAG_OPTUNA_STATE: "COMPLETE"}).info.run_id
@@ -195,6 +209,12 @@ def test_compare_study_shows_the_front_at_80_columns(tracking_uri: str) -> None:
                     ["2", "4", "0.4500", "1.0000"]]
     markdown = compare(study="pq", fmt="md", console=Console(file=io.StringIO(), width=80))
     assert "### Pareto front" in markdown and "| **1** | 3 | 0.4900 | 2.0000 | default pick |" in markdown
+    # the trials table shows every objective: minutes are each run's total
+    assert "| # | k | cider | train_minutes | state | epochs | min |" in markdown
+    assert "| 1 | 3 | 0.4900 | 2.0000 | complete | 2 |" in markdown
+    assert "for each objective (cider, train_minutes)" in markdown
+    assert "| knob | key | cider | train_minutes |\n|---|---|---|---|\n| k | gpt2_config.visual_tokens_length | 1.000 | 1.000 |" in markdown
+    assert text[text.index("knob   key"):].split("\n")[0].split() == ["knob", "key", "cider", "train_minutes"]
 
 
 def test_auto_direction_minimizes_minutes_and_losses_and_maximizes_scores() -> None:
@@ -218,8 +238,11 @@ def test_a_two_objective_study_prints_its_front_and_logs_the_plot(tmp_path: Path
                                  "params": {"gpt2_config.visual_tokens_length": {"choices": [2, 4]}}}))
     tiny = ["training_config.num_epochs=1", "data_paths.num_train=16", "data_paths.num_val=4", "training_config.batch_size=8",
             "training_config.warmup_steps=0", "evaluation.coco_metrics=false", "evaluation.max_images=4"]
+    two = tmp_path / "two-tokens.json"  # tried after the control's 4 tokens
+    two.write_text(json.dumps({"extends": str(REPO / "experiments" / "quickstart.json"),
+                               "gpt2_config": {"visual_tokens_length": 2}}))
     summary = run_study(REPO / "experiments" / "quickstart.json", trials=2, name="two", space=space,
-                        storage=str(tmp_path / "two.journal"), overrides=tiny)
+                        storage=str(tmp_path / "two.journal"), overrides=tiny, enqueue=[two])
     assert summary.complete == 2 and summary.best_trial is None  # no single best trial
     assert summary.front[0].startswith("Pareto front (minimize val_loss, minimize train_minutes)")
     study = optuna.load_study(study_name="two", storage=open_storage(str(tmp_path / "two.journal"), "two"))
@@ -233,7 +256,14 @@ def test_a_two_objective_study_prints_its_front_and_logs_the_plot(tmp_path: Path
     parent = client.get_run(summary.parent_run_id)
     assert parent.data.tags["capexp.pareto_front"] == ",".join(str(t) for t in sorted(
         (t.number for t in study.best_trials), key=lambda n: (study.trials[n].values[0], n)))
-    assert "plots/pareto_front.png" in [f.path for f in client.list_artifacts(summary.parent_run_id, "plots")]
+    plots = {f.path for f in client.list_artifacts(summary.parent_run_id, "plots")}
+    # no per-epoch values with several objectives, so no (empty) intermediate-values plot
+    assert plots == {f"plots/{p}.png" for p in ("optimization_history", "param_importances", "parallel_coordinate",
+                                                 "pareto_front")}
+    assert study.metric_names == ["val_loss", "train_minutes"]  # the importances plot's legend
+    knob = "gpt2_config.visual_tokens_length"  # the one knob, whose two values the two trials ran
+    assert {t.params[knob] for t in study.trials} == {2, 4}
+    assert parent.data.metrics[f"importance.{knob}"] == parent.data.metrics[f"importance/train_minutes/{knob}"] == 1.0
 
 
 def test_finalists_are_refused_with_several_objectives_in_one_line(tmp_path: Path) -> None:

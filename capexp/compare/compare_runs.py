@@ -104,8 +104,9 @@ def _table(runs: Sequence[str], experiment: str | None, study: str | None, metri
     if ranking:
         return _Found(build_ranking(searched), len(records), parent)
     knobs, objective = (parent.knobs, parent.metric) if parent is not None else ([], None)
+    also = [m for m, _ in parent.objectives[1:]] if parent is not None else []
     trials = build_trials(searched, knobs, objective=objective, metric=metric,
-                          direction=direction if metric in (None, "objective") else None)
+                          direction=direction if metric in (None, "objective") else None, also=also)
     return _Found(trials, len(records), parent, build_finalists(searched, finals, knobs, parent),
                   load_front(study, searched, parent))
 

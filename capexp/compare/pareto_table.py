@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from capexp.compare.records import RunRecord, StudyParent
 from capexp.compare.table import Cell
-from capexp.study.pareto import Member, default_pick, objective_value, objectives_of, pareto_front, parse_pick, pick
+from capexp.study.pareto import Member, default_pick, objective_value, pareto_front, parse_pick, pick
 from capexp.study.progress import short_key, short_value
 from capexp.tracking.names import PARAM_TRIAL_NUMBER, TAG_OPTUNA_STATE, TAG_TRIAL
 
@@ -66,7 +66,7 @@ def load_front(study: str, records: Sequence[RunRecord], parent: StudyParent | N
     if parent is None:
         return None
     client = MlflowClient()
-    objectives = objectives_of(client.get_run(parent.run_id).data.params)
+    objectives = parent.objectives
     members, runs = [], {}
     for record in records:
         number = _number(record)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from capexp.errors import CapexpError
 from capexp.spec.schema import metric_mode
+from capexp.study.pareto import objectives_of
 from capexp.tracking import (
     DEFAULT_EXPERIMENT,
     IMPORTANCE_PREFIX,
@@ -25,7 +26,7 @@ from capexp.tracking import (
     runs_in,
     store_uri,
 )
-from capexp.tracking.names import TAG_WINNER
+from capexp.tracking.names import TAG_WINNER, OBJECTIVE_IMPORTANCE_PREFIX
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -86,6 +87,9 @@ class StudyParent:
     direction: str | None = None  # "maximize" or "minimize"
     winner: str | None = None  # the finalists' winner: a trial number or "control"
     cost: dict[str, float] = field(default_factory=dict)  # worker_minutes, encode_minutes of its child runs
+    # a study of several objectives: each further objective (train_minutes) -> knob -> importance
+    other_importances: dict[str, dict[str, float]] = field(default_factory=dict)
+    objectives: list[tuple[str, str]] = field(default_factory=list)  # (metric, direction) each; empty for one
 
     def cost_sentence(self) -> str:
         """What the study's runs cost, in one sentence ("" before the study has summarized them)."""
@@ -97,6 +101,11 @@ class StudyParent:
 
 def _study_parent(client: MlflowClient, run: Run) -> StudyParent:
     importances = {k[len(IMPORTANCE_PREFIX):]: v for k, v in run.data.metrics.items() if k.startswith(IMPORTANCE_PREFIX)}
+    others: dict[str, dict[str, float]] = {}
+    for key, value in run.data.metrics.items():
+        if key.startswith(OBJECTIVE_IMPORTANCE_PREFIX):
+            metric, knob = key[len(OBJECTIVE_IMPORTANCE_PREFIX):].split("/", 1)
+            others.setdefault(metric, {})[knob] = value
     return StudyParent(
         run_id=run.info.run_id,
         artifact_uri=run.info.artifact_uri,
@@ -108,6 +117,8 @@ def _study_parent(client: MlflowClient, run: Run) -> StudyParent:
         direction=run.data.params.get(PARAM_DIRECTION),
         winner=run.data.tags.get(TAG_WINNER),
         cost={k: run.data.metrics[k] for k in ("worker_minutes", "encode_minutes") if k in run.data.metrics},
+        other_importances=others,
+        objectives=objectives_of(run.data.params),
     )
 
 

@@ -133,11 +133,15 @@ def render(table: Comparison | Trials | Ranking, fmt: str, *, width: int = 100) 
 
 
 def importance_grid(parent: StudyParent) -> tuple[list[str], list[list[Cell]]]:
-    """The knobs by fANOVA importance, largest first: short name (as in the trials table), key, importance."""
+    """The knobs by fANOVA importance for the (first) objective, largest first: short name (as in the
+    trials table), key, importance; a study of several objectives adds a column for each further one."""
     from capexp.study.progress import short_key
 
-    rows = [[Cell(short_key(k)), Cell(k), Cell(f"{v:.3f}")] for k, v in parent.importances.items()]
-    return ["knob", "key", "importance"], rows
+    others = parent.other_importances
+    rows = [[Cell(short_key(k)), Cell(k), Cell(f"{v:.3f}"),
+             *(Cell(f"{o[k]:.3f}" if k in o else "—") for o in others.values())] for k, v in parent.importances.items()]
+    first = parent.metric if others and parent.metric else "importance"
+    return ["knob", "key", first, *others], rows
 
 
 def study_markdown(parent: StudyParent, plot_links: dict[str, str]) -> str:
@@ -145,10 +149,11 @@ def study_markdown(parent: StudyParent, plot_links: dict[str, str]) -> str:
     to follow its trials table."""
     parts = [parent.cost_sentence() + "\n"] if parent.cost else []
     if parent.importances:
+        which = (f"each objective ({', '.join([parent.metric, *parent.other_importances])})"
+                 if parent.other_importances and parent.metric else f"the objective ({parent.metric or 'objective'})")
         parts.append(
-            f"### Which knobs mattered\n\nfANOVA importance of each knob for the objective "
-            f"({parent.metric or 'objective'}) over the complete trials (pruned trials do not count); "
-            f"they sum to 1.\n\n" + _markdown(*importance_grid(parent))
+            f"### Which knobs mattered\n\nfANOVA importance of each knob for {which} over the complete trials "
+            f"(pruned trials do not count); each column sums to 1.\n\n" + _markdown(*importance_grid(parent))
         )
     if plot_links:
         images = [f"![{Path(p).stem.replace('_', ' ')}]({link})" for p, link in plot_links.items()]

@@ -239,7 +239,7 @@ class _RowTable:
 
 class Trials(_RowTable):
     """A study's trials, one row each, best first: trial number, the searched values, the objective
-    (and the ranking metric when it is another), state, epochs run and minutes."""
+    (and the ranking metric when it is another, and further objectives), state, epochs run and minutes."""
 
 
 class Ranking(_RowTable):
@@ -297,10 +297,12 @@ def build_trials(
     objective: str | None = None,
     metric: str | None = None,
     direction: str | None = None,
+    also: Sequence[str] = (),
 ) -> Trials:
     """One row per trial run, best first by `metric` (default: the study's objective, named
     `objective`), with the searched `knobs` (dotted keys, named as the study's progress lines
-    name them); the best trial's number and state are bold."""
+    name them) and the metrics `also` (a study's further objectives); the best trial's number
+    and state are bold."""
     import pandas as pd
 
     from capexp.study.progress import short_key, short_value
@@ -317,7 +319,7 @@ def build_trials(
     best = _best_ids(searched, metric, mode)  # the control outside the space is no trial: it goes on a row of its own
     records = [*_best_first(searched, metric, mode), *outside]
     knobs = sorted(knobs, key=lambda k: (SEED_ROWS.index(k) if k in SEED_ROWS else len(SEED_ROWS), k))
-    columns = ["objective", *([metric] if metric != "objective" else [])]
+    columns = list(dict.fromkeys(["objective", *([metric] if metric != "objective" else []), *also]))
     rows = []
     for r in records:
         number = r.params.get(PARAM_TRIAL_NUMBER, r.tags.get(TAG_TRIAL, _MISSING if r in outside else "?"))

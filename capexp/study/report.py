@@ -40,7 +40,7 @@ from capexp.tracking import (
     TAG_STUDY_ROLE,
     param_value,
 )
-from capexp.tracking.names import ATTR_CONTROL
+from capexp.tracking.names import ATTR_CONTROL, OBJECTIVE_IMPORTANCE_PREFIX
 from capexp.tracking.study_runs import oldest_parent_run, study_runs
 from capexp.study.control import control_outcome, mark_control
 
@@ -125,10 +125,11 @@ def _importances(study, target: Any = None) -> dict[str, float]:
 
 def _plots(study, folder: Path, metric: str, importances: dict[str, float],
            control: tuple[int | None, float | None] = (None, None), value: Any = None) -> list[Path]:
-    """The four Optuna plots as PNGs, the objective named by its metric (one with too few trials
-    to show anything is drawn empty, the importances too when there are none); the optimization
-    history marks the `control` (its trial number, None outside the space, and its objective).
-    `value`: the target of a study of several objectives (its first objective; None for one)."""
+    """The Optuna plots as PNGs, the objective named by its metric (one with too few trials to show
+    anything is drawn empty, the importances too when there are none); the optimization history
+    marks the `control` (its trial number, None outside the space, and its objective).
+    `value`: the target of a study of several objectives (its first objective; None for one), whose
+    importances plot shows every objective and which has no per-epoch values to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,15 +139,12 @@ def _plots(study, folder: Path, metric: str, importances: dict[str, float],
     target = f"{metric} (validation)"
     drawers = {
         "optimization_history": lambda s: ovm.plot_optimization_history(s, target=value, target_name=target),
-        "param_importances": lambda s: (ovm.plot_param_importances(s, evaluator=_evaluator(), target=value,
-                                                                   target_name=target)
-                                        if importances else plt.figure().add_subplot(title="No importances: the complete "
-                                                                                     "trials' objectives do not vary")),
+        "param_importances": lambda s: _importance_axes(s, bool(importances), value, target),
         "parallel_coordinate": lambda s: ovm.plot_parallel_coordinate(s, target=value, target_name=target),
         "intermediate_values": ovm.plot_intermediate_values,
     }
     made = []
-    for name in STUDY_PLOTS:
+    for name in [n for n in STUDY_PLOTS if value is None or n != "intermediate_values"]:
         with quiet_experimental(), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "identical low and high ylims" and the like
             ax = drawers[name](study)
@@ -161,6 +159,22 @@ def _plots(study, folder: Path, metric: str, importances: dict[str, float],
         plt.close(fig)
         made.append(path)
     return made
+
+
+def _importance_axes(study, any_importance: bool, value: Any, target: str) -> Any:
+    """Optuna's importances plot: of every objective of a study of several (of the first alone when
+    another's values do not vary), empty with a title saying why when there is none."""
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as ovm
+
+    if not any_importance:
+        return plt.figure().add_subplot(title="No importances: the complete trials' objectives do not vary")
+    if value is not None:
+        try:
+            return ovm.plot_param_importances(study, evaluator=_evaluator())
+        except RuntimeError:  # fANOVA's "zero total variance in all trees"
+            pass
+    return ovm.plot_param_importances(study, evaluator=_evaluator(), target=value, target_name=target)
 
 
 def _short_labels(fig: Any, names: set[str]) -> None:
@@ -250,6 +264,9 @@ def summarize(study, plan: StudyPlan, status: str) -> StudySummary:
         tags += [RunTag(k, v) for k, v in front_tags(study, plan).items()]
     importances = _importances(study, first_value(plan))
     metrics += [Metric(f"{IMPORTANCE_PREFIX}{k}", float(v), now, 0) for k, v in importances.items()]
+    for i, (metric, _) in enumerate(plan.objectives[1:], start=1):  # what each further objective (minutes) hangs on
+        more = _importances(study, lambda t, i=i: t.values[i])
+        metrics += [Metric(f"{OBJECTIVE_IMPORTANCE_PREFIX}{metric}/{k}", float(v), now, 0) for k, v in more.items()]
     metrics += [Metric(k, v, now, 0) for k, v in _cost(client, plan).items()]
     client.log_batch(plan.parent_run_id, metrics=metrics, tags=tags)
     with tempfile.TemporaryDirectory(prefix="capexp-study-") as tmp:

@@ -29,7 +29,7 @@ from capexp.study.keep_models import check_keep_models
 from capexp.study.liveness import on_stale, reap
 from capexp.study.plan import StudyPlan, StudySummary
 from capexp.study.report import parent_run, summarize
-from capexp.study.storage import grid_points_run, open_storage, storage_label, trial_counts
+from capexp.study.storage import grid_points_run, open_storage, quiet_experimental, storage_label, trial_counts
 from capexp.study.trials import console_warnings_only, run_workers, work
 from capexp.study.control import control_values, enqueue_control, run_outside_control
 from capexp.study.finalists import check_finalists, run_finalists
@@ -288,6 +288,10 @@ def _open_study(name: str, storage: str | None, heartbeat_interval: int, objecti
     for key, value in ((ATTR_METRIC, metric), (ATTR_BASE_HASH, spec_hash(spec)), (ATTR_BASE, str(base)), (ATTR_SPACE, space)):
         if key not in study.user_attrs:
             study.set_user_attr(key, value)
+    names = [m for m, _ in objectives]
+    if len(names) > 1 and study.metric_names != names:  # Optuna's plots and dashboard label each objective by it
+        with quiet_experimental():
+            study.set_metric_names(names)
     return study
 
 

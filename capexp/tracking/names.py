@@ -18,6 +18,7 @@ __all__ = [
     "ATTR_RETRY_OWED", "TAG_CONTROL", "TAG_FINALIST", "TAG_FINALIST_SEED", "TAG_WINNER", "TAG_WORKER", "FINALIST_PREFIX",
     "FIDELITY_PREFIX", "ATTR_CONTROL", "ATTR_WINNER",
     "METRIC_TRAIN_MINUTES", "PARAM_OBJECTIVES", "PARAM_DIRECTIONS", "TAG_PARETO_FRONT", "PARETO_PLOT",
+    "OBJECTIVE_IMPORTANCE_PREFIX",
 ]
 
 DEFAULT_EXPERIMENT = "capexp"
@@ -75,6 +76,8 @@ PARAM_PRUNER = "pruner"
 STUDY_PLOTS = ("optimization_history", "param_importances", "parallel_coordinate", "intermediate_values")  # plots/<name>.png
 PARETO_PLOT = "pareto_front"  # plots/pareto_front.png, for a study of several objectives
 IMPORTANCE_PREFIX = "importance."  # importance.<dotted key>: a knob's fANOVA importance, on a study's parent run
+# importance/<metric>/<dotted key>: the same for the second and later objectives of a study of several
+OBJECTIVE_IMPORTANCE_PREFIX = "importance/"
 SPACE_PREFIX = "space."  # space.<dotted key>: each searched parameter's definition
 
 # ---------------------------------------------------------------------------- metrics
