@@ -307,3 +307,29 @@ def test_plot_labels_name_params_as_the_tables_do() -> None:
     _short_labels(fig, {"training_config.learning_rate", "training_config.label_smoothing"})
     assert [t.get_text() for t in bars.get_yticklabels()] == ["lr", "smooth"]
     plt.close(fig)
+
+
+def test_the_importances_plot_of_several_objectives_puts_each_knobs_bar_beside_its_name() -> None:
+    """Optuna's plot of several objectives labels one objective's bars in another's order: capexp plots
+    the first objective's importances, each bar at its own knob (the table holds the others)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from capexp.study.report import _importance_axes, _importances
+    from capexp.study.storage import quiet_experimental
+
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    # quality hangs on x, minutes on y: the two objectives rank the knobs in opposite orders
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1) + 0.1 * t.suggest_float("y", 0, 1), t.params["y"]),
+                   n_trials=30)
+    first = lambda t: t.values[0]  # noqa: E731
+    expected = _importances(study, first)
+    assert list(expected) == ["x", "y"] and list(_importances(study, lambda t: t.values[1]))[0] == "y"
+    with quiet_experimental():
+        ax = _importance_axes(study, True, first, "cider (validation)")
+    ticks = {round(float(y), 6): label.get_text() for y, label in zip(ax.get_yticks(), ax.get_yticklabels())}
+    bars = {ticks[round(bar.get_y() + bar.get_height() / 2, 6)]: bar.get_width() for bar in ax.patches}
+    assert bars == pytest.approx(expected)
+    plt.close(ax.figure)

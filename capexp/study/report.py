@@ -128,8 +128,8 @@ def _plots(study, folder: Path, metric: str, importances: dict[str, float],
     """The Optuna plots as PNGs, the objective named by its metric (one with too few trials to show
     anything is drawn empty, the importances too when there are none); the optimization history
     marks the `control` (its trial number, None outside the space, and its objective).
-    `value`: the target of a study of several objectives (its first objective; None for one), whose
-    importances plot shows every objective and which has no per-epoch values to plot."""
+    `value`: the target of a study of several objectives (its first objective; None for one), which
+    has no per-epoch values to plot."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,18 +162,14 @@ def _plots(study, folder: Path, metric: str, importances: dict[str, float],
 
 
 def _importance_axes(study, any_importance: bool, value: Any, target: str) -> Any:
-    """Optuna's importances plot: of every objective of a study of several (of the first alone when
-    another's values do not vary), empty with a title saying why when there is none."""
+    """Optuna's importances plot of the (first) objective; empty, with a title saying why, when there
+    is none. A study's further objectives are left to the importances table: Optuna 5's Matplotlib
+    plot of several objectives sorts each one's bars on its own but labels them all in the last one's order."""
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
 
     if not any_importance:
         return plt.figure().add_subplot(title="No importances: the complete trials' objectives do not vary")
-    if value is not None:
-        try:
-            return ovm.plot_param_importances(study, evaluator=_evaluator())
-        except RuntimeError:  # fANOVA's "zero total variance in all trees"
-            pass
     return ovm.plot_param_importances(study, evaluator=_evaluator(), target=value, target_name=target)
 
 
