@@ -141,11 +141,9 @@ def test_the_pareto_plot_names_the_control_and_the_default_pick(tmp_path: Path) 
 
     storage = _study(tmp_path)
     study = optuna.load_study(study_name="pq", storage=open_storage(storage, "pq"))
-    assert _marks(study, "pq") == {1: "default pick"}
-    dist = {"gpt2_config.visual_tokens_length": optuna.distributions.CategoricalDistribution([2, 4, 8])}
-    study.add_trial(optuna.trial.create_trial(params={"gpt2_config.visual_tokens_length": 4}, distributions=dist,
-                                              values=[0.3, 6.0], user_attrs={"capexp.control": True}))
-    assert _marks(study, "pq") == {1: "default pick", 5: "control"}  # a dominated control is named too
+    assert _marks(study, "pq", None) == {1: "default pick"}
+    assert _marks(study, "pq", 4) == {1: "default pick", 4: "control"}  # a dominated control is named too
+    assert _marks(study, "pq", 1) == {1: "control, default pick"}
 
 
 def test_best_spec_picks_a_member_of_the_front_and_refuses_an_unknown_metric(tmp_path: Path) -> None:

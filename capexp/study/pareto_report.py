@@ -10,7 +10,7 @@ from capexp.errors import CapexpError
 from capexp.study.front import picked_trial, several, study_front
 from capexp.study.plan import StudyPlan
 from capexp.study.progress import short_key, short_value
-from capexp.tracking.names import ATTR_CONTROL, PARETO_PLOT, TAG_PARETO_FRONT
+from capexp.tracking.names import PARETO_PLOT, TAG_PARETO_FRONT
 
 __all__ = ["front_lines", "front_tags", "pareto_plot"]
 
@@ -39,12 +39,10 @@ def front_tags(study: Any, plan: StudyPlan) -> dict[str, str]:
     return {TAG_PARETO_FRONT: ",".join(str(m.number) for m in study_front(study, plan.objectives))}
 
 
-def _marks(study: Any, name: str) -> dict[int, str]:
-    """The trials the Pareto plot names: the control, and the member `--best-spec` picks by default."""
-    from optuna.trial import TrialState
-
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    marks = {t.number: "control" for t in done if t.user_attrs.get(ATTR_CONTROL)}
+def _marks(study: Any, name: str, control: int | None) -> dict[int, str]:
+    """The trials the Pareto plot names: the `control` trial (None: none complete in the space), and
+    the member `--best-spec` picks by default."""
+    marks = {} if control is None else {control: "control"}
     try:
         picked = picked_trial(study, name, None)[0].number
     except CapexpError:  # no member meets the default rule
@@ -53,9 +51,9 @@ def _marks(study: Any, name: str) -> dict[int, str]:
     return marks
 
 
-def pareto_plot(study: Any, folder: Path, plan: StudyPlan) -> list[Path]:
+def pareto_plot(study: Any, folder: Path, plan: StudyPlan, control: int | None = None) -> list[Path]:
     """Optuna's Pareto-front plot of the first two objectives as `<folder>/pareto_front.png`, the
-    control and the default pick named (none for one objective)."""
+    `control` trial (complete, in the space) and the default pick named (none for one objective)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,7 +67,7 @@ def pareto_plot(study: Any, folder: Path, plan: StudyPlan) -> list[Path]:
     names = [f"{m} ({d})" for m, d in plan.objectives[:2]]
     with quiet_experimental():
         ax = ovm.plot_pareto_front(study, targets=lambda t: t.values[:2], target_names=names)
-    for number, label in _marks(study, plan.name).items():
+    for number, label in _marks(study, plan.name, control).items():
         ax.annotate(label, tuple(study.trials[number].values[:2]), textcoords="offset points", xytext=(6, 6), fontsize=9)
     fig = ax.figure
     fig.set_size_inches(9, 5)

@@ -270,8 +270,10 @@ def summarize(study, plan: StudyPlan, status: str) -> StudySummary:
         _trials_table(study, plan.space, plan.objectives).to_csv(folder / "trials.csv", index=False)
         client.log_artifact(plan.parent_run_id, str(folder / "trials.csv"))
         if any(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials(deepcopy=False)):
-            plots = _plots(study, folder, plan.metric, importances, control_outcome(study, plan), first_value(plan))
-            for path in plots + pareto_plot(study, folder, plan):
+            control = control_outcome(study, plan)
+            plots = _plots(study, folder, plan.metric, importances, control, first_value(plan))
+            done = control[0] if control[1] is not None else None  # the control trial, once complete
+            for path in plots + pareto_plot(study, folder, plan, done):
                 client.log_artifact(plan.parent_run_id, str(path), artifact_path="plots")
     if status != "RUNNING":
         client.set_terminated(plan.parent_run_id, status)
